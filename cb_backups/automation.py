@@ -1,0 +1,36 @@
+"""Jobs and schedules on the runbook's crontab."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cb_backups.partitions import TIMEZONE
+from cb_backups.specs import STORES, StoreSpec
+from cb_backups.verification import FRESHNESS_CHECK
+
+
+def backup_job(spec: StoreSpec) -> dg.UnresolvedAssetJobDefinition:
+    selection = dg.AssetSelection.assets(spec.asset_key).without_checks() | dg.AssetSelection.checks(
+        *[dg.AssetCheckKey(spec.asset_key, name) for name in ("artifact_present", "integrity", "checksum",
+                                                               "inventory_recorded")])
+    return dg.define_asset_job(f"{spec.name}_backup_job", selection=selection, partitions_def=spec.partitions,
+                               tags={"store": spec.name},
+                               description=f"Back up {spec.title} for one slot and verify it.")
+
+
+backup_jobs = {spec.name: backup_job(spec) for spec in STORES}
+
+backup_schedules = [
+    dg.build_schedule_from_partitioned_job(job, name=f"{name}_backup_schedule",
+                                           default_status=dg.DefaultScheduleStatus.RUNNING)
+    for name, job in backup_jobs.items()
+]
+
+freshness_job = dg.define_asset_job(
+    "freshness_checks_job",
+    selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(s.asset_key, FRESHNESS_CHECK) for s in STORES]),
+    description="Is every store's newest verified backup within its RPO?",
+)
+freshness_schedule = dg.ScheduleDefinition(name="freshness_checks_schedule", job=freshness_job,
+                                           cron_schedule="15 * * * *", execution_timezone=TIMEZONE,
+                                           default_status=dg.DefaultScheduleStatus.RUNNING)

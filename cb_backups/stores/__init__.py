@@ -1,0 +1,1 @@
+"""Store adapters: plain Python, no Dagster. See base.py for the protocol."""

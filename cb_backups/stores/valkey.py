@@ -1,0 +1,338 @@
+"""Valkey 8: BGSAVE, wait for LASTSAVE to advance, fetch the RDB (and AOF).
+
+The RDB is copied from the data folder when cb-backups can read it, otherwise
+fetched over the wire with `valkey-cli --rdb -` (a replica-style full sync),
+streamed through the hashing writer either way. Passwords go to valkey-cli in
+REDISCLI_AUTH, never on its command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import valkey
+
+from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.fileio import CHUNK, HashingWriter
+from cb_backups.servers_common import free_port, wait_until
+from cb_backups.settings import ValkeySettings, VolumeSettings
+from cb_backups.stores.base import (
+    Artifact,
+    BackupOutput,
+    FileRecord,
+    Health,
+    Inventory,
+    Progress,
+    Target,
+    Verification,
+    disk_space_item,
+    no_progress,
+    run_tool,
+)
+
+RDB_FILE = "dump.rdb"
+AOF_FILE = "appendonly.tar.gz"
+# the newest RDB format each Valkey major can load
+MAX_RDB_VERSION = {7: 11, 8: 11, 9: 80}
+
+
+def rdb_header(path: Path) -> tuple[str, int]:
+    """('REDIS'|'VALKEY', version) from an RDB file's first bytes; ValueError when it is not one."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    for magic in ("REDIS", "VALKEY"):
+        if head.startswith(magic.encode()):
+            digits = head[len(magic):].decode(errors="replace")
+            if digits.isdigit():
+                return magic, int(digits)
+    raise ValueError(f"not an RDB file (starts with {head[:9]!r})")
+
+
+class ValkeyStore:
+    name = "valkey"
+
+    def __init__(self, settings: ValkeySettings, volume: VolumeSettings | None = None) -> None:
+        self.settings = settings
+
+    # --- plumbing ------------------------------------------------------------
+    def _tool(self, name: str) -> str:
+        return str(Path(self.settings.bin_dir) / name) if self.settings.bin_dir else name
+
+    def client(self, db: int = 0, port: int | None = None) -> valkey.Valkey:
+        return valkey.Valkey(host=self.settings.host if port is None else "127.0.0.1",
+                             port=port or self.settings.port, password=self.settings.password, db=db,
+                             socket_timeout=30, socket_connect_timeout=10)
+
+    def _where(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except valkey.exceptions.AuthenticationError:
+            raise StoreUnavailable(self.name, f"authentication to {self._where()} failed "
+                                   "(check CB_VALKEY_PASSWORD)") from None
+        except valkey.exceptions.ConnectionError as exc:
+            raise StoreUnavailable(self.name, f"cannot connect to {self._where()}: {exc}") from None
+        except valkey.exceptions.ResponseError as exc:
+            raise BackupFailed(self.name, f"server answered an error: {exc}") from None
+
+    # --- protocol ------------------------------------------------------------
+    def health(self, backup_dir: Path) -> Health:
+        items: dict[str, str] = {}
+        try:
+            persistence = self._call(self.client().info, "persistence")
+            items["reachable"] = "ok"
+            items["no save in progress"] = "ok" if not persistence.get("rdb_bgsave_in_progress") else \
+                "a BGSAVE is already running"
+        except StoreUnavailable as exc:
+            items["reachable"] = str(exc)
+        sizes = [p.stat().st_size for p in (backup_dir / self.name).glob(f"*/{RDB_FILE}")]
+        items["disk space"] = disk_space_item(backup_dir, max(sizes) if sizes else None)
+        return Health(self.name, items)
+
+    def inventory(self) -> Inventory:
+        return self._inventory(self.client())
+
+    def _inventory(self, client: valkey.Valkey) -> Inventory:
+        keyspace = self._call(client.info, "keyspace")
+        keys = {name: int(v["keys"]) for name, v in keyspace.items() if name.startswith("db")}
+        expires = {name: int(v.get("expires", 0)) for name, v in keyspace.items() if name.startswith("db")}
+        keys.setdefault("db0", int(self._call(client.dbsize)))
+        return {"databases": keys, "expires": expires}
+
+    def backup(self, into: Path, progress: Progress = no_progress) -> BackupOutput:
+        client = self.client()
+        server = self._call(client.info, "server")
+        inventory = self._inventory(client)
+        files: list[FileRecord]
+        data_dir = Path(self.settings.data_dir) if self.settings.data_dir else None
+        if data_dir is not None and data_dir.is_dir():
+            lastsave = self._bgsave(client, progress)
+            dbfilename = self._call(client.config_get, "dbfilename").get("dbfilename", RDB_FILE)
+            files = [self._copy(data_dir / dbfilename, into / RDB_FILE)]
+            method = "bgsave+copy"
+            aof = self._call(client.config_get, "appendonly").get("appendonly") == "yes"
+            if aof:
+                aof_dir = data_dir / self._call(client.config_get, "appenddirname").get("appenddirname", "")
+                if aof_dir.is_dir():
+                    files.append(_tar_folder(aof_dir, into / AOF_FILE))
+        else:
+            lastsave = int(self._call(client.lastsave).timestamp())
+            files = [self._fetch_over_wire(into / RDB_FILE, progress)]
+            method = "rdb-sync"
+        return BackupOutput(
+            files=files, method=method, inventory=inventory,
+            versions={"valkey": str(server.get("valkey_version") or server.get("redis_version")),
+                      "rdb": str(rdb_header(into / RDB_FILE)[1])},
+            options={"aof_included": any(f.name == AOF_FILE for f in files)},
+            markers={"lastsave": lastsave},
+            captured_at=datetime.fromtimestamp(lastsave, UTC).isoformat(timespec="seconds")
+            if method == "bgsave+copy" else None,
+        )
+
+    def _bgsave(self, client: valkey.Valkey, progress: Progress) -> int:
+        """BGSAVE (SCHEDULE when an AOF rewrite runs) and wait until LASTSAVE advances."""
+        before = int(self._call(client.lastsave).timestamp())
+        # LASTSAVE has one-second resolution: make sure a new save is distinguishable.
+        while int(time.time()) <= before:
+            time.sleep(0.05)
+        persistence = self._call(client.info, "persistence")
+        if persistence.get("aof_rewrite_in_progress"):
+            self._call(client.execute_command, "BGSAVE", "SCHEDULE")
+        elif not persistence.get("rdb_bgsave_in_progress"):
+            self._call(client.bgsave)
+        deadline = time.monotonic() + self.settings.bgsave_timeout
+        while time.monotonic() < deadline:
+            now = int(self._call(client.lastsave).timestamp())
+            persistence = self._call(client.info, "persistence")
+            if now > before and not persistence.get("rdb_bgsave_in_progress"):
+                if persistence.get("rdb_last_bgsave_status") != "ok":
+                    raise BackupFailed(self.name, "BGSAVE failed on the server (rdb_last_bgsave_status="
+                                       f"{persistence.get('rdb_last_bgsave_status')})")
+                return now
+            progress("waiting for BGSAVE", 0, None)
+            time.sleep(0.1)
+        raise BackupFailed(self.name, f"LASTSAVE did not advance within {self.settings.bgsave_timeout}s")
+
+    def _copy(self, source: Path, dest: Path) -> FileRecord:
+        try:
+            src = open(source, "rb")  # noqa: SIM115 - the server renames a new RDB in; our handle stays valid
+        except OSError as exc:
+            raise BackupFailed(self.name, f"cannot read {source}: {exc.strerror}") from None
+        with src, HashingWriter(dest) as out:
+            out.copy_from(src)
+        return FileRecord(dest.name, out.bytes, out.sha256)
+
+    def _fetch_over_wire(self, dest: Path, progress: Progress) -> FileRecord:
+        env = dict(os.environ)
+        if self.settings.password:
+            env["REDISCLI_AUTH"] = self.settings.password
+        argv = [self._tool("valkey-cli"), "-h", self.settings.host, "-p", str(self.settings.port), "--rdb", "-"]
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        except FileNotFoundError:
+            raise BackupFailed(self.name, f"tool not found: {argv[0]} (set CB_VALKEY_BIN_DIR)") from None
+        assert proc.stdout is not None and proc.stderr is not None
+        with HashingWriter(dest) as out:
+            while block := proc.stdout.read(CHUNK):
+                out.write(block)
+        if proc.wait() != 0:
+            raise BackupFailed(self.name, f"valkey-cli --rdb failed: {proc.stderr.read().decode()[-300:]}")
+        progress("RDB fetched", out.bytes, out.bytes)
+        return FileRecord(dest.name, out.bytes, out.sha256)
+
+    def verify(self, artifact: Artifact) -> Verification:
+        """RDB magic and version, then `valkey-check-rdb` (valkey-server under that name)."""
+        path = artifact.path(RDB_FILE)
+        if not path.is_file():
+            return Verification(False, [f"{RDB_FILE} missing"])
+        try:
+            magic, version = rdb_header(path)
+        except ValueError as exc:
+            return Verification(False, [str(exc)])
+        problems = []
+        details: dict[str, Any] = {"magic": magic, "rdb_version": version}
+        checker = self._check_rdb_tool()
+        if checker is None:
+            details["check_rdb"] = "valkey-check-rdb not available; header checked only"
+        else:
+            done = subprocess.run([checker, str(path)], capture_output=True, check=False)
+            out = done.stdout.decode(errors="replace")
+            if done.returncode != 0 or "RDB looks OK" not in out:
+                last = [line for line in out.splitlines() if line.strip()][-1:] or [str(done.returncode)]
+                problems.append(f"valkey-check-rdb failed: {last[0]}")
+        if artifact.manifest.options.get("aof_included"):
+            try:
+                with tarfile.open(artifact.path(AOF_FILE), "r:gz") as tar:
+                    tar.getnames()
+            except (OSError, tarfile.TarError) as exc:
+                problems.append(f"{AOF_FILE} unreadable: {exc}")
+        return Verification(not problems, problems, details)
+
+    @contextlib.contextmanager
+    def _checker_dir(self) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="cb-checkrdb-") as tmp:
+            yield Path(tmp)
+
+    def _check_rdb_tool(self) -> str | None:
+        explicit = shutil.which(self._tool("valkey-check-rdb"))
+        if explicit:
+            return explicit
+        server = shutil.which(self._tool("valkey-server"))
+        if not server:
+            return None
+        # valkey-server acts as valkey-check-rdb when started under that name.
+        link_dir = Path(tempfile.gettempdir()) / f"cb-checkrdb-{os.getuid()}"
+        link_dir.mkdir(mode=0o700, exist_ok=True)
+        link = link_dir / "valkey-check-rdb"
+        if not link.exists():
+            with contextlib.suppress(FileExistsError):
+                link.symlink_to(server)
+        return str(link)
+
+    # --- restore ---------------------------------------------------------------
+    def check_compatible(self, artifact: Artifact, client: valkey.Valkey) -> list[str]:
+        version = str(self._call(client.info, "server").get("valkey_version") or "0")
+        major = int(version.split(".")[0] or 0)
+        _, rdb_version = rdb_header(artifact.path(RDB_FILE))
+        if rdb_version > MAX_RDB_VERSION.get(major, 0):
+            return [f"RDB version {rdb_version} cannot be loaded by Valkey {version} "
+                    f"(loads up to {MAX_RDB_VERSION.get(major, 0)})"]
+        return []
+
+    def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
+        verification = self.verify(artifact)
+        if not verification.ok:
+            raise RestoreRefused(self.name, "; ".join(verification.problems))
+        if target.mode == "scratch":
+            with self.scratch_server(artifact) as port:
+                return self._inventory(self.client(port=port))
+        return self._restore_in_place(artifact, progress)
+
+    @contextlib.contextmanager
+    def scratch_server(self, artifact: Artifact) -> Iterator[int]:
+        """A throwaway valkey-server loaded from the artifact's RDB; yields its port."""
+        with tempfile.TemporaryDirectory(prefix="cb-valkey-scratch-") as tmp:
+            shutil.copyfile(artifact.path(RDB_FILE), Path(tmp) / RDB_FILE)
+            port = free_port()
+            argv = [self._tool("valkey-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
+                    "--dbfilename", RDB_FILE, "--save", "", "--appendonly", "no", "--databases", "16"]
+            if self.settings.password:
+                argv += ["--requirepass", self.settings.password]
+            try:
+                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except FileNotFoundError:
+                raise RestoreRefused(self.name, f"{argv[0]} not found (set CB_VALKEY_BIN_DIR)") from None
+            try:
+                wait_until(lambda: self._loaded(port, proc), 120, "scratch valkey")
+                yield port
+            finally:
+                proc.terminate()
+                proc.wait(10)
+
+    def _loaded(self, port: int, proc: subprocess.Popen[bytes] | None = None) -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise RestoreRefused(self.name, f"valkey-server could not load the RDB (exit {proc.returncode})")
+        return self.client(port=port).info("persistence").get("loading") == 0
+
+    def _restore_in_place(self, artifact: Artifact, progress: Progress) -> Inventory:
+        if not self.settings.data_dir or not self.settings.start_command:
+            raise ConfigError("valkey in-place restore settings", "data_dir/start_command missing",
+                              "set CB_VALKEY_DATA_DIR and CB_VALKEY_START (the command that starts the server)")
+        data_dir = Path(self.settings.data_dir)
+        client = self.client()
+        problems = self.check_compatible(artifact, client)
+        if problems:
+            raise RestoreRefused(self.name, "; ".join(problems))
+        dbfilename = self._call(client.config_get, "dbfilename").get("dbfilename", RDB_FILE)
+        aof_dirname = self._call(client.config_get, "appenddirname").get("appenddirname", "appendonlydir")
+        staged = data_dir / f".{dbfilename}.incoming"
+        shutil.copyfile(artifact.path(RDB_FILE), staged)  # stage beside the target before stopping
+        progress("stopping valkey", 0, None)
+        if self.settings.stop_command:
+            run_tool(self.name, self.settings.stop_command, timeout=120)
+        else:
+            with contextlib.suppress(valkey.exceptions.ConnectionError):
+                client.shutdown(nosave=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        # An AOF would be loaded instead of the RDB: move it aside (kept, not deleted).
+        if (data_dir / aof_dirname).exists():
+            os.rename(data_dir / aof_dirname, data_dir / f"{aof_dirname}.before-restore-{stamp}")
+        os.replace(staged, data_dir / dbfilename)
+        progress("starting valkey", 0, None)
+        run_tool(self.name, self.settings.start_command, timeout=120)
+        wait_until(lambda: self.client().info("persistence").get("loading") == 0, 300, "valkey after restore")
+        restored = self._inventory(self.client())
+        problems = keys_problems(artifact.manifest.inventory, restored)
+        if problems:
+            raise BackupFailed(self.name, "restored key counts differ: " + "; ".join(problems))
+        return restored
+
+
+def keys_problems(expected: Inventory, actual: Inventory) -> list[str]:
+    """Key counts per database; keys with a TTL may have expired since the backup."""
+    problems = []
+    for db, keys in expected.get("databases", {}).items():
+        volatile = expected.get("expires", {}).get(db, 0)
+        got = actual.get("databases", {}).get(db, 0)
+        if not keys - volatile <= got <= keys:
+            problems.append(f"{db}: expected {keys} keys ({volatile} with TTL), found {got}")
+    return problems
+
+
+def _tar_folder(folder: Path, dest: Path) -> FileRecord:
+    with HashingWriter(dest) as out:
+        with tarfile.open(fileobj=out, mode="w|gz") as tar:  # type: ignore[call-overload]
+            tar.add(folder, arcname=folder.name)
+    return FileRecord(dest.name, out.bytes, out.sha256)

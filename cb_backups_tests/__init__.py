@@ -1,0 +1,1 @@
+"""Tests for cb-backups: real servers, protocol emulators, real outcomes."""

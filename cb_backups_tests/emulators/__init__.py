@@ -1,0 +1,1 @@
+"""Protocol emulators for stores that cannot be installed on a test machine."""

@@ -1,0 +1,1 @@
+"""Launchers for real servers used by the tests and the demo."""
