@@ -77,7 +77,7 @@ def backup_asset(spec: StoreSpec) -> dg.AssetsDefinition:
         try:
             store = backups.store(spec.name)
             catalog = backups.catalog()
-            catalog.sweep(spec.name, older_than_seconds=3600)
+            catalog.sweep(spec.name)  # leftovers of killed runs; slots being written are locked
             health = store.health(catalog.root)
             if not health.ok:
                 raise dg.Failure(description=f"{spec.name} pre-backup checklist failed: {'; '.join(health.problems)}")

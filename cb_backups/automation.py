@@ -6,19 +6,28 @@ import dagster as dg
 
 from cb_backups.partitions import TIMEZONE
 from cb_backups.specs import STORES, StoreSpec
-from cb_backups.verification import FRESHNESS_CHECK
+from cb_backups.verification import FRESHNESS_CHECK, SLOT_CHECKS
+
+
+def slot_check_selection(spec: StoreSpec) -> dg.AssetSelection:
+    return dg.AssetSelection.checks(*[dg.AssetCheckKey(spec.asset_key, name) for name in SLOT_CHECKS])
 
 
 def backup_job(spec: StoreSpec) -> dg.UnresolvedAssetJobDefinition:
-    selection = dg.AssetSelection.assets(spec.asset_key).without_checks() | dg.AssetSelection.checks(
-        *[dg.AssetCheckKey(spec.asset_key, name) for name in ("artifact_present", "integrity", "checksum",
-                                                               "inventory_recorded")])
+    selection = dg.AssetSelection.assets(spec.asset_key).without_checks() | slot_check_selection(spec)
     return dg.define_asset_job(f"{spec.name}_backup_job", selection=selection, partitions_def=spec.partitions,
                                tags={"store": spec.name},
                                description=f"Back up {spec.title} for one slot and verify it.")
 
 
+def verify_job(spec: StoreSpec) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(f"{spec.name}_verify_job", selection=slot_check_selection(spec),
+                               partitions_def=spec.partitions, tags={"store": spec.name},
+                               description=f"Run {spec.title}'s post-backup checks again for one slot.")
+
+
 backup_jobs = {spec.name: backup_job(spec) for spec in STORES}
+verify_jobs = {spec.name: verify_job(spec) for spec in STORES}
 
 backup_schedules = [
     dg.build_schedule_from_partitioned_job(job, name=f"{name}_backup_schedule",

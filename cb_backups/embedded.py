@@ -152,6 +152,7 @@ class EmbeddedValkey:
         self.bin_dir = valkey_bin_dir()
         self._own_root = self.root is None
         self.root = Path(self.root or tempfile.mkdtemp(prefix="cb-valkey-"))
+        self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root
         self.proc: subprocess.Popen[bytes] | None = None
 

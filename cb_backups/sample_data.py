@@ -32,8 +32,7 @@ CREATE TABLE IF NOT EXISTS experiments (
     id bigserial PRIMARY KEY, name text, variant text, started_at timestamptz DEFAULT now(), params jsonb);
 """
 
-_WORDS = ("function class module import graph vector search memory cache session token index query commit "
-          "branch merge deploy backup restore verify schedule partition asset check sensor").split()
+_WORDS = ["function", "class", "module", "import", "graph", "vector", "search", "memory", "cache", "session", "token", "index", "query", "commit", "branch", "merge", "deploy", "backup", "restore", "verify", "schedule", "partition", "asset", "check", "sensor"]
 
 
 def _text(rng: random.Random, words: int) -> str:

@@ -20,7 +20,7 @@ def wait_until(ready: Callable[[], bool], timeout: float, what: str, interval: f
         try:
             if ready():
                 return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception as exc:
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout}s" + (f": {last}" if last else ""))

@@ -152,7 +152,7 @@ class PostgresStore:
         last = time.monotonic()
         try:
             with HashingWriter(path) as out:
-                while block := proc.stdout.read(CHUNK):
+                while block := proc.stdout.read1(CHUNK):  # what the pipe has now, not a full chunk
                     out.write(block)
                     if time.monotonic() - last > 2:
                         progress(f"pg_dump {out.bytes // (1024 * 1024)} MiB", out.bytes, None)

@@ -185,7 +185,7 @@ class ValkeyStore:
             raise BackupFailed(self.name, f"tool not found: {argv[0]} (set CB_VALKEY_BIN_DIR)") from None
         assert proc.stdout is not None and proc.stderr is not None
         with HashingWriter(dest) as out:
-            while block := proc.stdout.read(CHUNK):
+            while block := proc.stdout.read1(CHUNK):  # what the pipe has now, not a full chunk
                 out.write(block)
         if proc.wait() != 0:
             raise BackupFailed(self.name, f"valkey-cli --rdb failed: {proc.stderr.read().decode()[-300:]}")
@@ -295,8 +295,9 @@ class ValkeyStore:
         problems = self.check_compatible(artifact, client)
         if problems:
             raise RestoreRefused(self.name, "; ".join(problems))
-        dbfilename = self._call(client.config_get, "dbfilename").get("dbfilename", RDB_FILE)
-        aof_dirname = self._call(client.config_get, "appenddirname").get("appenddirname", "appendonlydir")
+        config = {k: self._call(client.config_get, k).get(k, "") for k in
+                  ("dbfilename", "appendonly", "appenddirname", "appendfilename")}
+        dbfilename = config["dbfilename"] or RDB_FILE
         staged = data_dir / f".{dbfilename}.incoming"
         shutil.copyfile(artifact.path(RDB_FILE), staged)  # stage beside the target before stopping
         progress("stopping valkey", 0, None)
@@ -306,9 +307,17 @@ class ValkeyStore:
             with contextlib.suppress(valkey.exceptions.ConnectionError):
                 client.shutdown(nosave=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        # An AOF would be loaded instead of the RDB: move it aside (kept, not deleted).
-        if (data_dir / aof_dirname).exists():
-            os.rename(data_dir / aof_dirname, data_dir / f"{aof_dirname}.before-restore-{stamp}")
+        aof_dir = data_dir / (config["appenddirname"] or "appendonlydir")
+        # An existing AOF would be loaded instead of the RDB: move it aside (kept, not deleted).
+        if aof_dir.exists():
+            os.rename(aof_dir, aof_dir.with_name(f"{aof_dir.name}.before-restore-{stamp}"))
+        if config["appendonly"] == "yes":
+            # With AOF on, Valkey loads only the AOF: make the backup the AOF's base (an RDB preamble).
+            aof_dir.mkdir(mode=0o700)
+            base = f"{config['appendfilename'] or 'appendonly.aof'}.1.base.rdb"
+            shutil.copyfile(staged, aof_dir / base)
+            (aof_dir / f"{config['appendfilename'] or 'appendonly.aof'}.manifest").write_text(
+                f"file {base} seq 1 type b\n")
         os.replace(staged, data_dir / dbfilename)
         progress("starting valkey", 0, None)
         run_tool(self.name, self.settings.start_command, timeout=120)
@@ -332,7 +341,6 @@ def keys_problems(expected: Inventory, actual: Inventory) -> list[str]:
 
 
 def _tar_folder(folder: Path, dest: Path) -> FileRecord:
-    with HashingWriter(dest) as out:
-        with tarfile.open(fileobj=out, mode="w|gz") as tar:  # type: ignore[call-overload]
-            tar.add(folder, arcname=folder.name)
+    with HashingWriter(dest) as out, tarfile.open(fileobj=out, mode="w|gz") as tar:  # type: ignore[call-overload]
+        tar.add(folder, arcname=folder.name)
     return FileRecord(dest.name, out.bytes, out.sha256)

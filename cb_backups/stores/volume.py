@@ -7,7 +7,7 @@ again, even when the tar fails.
 
 from __future__ import annotations
 
-import subprocess
+import gzip
 import tarfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,7 +42,7 @@ def tar_directory(store: str, source: Path, into: Path, name: str) -> FileRecord
     if not source.is_dir():
         raise ConfigError(f"{store} data_dir", str(source), "an existing folder readable by cb-backups")
     with HashingWriter(into / name) as out:
-        with tarfile.open(fileobj=out, mode="w|gz", compresslevel=6) as tar:  # type: ignore[call-overload]
+        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
             for child in sorted(source.iterdir()):
                 tar.add(child, arcname=child.name)
     return FileRecord(name, out.bytes, out.sha256)
@@ -61,7 +61,3 @@ def extract_tar(store: str, archive: Path, target: Path) -> None:
             tar.extractall(target, filter="data")
     except (tarfile.TarError, OSError) as exc:
         raise RestoreRefused(store, f"archive {archive.name} cannot be extracted safely: {exc}") from exc
-
-
-def run_quiet(argv: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(list(argv), capture_output=True, check=False)

@@ -22,8 +22,8 @@ makes `neo4j-admin database dump/load` refuse with "The database is in use".
 
 State folder::
 
-    <state>/emulator.json     {"neo4j_version": "5.26.4", "bolt_port": N}
-    <state>/data/graph.rdb    the graph (FalkorDB RDB); one graph per database name
+    <state>/emulator.json     {"neo4j_version": "5.26.4", "bolt_port": N, "database": "neo4j"}
+    <state>/data/graph.rdb    the graph (FalkorDB RDB, graph key "db": see BOLT_GRAPH_KEY)
     <state>/data/store_lock   flocked by the running server and by neo4j-admin
     <state>/run/neo4j.pid     supervisor pid while running
     <state>/run/server.json   {"pid": ..., "redis_socket": ...} while running
@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,10 @@ DEFAULT_VERSION = "5.26.4"
 INNER_BOLT_PORT = 7687  # inside the private namespace only
 CLONE_NEWNET = 0x40000000
 RDB_NAME = "graph.rdb"
+# FalkorDB 4.16's Bolt front end keeps every session that names a database in the graph key
+# "db" (and sessions naming none in "falkordb"). Neo4j Community has one user database, so
+# the emulator serves exactly one, named in emulator.json ("neo4j"), stored under this key.
+BOLT_GRAPH_KEY = "db"
 START_TIMEOUT = 30.0
 
 
@@ -90,7 +94,7 @@ def init_state(state: Path, version: str = DEFAULT_VERSION, bolt_port: int | Non
         (state / sub).mkdir(parents=True, exist_ok=True)
     if config_path(state).is_file():
         return read_config(state)
-    config = {"neo4j_version": version, "bolt_port": bolt_port or free_port()}
+    config = {"neo4j_version": version, "bolt_port": bolt_port or free_port(), "database": "neo4j"}
     config_path(state).write_text(json.dumps(config, indent=2) + "\n")
     return config
 
@@ -99,19 +103,28 @@ def pid_path(state: Path) -> Path:
     return state / "run" / "neo4j.pid"
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, exited but not yet reaped by its parent, does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def running_pid(state: Path) -> int | None:
     """The supervisor's pid when the server runs, else None."""
     try:
         pid = int(pid_path(state).read_text().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return pid if alive(pid) else None
 
 
 @contextmanager
@@ -170,7 +183,7 @@ def wait_redis(sock: Path, proc: subprocess.Popen[bytes], timeout: float = START
             try:
                 client.ping()
                 return client
-            except Exception:  # noqa: BLE001 - still loading
+            except Exception:
                 pass
         time.sleep(0.05)
     raise RuntimeError("FalkorDB did not answer within the start timeout")
@@ -194,10 +207,8 @@ def offline_falkordb(state: Path) -> Iterator[Any]:
         yield client
     finally:
         if proc.poll() is None:
-            try:
+            with suppress(Exception):
                 redis_client(sock).execute_command("SHUTDOWN", "NOSAVE")
-            except Exception:  # noqa: BLE001 - connection closes on shutdown
-                pass
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -223,18 +234,80 @@ def enter_private_netns() -> None:
         fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
+def _close_both(*socks: socket.socket) -> None:
+    for sock in socks:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Server -> client: bytes as they come."""
     try:
         while data := src.recv(65536):
             dst.sendall(data)
     except OSError:
         pass
     finally:
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _close_both(src, dst)
+
+
+GOODBYE = b"\xb0\x02"  # Bolt GOODBYE message (struct, 0 fields, signature 0x02)
+
+
+class BoltFramer:
+    """Splits the client's byte stream into Bolt messages (after the 20-byte handshake).
+
+    Needed for one FalkorDB 4.16 bug: after a client sends GOODBYE, the server's next
+    accepted connection never gets its handshake answered (every other driver
+    connection fails). A GOODBYE just means "I am closing", so the relay closes the
+    server side instead of forwarding it; a plain close does not trigger the bug.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()  # bytes not yet parsed into chunks
+        self.held = bytearray()  # chunks of the message being assembled (forwarded when it is complete)
+        self.message = bytearray()  # that message's payload
+        self.handshake_left = 20
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """(bytes to forward, whether the client said GOODBYE)."""
+        out = bytearray()
+        self.buffer += data
+        if self.handshake_left:
+            take = min(self.handshake_left, len(self.buffer))
+            out += self.buffer[:take]
+            del self.buffer[:take]
+            self.handshake_left -= take
+        while len(self.buffer) >= 2:
+            size = int.from_bytes(self.buffer[:2], "big")
+            if len(self.buffer) < 2 + size:
+                break
+            self.held += self.buffer[:2 + size]
+            self.message += self.buffer[2:2 + size]
+            del self.buffer[:2 + size]
+            if size:
+                continue
+            if bytes(self.message) == GOODBYE:
+                return bytes(out), True
+            out += self.held
+            self.held.clear()
+            self.message.clear()
+        return bytes(out), False
+
+
+def _client_to_server(client: socket.socket, inner: socket.socket) -> None:
+    framer = BoltFramer()
+    try:
+        while data := client.recv(65536):
+            forward, goodbye = framer.feed(data)
+            if forward:
+                inner.sendall(forward)
+            if goodbye:
+                break
+    except OSError:
+        pass
+    finally:
+        _close_both(client, inner)
 
 
 def _relay(client: socket.socket) -> None:
@@ -247,7 +320,7 @@ def _relay(client: socket.socket) -> None:
     client.settimeout(None)
     back = threading.Thread(target=_pump, args=(inner, client), daemon=True)
     back.start()
-    _pump(client, inner)
+    _client_to_server(client, inner)
     back.join(timeout=5)
     client.close()
     inner.close()
@@ -308,10 +381,8 @@ def serve(state: Path) -> int:
                 threading.Thread(target=_relay, args=(conn,), daemon=True).start()
             listener.close()
             if proc.poll() is None:
-                try:
+                with suppress(Exception):
                     client.execute_command("SHUTDOWN", "SAVE")
-                except Exception:  # noqa: BLE001 - the connection closes on shutdown
-                    pass
             return 0 if proc.wait(timeout=60) == 0 else 1
         finally:
             if proc.poll() is None:
@@ -333,7 +404,8 @@ def start(state: Path, timeout: float = START_TIMEOUT) -> int:
         return pid
     log = open(state / "logs" / "neo4j.log", "ab")  # noqa: SIM115 - handed to the child
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "cb_backups_tests.emulators.neo4j", "serve", "--state", str(state)],
+        proc = subprocess.Popen([sys.executable, "-m", "cb_backups_tests.emulators.neo4j", "serve",
+                                 "--state", str(state)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                 cwd=str(Path(__file__).resolve().parents[2]))
     finally:
@@ -358,17 +430,13 @@ def stop_pid(pid: int, timeout: float = 60.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            try:  # reap it when it is our child
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    return
-            except ChildProcessError:
-                pass
-        except ProcessLookupError:
+        with suppress(ChildProcessError):  # reap it when it is our child
+            os.waitpid(pid, os.WNOHANG)
+        if not alive(pid):
             return
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def stop(state: Path) -> bool:

@@ -39,7 +39,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from cb_backups_tests.emulators.neo4j import DEFAULT_VERSION, config_path, offline_falkordb, read_config, store_lock
+from cb_backups_tests.emulators.neo4j import (
+    BOLT_GRAPH_KEY,
+    DEFAULT_VERSION,
+    config_path,
+    offline_falkordb,
+    read_config,
+    store_lock,
+)
 
 MAGIC = b"NEO4J-EMULATOR-DUMP\n"
 BATCH = 200
@@ -117,18 +124,19 @@ def graphs(client: Any) -> list[str]:
 
 
 def write_dump(client: Any, database: str, out: IO[bytes], version: str) -> tuple[int, int]:
+    """Stream the graph of `database` (stored under BOLT_GRAPH_KEY) into `out`."""
     header = {"format": 1, "neo4j_version": version, "database": database,
               "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
     out.write(MAGIC + json.dumps(header).encode() + b"\n")
     nodes = rels = 0
     with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as body:
-        if database in graphs(client):
-            for node_id, labels, props in _paged(client, database, "MATCH (n) WHERE id(n) > $after "
+        if BOLT_GRAPH_KEY in graphs(client):
+            for node_id, labels, props in _paged(client, BOLT_GRAPH_KEY, "MATCH (n) WHERE id(n) > $after "
                                                  "RETURN id(n), labels(n), properties(n) ORDER BY id(n) LIMIT 1000"):
                 body.write(_record({"t": "node", "id": node_id, "labels": labels, "props": props}))
                 nodes += 1
             for rel_id, rtype, start, end, props in _paged(
-                    client, database, "MATCH (a)-[r]->(b) WHERE id(r) > $after "
+                    client, BOLT_GRAPH_KEY, "MATCH (a)-[r]->(b) WHERE id(r) > $after "
                     "RETURN id(r), type(r), id(a), id(b), properties(r) ORDER BY id(r) LIMIT 1000"):
                 body.write(_record({"t": "rel", "id": rel_id, "type": rtype, "start": start, "end": end,
                                     "props": props}))
@@ -214,7 +222,8 @@ def check_dump(path: Path) -> tuple[dict[str, Any], int, int]:
     return header, len(node_ids), len(rel_ids)
 
 
-def load_dump(client: Any, database: str, path: Path) -> tuple[int, int]:
+def load_dump(client: Any, path: Path) -> tuple[int, int]:
+    database = BOLT_GRAPH_KEY
     if database in graphs(client):
         client.execute_command("GRAPH.DELETE", database)
     records = iter_records(path)
@@ -269,6 +278,16 @@ def in_use(database: str) -> AdminError:
     return AdminError(f"The database is in use. Stop database '{database}' and try again.")
 
 
+def database_name(state: Path) -> str:
+    return str(read_config(state).get("database", "neo4j")) if config_path(state).is_file() else "neo4j"
+
+
+def require_database(state: Path, database: str) -> None:
+    if database != database_name(state):
+        raise AdminError(f"Database does not exist: {database} (this Neo4j Community server has one user "
+                         f"database: {database_name(state)})")
+
+
 def version_of(state: Path) -> str:
     return str(read_config(state).get("neo4j_version", DEFAULT_VERSION)) if config_path(state).is_file() \
         else DEFAULT_VERSION
@@ -283,11 +302,8 @@ def cmd_dump(state: Path, database: str, to_path: Path, overwrite: bool) -> str:
     with store_lock(state) as locked:
         if not locked:
             raise in_use(database)
-        if not (state / "data" / "graph.rdb").exists() and database != "neo4j":
-            raise AdminError(f"Database does not exist: {database}")
+        require_database(state, database)
         with offline_falkordb(state) as client:
-            if database not in graphs(client) and database != "neo4j":
-                raise AdminError(f"Database does not exist: {database}")
             fd, tmp = tempfile.mkstemp(prefix=f".{database}.dump.", dir=to_path)
             try:
                 with os.fdopen(fd, "wb") as out:
@@ -318,11 +334,12 @@ def cmd_load(state: Path, database: str, from_path: Path, overwrite: bool) -> st
     with store_lock(state) as locked:
         if not locked:
             raise in_use(database)
+        require_database(state, database)
         with offline_falkordb(state) as client:
-            if database in graphs(client) and not overwrite:
+            if BOLT_GRAPH_KEY in graphs(client) and not overwrite:
                 raise AdminError(f"Database with name [{database}] already exists. Use --overwrite-destination "
                                  "to replace it.")
-            nodes, rels = load_dump(client, database, path)
+            nodes, rels = load_dump(client, path)
             client.execute_command("SAVE")
     return f"Loaded database '{database}' from {path}: {nodes} nodes, {rels} relationships"
 
@@ -335,12 +352,10 @@ def cmd_check(state: Path, database: str, from_path: Path | None) -> str:
     with store_lock(state) as locked:
         if not locked:
             raise in_use(database)
+        require_database(state, database)
         with offline_falkordb(state) as client:
-            if database not in graphs(client):
-                raise AdminError(f"Database does not exist: {database}")
-            dangling = query(client, database, "MATCH (a)-[r]->(b) WHERE a IS NULL OR b IS NULL RETURN count(r)")
-            if dangling and dangling[0][0]:
-                raise AdminError(f"Inconsistencies found: {dangling[0][0]} dangling relationships")
+            if BOLT_GRAPH_KEY in graphs(client):
+                query(client, BOLT_GRAPH_KEY, "MATCH (n) OPTIONAL MATCH (n)-[r]->() RETURN count(n), count(r)")
     return f"Database consistency check of '{database}' completed: no inconsistencies found"
 
 

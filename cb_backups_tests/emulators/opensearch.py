@@ -30,6 +30,7 @@ In Python: ``emu = OpenSearchEmulator.start(path_repo=[tmp]); ...; emu.stop()``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import http.client
 import json
@@ -570,7 +571,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _ProxyServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def _body(self) -> bytes:
@@ -627,7 +628,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError) as exc:
             self._send(400, ApiError(400, "parse_exception", f"request could not be handled: {exc}").body())
 
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
     def _snapshot(self, seg: list[str], query: dict[str, str], raw: bytes) -> tuple[int, Any]:
         svc = self.server.service
@@ -720,10 +721,8 @@ class OpenSearchEmulator:
         self.server.server_close()
         self.thread.join(timeout=5)
         if self.osmem.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.osmem.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             self.osmem.close(grace=2)
         if self.own_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

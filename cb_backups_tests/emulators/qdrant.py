@@ -51,7 +51,8 @@ COMMIT = "27260abd2c9c1c0e5ab4e8e2e3b1ae1d8e5b9a53"
 TITLE = "qdrant - vector search engine"
 PEER_ID = 3766212330831337
 DISTANCES = ("Cosine", "Euclid", "Dot", "Manhattan")
-OPEN_PATHS = ("/healthz", "/livez", "/readyz")
+OPEN_EXACT = ("/", "/healthz")  # Qdrant's api-key whitelist
+OPEN_PREFIX = ("/readyz", "/livez")
 CHUNK = 64 * 1024
 FORMAT = "cb-qdrant-emulator-snapshot"
 _NAME_RE = re.compile(r"^[^/\\\x00*<>:|?\"]{1,255}$")
@@ -510,24 +511,24 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: EmulatorHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
 
     # plumbing ------------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
     def _dispatch(self, method: str) -> None:
@@ -551,14 +552,14 @@ class Handler(BaseHTTPRequestHandler):
                                          "time": round(time.perf_counter() - self.started, 6)})
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - an emulator answers 500 like the real server
+        except Exception as exc:
             self._drain()
             self._send_json(500, {"status": {"error": f"Service internal error: {exc}"},
                                   "time": round(time.perf_counter() - self.started, 6)})
 
     def _authorized(self, path: str) -> bool:
         key = self.server.api_key
-        if not key or path in OPEN_PATHS:
+        if not key or path in OPEN_EXACT or path.startswith(OPEN_PREFIX):
             return True
         given = self.headers.get("api-key")
         auth = self.headers.get("authorization", "")
@@ -933,7 +934,7 @@ class Handler(BaseHTTPRequestHandler):
                 if body.get("api_key"):
                     request.add_header("api-key", body["api_key"])
                 try:
-                    with urllib.request.urlopen(request, timeout=60) as resp, open(fetched, "wb") as out:  # noqa: S310
+                    with urllib.request.urlopen(request, timeout=60) as resp, open(fetched, "wb") as out:
                         shutil.copyfileobj(resp, out, CHUNK)
                 except OSError as exc:
                     raise ApiError(500, f"Service internal error: Failed to download snapshot: {exc}") from None
@@ -996,7 +997,8 @@ class QdrantEmulator:
 
     def start(self) -> str:
         self._server = EmulatorHTTPServer((self.host, self.port), self.state, self.api_key, self.verbose)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="qdrant-emulator", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="qdrant-emulator",
+                                        daemon=True)
         self._thread.start()
         return self.url
 
@@ -1042,7 +1044,8 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.1):
+        pass
     emulator.stop()
 
 

@@ -15,6 +15,7 @@ written before the response), which is also what `crash()` relies on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -152,17 +153,15 @@ class SeaweedS3:
                                    f"see {self.log_path}: {self._log_tail()}")
             try:
                 if create:
-                    try:
+                    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
                         client.create_bucket(Bucket=PROBE_BUCKET)
-                    except client.exceptions.BucketAlreadyOwnedByYou:
-                        pass
                     client.put_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY, Body=body)
                     create = False
                 got = client.get_object(Bucket=PROBE_BUCKET, Key=PROBE_KEY)["Body"].read()
                 if got == body:
                     return
                 last = RuntimeError(f"probe object read back {got!r}")
-            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            except Exception as exc:
                 last = exc
             time.sleep(0.05)
         self.stop()

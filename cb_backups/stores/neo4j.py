@@ -1,0 +1,370 @@
+"""Neo4j 5.26 Community: the runbook's offline dump, checked and loaded with neo4j-admin.
+
+Community Edition has no online backup, so a backup is: count nodes per label and
+relationships per type over Bolt (while online), stop the server
+(`stop_command`), `neo4j-admin database dump <db> --to-path=<dir>`, and ALWAYS
+start it again (`start_command`), then wait until Bolt answers. The dump is
+copied into the backup folder through the hashing writer.
+
+`admin_command` is the neo4j-admin prefix: `neo4j-admin` on the host, or e.g.
+`docker compose run --rm neo4j neo4j-admin`. When neo4j-admin does not run on
+this host's filesystem, `dump_dir` is a folder it writes to that cb-backups can
+read; it must have the same path on both sides (mount it at the same path in
+the container). Without `dump_dir` the dump is written straight into the backup folder.
+
+verify: size > 1 KB and `neo4j-admin database check --from-path` on a copy of the
+dump (the details say plainly when the tool or its check command is missing).
+restore: verify, compare the manifest's Neo4j version with the target server's
+(refuse on a difference), stop, `database load --overwrite-destination=true`,
+start, wait for Bolt, count.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import neo4j
+from neo4j import GraphDatabase
+from neo4j.exceptions import DriverError, Neo4jError
+
+from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.fileio import CHUNK, HashingWriter, private_dir, sha256_file
+from cb_backups.settings import Neo4jSettings, VolumeSettings
+from cb_backups.stores.base import (
+    Artifact,
+    BackupOutput,
+    FileRecord,
+    Health,
+    Inventory,
+    Progress,
+    Target,
+    Verification,
+    disk_space_item,
+    no_progress,
+)
+from cb_backups.stores.volume import service_stopped
+
+DUMP_FILE = "neo4j.dump"
+MIN_DUMP_BYTES = 1024  # runbook: "File should be >1KB for a non-empty database"
+ADMIN_TIMEOUT = 6 * 3600.0
+BOLT_WAIT_SECONDS = 120.0
+LABELS_QUERY = "MATCH (n) UNWIND labels(n) AS label RETURN label, count(*) AS c"
+RELATIONSHIPS_QUERY = "MATCH ()-[r]->() RETURN type(r) AS type, count(*) AS c"
+COMPONENTS_QUERY = "CALL dbms.components() YIELD name, versions, edition RETURN name, versions, edition"
+_VERSION = re.compile(r"\b(\d+\.\d+\.\d+)\b")
+_UNKNOWN_COMMAND = re.compile(r"unknown (sub)?command|unmatched argument|unknown option|did you mean", re.IGNORECASE)
+_OVERRIDABLE = ("uri", "database", "admin_command", "stop_command", "start_command", "dump_dir")
+
+
+class RestoreFailed(CbBackupsError):
+    """A restore went wrong after it started changing the target (the message says how far it got)."""
+
+    def __init__(self, store: str, detail: str) -> None:
+        super().__init__(f"{store}: restore failed: {detail}")
+        self.store = store
+
+
+def safe_uri(uri: str) -> str:
+    """The URI without any user:password part, for messages."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def _command(value: str | Sequence[str]) -> tuple[str, ...]:
+    return tuple(shlex.split(value)) if isinstance(value, str) else tuple(value)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+class Neo4jStore:
+    name = "neo4j"
+
+    def __init__(self, settings: Neo4jSettings, volume: VolumeSettings | None = None) -> None:
+        self.settings = settings
+        self.volume = volume  # unused: the dump is the method the runbook gives Neo4j
+
+    # --- Bolt ----------------------------------------------------------------------------
+    def _auth(self) -> tuple[str, str] | None:
+        if self.settings.password:
+            return (self.settings.user, self.settings.password)
+        return None
+
+    def _query(self, cypher: str) -> list[neo4j.Record]:
+        """Run one read query; any driver failure becomes StoreUnavailable naming the server."""
+        uri = self.settings.uri
+        try:
+            with GraphDatabase.driver(uri, auth=self._auth(), connection_timeout=5.0,
+                                      connection_acquisition_timeout=15.0) as driver, \
+                    driver.session(database=self.settings.database) as session:
+                return list(session.run(cypher))
+        except (Neo4jError, DriverError, OSError, ValueError) as exc:
+            raise StoreUnavailable(self.name, f"Bolt at {safe_uri(uri)} (database '{self.settings.database}') "
+                                              f"did not answer: {type(exc).__name__}: {_short(exc)}") from None
+
+    def bolt_problem(self) -> str | None:
+        """None when Bolt answers `RETURN 1`, else what is wrong."""
+        try:
+            self._query("RETURN 1 AS ok")
+        except StoreUnavailable as exc:
+            return str(exc)
+        return None
+
+    def wait_for_bolt(self, timeout: float = BOLT_WAIT_SECONDS) -> str | None:
+        """Poll until Bolt answers; returns the last problem when it never did."""
+        deadline = time.monotonic() + timeout
+        problem = self.bolt_problem()
+        while problem is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            problem = self.bolt_problem()
+        return problem
+
+    # --- Store protocol ---------------------------------------------------------------------
+    def health(self, backup_dir: Path) -> Health:
+        items: dict[str, str] = {}
+        items["bolt"] = self.bolt_problem() or "ok"
+        items["disk_space"] = disk_space_item(backup_dir, None)
+        admin = self.settings.admin_command
+        items["neo4j_admin"] = "ok" if admin and shutil.which(admin[0]) else \
+            f"admin_command {admin[0] if admin else '(empty)'!r} not found on PATH"
+        if not (self.settings.stop_command and self.settings.start_command):
+            items["offline_dump"] = ("stop_command and start_command are not both set: Community Edition's "
+                                     "`neo4j-admin database dump` refuses a running database")
+        else:
+            items["offline_dump"] = "ok"
+        return Health(self.name, items)
+
+    def inventory(self) -> Inventory:
+        labels = {str(r["label"]): int(r["c"]) for r in self._query(LABELS_QUERY)}
+        relationships = {str(r["type"]): int(r["c"]) for r in self._query(RELATIONSHIPS_QUERY)}
+        return {"labels": dict(sorted(labels.items())), "relationships": dict(sorted(relationships.items()))}
+
+    def server_version(self) -> tuple[str | None, str]:
+        """(version, where it came from): `dbms.components()` over Bolt, else `neo4j-admin --version`."""
+        try:
+            for record in self._query(COMPONENTS_QUERY):
+                if record["name"] == "Neo4j Kernel" and record["versions"]:
+                    return str(record["versions"][0]), "dbms.components()"
+        except StoreUnavailable:
+            pass  # stopped, or a Bolt server without the procedure
+        try:
+            done = subprocess.run([*self.settings.admin_command, "--version"], capture_output=True, timeout=300,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None, "unknown"
+        match = _VERSION.search(done.stdout.decode(errors="replace")) if done.returncode == 0 else None
+        return (match.group(1), "neo4j-admin --version") if match else (None, "unknown")
+
+    def backup(self, into: Path, progress: Progress = no_progress) -> BackupOutput:
+        db = self.settings.database
+        progress("counting nodes and relationships", 0, None)
+        inventory = self.inventory()  # online, before the stop; also proves Bolt works
+        version, source = self.server_version()
+        if version is None:
+            raise BackupFailed(self.name, "cannot tell the Neo4j version (neither `CALL dbms.components()` nor "
+                                          "`neo4j-admin --version` answered); a dump without it cannot be restored "
+                                          "safely")
+        with self._work_dir("dump", local=into) as work:
+            produced = work / f"{db}.dump"
+            produced.unlink(missing_ok=True)  # a leftover of a killed run would make the dump refuse
+            progress("stopping Neo4j for the offline dump", 0, None)
+            captured_at = self._offline(
+                [*self.settings.admin_command, "database", "dump", db, f"--to-path={work}"], "dump")
+            if not produced.is_file():
+                raise BackupFailed(self.name, f"neo4j-admin reported success but wrote no {produced}")
+            record = self._take_dump(produced, into, progress)
+        return BackupOutput(
+            files=[record],
+            method="neo4j-admin database dump (offline)",
+            options={"database": db, "admin_tool": Path(self.settings.admin_command[0]).name,
+                     "version_source": source},
+            versions={"neo4j": version},
+            inventory=inventory,
+            markers={"offline": True},
+            captured_at=captured_at,
+        )
+
+    def verify(self, artifact: Artifact) -> Verification:
+        problems: list[str] = []
+        details: dict[str, Any] = {}
+        path = artifact.path(DUMP_FILE)
+        if not path.is_file():
+            return Verification(False, [f"{DUMP_FILE} is missing from {artifact.directory}"])
+        size = path.stat().st_size
+        details["bytes"] = size
+        if size <= MIN_DUMP_BYTES:
+            problems.append(f"{DUMP_FILE} is {size} bytes; a dump of a non-empty database is larger than 1 KB")
+        if not artifact.manifest.versions.get("neo4j"):
+            problems.append("the manifest records no Neo4j version (restore would not know what it may load into)")
+        check_ok, check_detail = self._check_dump(path)
+        details["check"] = check_detail
+        if check_ok is False:
+            problems.append(f"neo4j-admin database check: {check_detail}")
+        return Verification(not problems, problems, details)
+
+    def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
+        store = self._for_target(target)
+        verification = self.verify(artifact)
+        if not verification.ok:
+            raise RestoreRefused(self.name, "the backup did not verify: " + "; ".join(verification.problems))
+        wanted = artifact.manifest.versions.get("neo4j")
+        have, source = store.server_version()
+        if have is None:
+            raise RestoreRefused(self.name, f"cannot tell the target's Neo4j version (Bolt at "
+                                            f"{safe_uri(store.settings.uri)} and `neo4j-admin --version` gave none)")
+        if wanted != have:
+            raise RestoreRefused(self.name, f"the backup was taken from Neo4j {wanted}, the target runs {have} "
+                                            f"(from {source}); load it into a {wanted} server")
+        db = store.settings.database
+        with store._work_dir("restore") as work:
+            staged = work / f"{db}.dump"
+            progress("staging the dump for neo4j-admin", 0, artifact.file(DUMP_FILE).bytes)
+            store._stage(artifact.path(DUMP_FILE), staged)
+            progress("stopping Neo4j for the load", 0, None)
+            try:
+                store._offline([*store.settings.admin_command, "database", "load", db, f"--from-path={work}",
+                                "--overwrite-destination=true"], "load")
+            except BackupFailed as exc:
+                raise RestoreFailed(self.name, str(exc).split(": ", 2)[-1]) from None
+        return store.inventory()
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def _for_target(self, target: Target) -> Neo4jStore:
+        if target.mode not in ("in_place", "scratch"):
+            raise ConfigError("neo4j restore mode", target.mode, "in_place, scratch")
+        unknown = sorted(set(target.options) - set(_OVERRIDABLE))
+        if unknown:
+            raise ConfigError("neo4j restore option", unknown[0], ", ".join(_OVERRIDABLE))
+        if target.mode == "scratch" and target.options.get("uri", self.settings.uri) == self.settings.uri:
+            raise RestoreRefused(self.name, "Neo4j Community has one user database per server, so a scratch "
+                                            "restore needs a separate scratch server: pass its 'uri' (and its "
+                                            "admin_command, stop_command, start_command) in the target options")
+        overrides = {k: _command(v) if k.endswith("_command") else v for k, v in target.options.items()}
+        return Neo4jStore(replace(self.settings, **overrides), self.volume) if overrides else self
+
+    def _offline(self, admin_argv: Sequence[str], what: str) -> str:
+        """stop; run neo4j-admin; ALWAYS start again; wait for Bolt. Returns when the data was frozen."""
+        captured_at = datetime.now(UTC).isoformat(timespec="seconds")
+        failure: BaseException | None = None
+        try:
+            with service_stopped(self.name, self.settings.stop_command, self.settings.start_command):
+                captured_at = datetime.now(UTC).isoformat(timespec="seconds")
+                self._admin(admin_argv, what)
+        except BaseException as exc:
+            failure = exc
+        problem = self.wait_for_bolt() if self.settings.start_command or failure is None else None
+        if failure is not None:
+            if problem is not None and isinstance(failure, CbBackupsError):
+                raise BackupFailed(self.name, f"{str(failure).split(': ', 2)[-1]}; and Neo4j does not answer "
+                                              f"Bolt again: {problem}") from failure
+            raise failure
+        if problem is not None:
+            raise BackupFailed(self.name, f"neo4j-admin {what} finished but Neo4j did not answer Bolt within "
+                                          f"{BOLT_WAIT_SECONDS:.0f}s after the start: {problem}")
+        return captured_at
+
+    def _admin(self, argv: Sequence[str], what: str) -> str:
+        try:
+            done = subprocess.run(list(argv), capture_output=True, timeout=ADMIN_TIMEOUT, check=False)
+        except FileNotFoundError:
+            raise BackupFailed(self.name, f"neo4j-admin not found: {argv[0]!r} (set neo4j admin_command)") from None
+        except subprocess.TimeoutExpired:
+            raise BackupFailed(self.name, f"neo4j-admin database {what} timed out after {ADMIN_TIMEOUT:.0f}s") \
+                from None
+        if done.returncode != 0:
+            tail = " | ".join((done.stderr or done.stdout).decode(errors="replace").strip().splitlines()[-5:])
+            raise BackupFailed(self.name, f"neo4j-admin database {what} {self.settings.database} exited "
+                                          f"{done.returncode}: {tail or 'no output'}")
+        return done.stdout.decode(errors="replace")
+
+    @contextmanager
+    def _work_dir(self, purpose: str, local: Path | None = None) -> Iterator[Path]:
+        """A folder neo4j-admin can read and write: under dump_dir when set, else `local` or a temp folder."""
+        if self.settings.dump_dir:
+            base = Path(self.settings.dump_dir)
+            try:
+                private_dir(base)
+                work = Path(tempfile.mkdtemp(prefix=f".cb-{purpose}-", dir=base))
+                os.chmod(work, 0o777)  # neo4j-admin may run as another user (the image's neo4j user)
+            except OSError as exc:
+                raise BackupFailed(self.name, f"neo4j dump_dir {base} is not usable: {exc.strerror}") from None
+        elif local is not None:
+            yield local
+            return
+        else:
+            work = Path(tempfile.mkdtemp(prefix=f"cb-neo4j-{purpose}-"))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _take_dump(self, produced: Path, into: Path, progress: Progress) -> FileRecord:
+        target = into / DUMP_FILE
+        if produced.parent == into:  # neo4j-admin wrote straight into the backup folder
+            if produced != target:
+                os.replace(produced, target)
+            os.chmod(target, 0o600)
+            digest, size = sha256_file(target)
+            return FileRecord(DUMP_FILE, size, digest)
+        total = produced.stat().st_size
+        with HashingWriter(target) as out, open(produced, "rb") as src:
+            while block := src.read(CHUNK):
+                out.write(block)
+                progress("copying the dump", out.bytes, total)
+        produced.unlink(missing_ok=True)
+        return FileRecord(DUMP_FILE, out.bytes, out.sha256)
+
+    def _stage(self, source: Path, staged: Path) -> None:
+        """Make the dump visible to neo4j-admin as <db>.dump: a symlink locally, a copy in dump_dir."""
+        if self.settings.dump_dir:
+            with HashingWriter(staged) as out, open(source, "rb") as src:
+                out.copy_from(src)
+            os.chmod(staged, 0o644)
+        else:
+            staged.symlink_to(source.resolve())
+
+    def _check_dump(self, dump: Path) -> tuple[bool | None, str]:
+        """(True, detail) passed; (False, detail) found problems; (None, detail) could not run."""
+        db = self.settings.database
+        try:
+            with self._work_dir("check") as work:
+                self._stage(dump, work / f"{db}.dump")
+                temp = work / "extract"
+                temp.mkdir()
+                os.chmod(temp, 0o777)
+                argv = [*self.settings.admin_command, "database", "check", db, f"--from-path={work}",
+                        f"--temp-path={temp}"]
+                try:
+                    done = subprocess.run(argv, capture_output=True, timeout=ADMIN_TIMEOUT, check=False)
+                except FileNotFoundError:
+                    return None, f"not run: neo4j-admin {self.settings.admin_command[0]!r} is not installed here"
+                except subprocess.TimeoutExpired:
+                    return False, f"timed out after {ADMIN_TIMEOUT:.0f}s"
+        except (OSError, BackupFailed) as exc:
+            return None, f"not run: {_short(exc)}"
+        output = (done.stdout + done.stderr).decode(errors="replace").strip()
+        tail = " | ".join(output.splitlines()[-5:]) or "no output"
+        if done.returncode == 0:
+            return True, f"passed: {tail}"
+        if _UNKNOWN_COMMAND.search(output):
+            return None, f"not available in this neo4j-admin: {tail}"
+        return False, f"exited {done.returncode}: {tail}"

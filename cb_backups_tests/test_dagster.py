@@ -1,0 +1,153 @@
+"""The Dagster layer for real: partitioned materializations, per-partition checks, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cb_backups.catalog import Catalog
+from cb_backups.cli import run_job
+from cb_backups.definitions import defs
+from cb_backups.specs import spec_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def recent_slots(store: str, n: int) -> list[str]:
+    keys = spec_for(store).partitions.get_partition_keys()
+    return keys[-n:]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cb_backups.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+
+
+def test_materialize_partition_with_all_checks_passing(cb_env: dict[str, str]) -> None:
+    instance = dg.DagsterInstance.get()
+    key = recent_slots("postgres", 1)[0]
+    result = run_job("postgres_backup_job", key, instance)
+    assert result.success
+    evaluations = list(result.get_asset_check_evaluations())
+    assert {e.check_name for e in evaluations} == {"artifact_present", "integrity", "checksum", "inventory_recorded"}
+    assert all(e.passed for e in evaluations)
+    materialization = result.asset_materializations_for_node("postgres_backup")[0]
+    assert materialization.partition == key
+    meta = materialization.metadata
+    assert meta["bytes"].value > 10_000 and meta["count/tables/memories"].value == 300
+    assert meta["duration_seconds"].value > 0
+    # the event log keeps the sha256 as a second record
+    manifest = Catalog(Path(cb_env["CB_BACKUP_DIR"])).require("postgres", key).manifest
+    assert meta["sha256"].value == {"postgres.dump": manifest.files[0].sha256}
+
+
+def test_flipped_byte_fails_only_that_partition(cb_env: dict[str, str]) -> None:
+    instance = dg.DagsterInstance.get()
+    bad, good = recent_slots("valkey", 2)
+    for key in (bad, good):
+        assert run_job("valkey_backup_job", key, instance).success
+    artifact = Catalog(Path(cb_env["CB_BACKUP_DIR"])).require("valkey", bad)
+    path = artifact.path("dump.rdb")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    verdicts = {}
+    for key in (bad, good):
+        result = run_job("valkey_verify_job", key, instance)
+        verdicts[key] = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert verdicts[bad]["checksum"] is False and verdicts[bad]["integrity"] is False
+    assert verdicts[bad]["artifact_present"] is True
+    assert all(verdicts[good].values())
+    # per-partition status is what Dagster stored, not just what the run returned
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(dg.AssetKey("valkey_backup"), "checksum"), limit=10)
+    by_partition = {r.event.asset_check_evaluation.partition: r.event.asset_check_evaluation.passed  # type: ignore[union-attr]
+                    for r in reversed(records) if r.event and r.event.asset_check_evaluation}
+    assert by_partition[bad] is False and by_partition[good] is True
+    assert cli("verify", "valkey", "--partition", bad).returncode == 1
+
+
+def test_killed_backup_leaves_nothing_that_looks_good(cb_env: dict[str, str], tmp_path: Path) -> None:
+    real = Path(cb_env["CB_PG_BIN_DIR"])
+    slow = tmp_path / "slowbin"
+    slow.mkdir()
+    (slow / "pg_dump").write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec "{real}/pg_dump" --version\n'
+                                  f'"{real}/pg_dump" "$@" | head -c 50000\nsleep 60\n')
+    (slow / "pg_dump").chmod(0o755)
+    (slow / "pg_restore").symlink_to(real / "pg_restore")
+    key = recent_slots("postgres", 1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "cb_backups.cli", "backup", "postgres", "--partition", key],
+                            env={**os.environ, "CB_PG_BIN_DIR": str(slow)}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    store_dir = Path(cb_env["CB_BACKUP_DIR"]) / "postgres"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        partial = list(store_dir.glob(".staging-*/postgres.dump"))
+        if partial and partial[0].stat().st_size >= 50000:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the backup never started writing")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    catalog = Catalog(Path(cb_env["CB_BACKUP_DIR"]))
+    assert catalog.get("postgres", key) is None and not (store_dir / key).exists()
+    assert catalog.list("postgres") == []
+    assert not list(store_dir.glob("**/manifest.json"))
+    # the next run of the same slot succeeds and sweeps the leftovers
+    done = cli("backup", "postgres", "--partition", key)
+    assert done.returncode == 0, done.stderr
+    assert catalog.get("postgres", key) is not None
+    assert catalog.sweep("postgres") == [] and not list(store_dir.glob(".staging-*"))
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (("backup", "mysql"), 2, "invalid store: 'mysql' (allowed: postgres, valkey, neo4j, qdrant, opensearch)"),
+    (("backup", "postgres", "--partition", "yesterday"), 2, "invalid partition key: 'yesterday'"),
+    (("backup", "postgres", "--partition", "2026-11-24-05:00"), 2, "a slot start on the schedule 0 */6 * * *"),
+    (("verify", "neo4j", "--partition", "2026-11-24-06:00"), 2, "format %Y-%m-%d"),
+])
+def test_bad_input_is_a_clear_one_line_error(cb_env: dict[str, str], args: tuple[str, ...], code: int,
+                                             message: str) -> None:
+    done = cli(*args)
+    assert done.returncode == code
+    assert message in done.stderr.replace("\n", " ")
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_unreachable_server_fails_the_run_and_names_the_store(cb_env: dict[str, str]) -> None:
+    done = cli("backup", "postgres", env={"CB_POSTGRES_URL": "postgresql://codingbrain@127.0.0.1:1/codingbrain"})
+    assert done.returncode == 1
+    assert "postgres" in done.stderr and "127.0.0.1:1" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert cb_env["CB_POSTGRES_PASSWORD"] not in done.stderr + done.stdout
+
+
+def test_slot_older_than_retention_is_refused(cb_env: dict[str, str]) -> None:
+    old = spec_for("valkey").partitions.get_partition_keys()[0]
+    done = cli("backup", "valkey", "--partition", old)
+    assert done.returncode == 1
+    assert "beyond the 3-day retention" in done.stderr
+
+
+def test_schedules_follow_the_runbook_crontab() -> None:
+    crons = {s.name: s.cron_schedule for s in defs.schedules}
+    assert crons["postgres_backup_schedule"] == "0 */6 * * *"
+    assert crons["valkey_backup_schedule"] == "0 */6 * * *"
+    assert crons["neo4j_backup_schedule"] == "0 2 * * *"
+    assert crons["qdrant_backup_schedule"] == "0 3 * * *"
+    assert crons["opensearch_backup_schedule"] == "0 4 * * *"
+
+
+def test_definitions_validate_with_the_dagster_cli() -> None:
+    done = subprocess.run(["dagster", "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -1,0 +1,113 @@
+"""PostgreSQL round trips against a real PostgreSQL 16 + pgvector server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cb_backups.catalog import Catalog
+from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused
+from cb_backups.settings import load_settings
+from cb_backups.stores.base import Target
+from cb_backups.stores.postgres import PostgresStore, parse_compression
+from cb_backups.stores.registry import open_store
+
+KEY = "2026-11-24-06:00"
+
+
+def vector_checksum(conn) -> str:  # type: ignore[no-untyped-def]
+    return conn.execute("SELECT md5(string_agg(id::text || embedding::text, ',' ORDER BY id)) FROM memories"
+                        ).fetchone()[0]
+
+
+def table_counts(conn) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("memories", "apps", "users", "feedback", "experiments")}
+
+
+@pytest.fixture()
+def store(cb_env: dict[str, str]) -> PostgresStore:
+    return open_store("postgres", load_settings())  # type: ignore[return-value]
+
+
+def test_round_trip_into_fresh_database(store: PostgresStore, backup_dir: Path, pg_server) -> None:  # type: ignore[no-untyped-def]
+    catalog = Catalog(backup_dir)
+    artifact = catalog.write("postgres", KEY, store.backup)
+    with pg_server.connect() as conn:
+        expected_counts, expected_vectors = table_counts(conn), vector_checksum(conn)
+    assert artifact.manifest.inventory["tables"] == {k: expected_counts[k] for k in ("memories", "apps", "users")}
+    assert artifact.path("postgres.dump").stat().st_mode & 0o777 == 0o600
+    assert artifact.directory.stat().st_mode & 0o777 == 0o700
+    assert store.verify(artifact).ok
+
+    restored = store.restore(artifact, Target("scratch", {"dbname": "cb_roundtrip"}))
+    assert restored["tables"] == artifact.manifest.inventory["tables"]
+    with pg_server.connect("cb_roundtrip") as conn:
+        assert table_counts(conn) == expected_counts
+        assert vector_checksum(conn) == expected_vectors
+        # the HNSW index came back too
+        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'memories_embedding_hnsw'"
+                            ).fetchone()[0] == 1
+    store.drop_database("cb_roundtrip")
+
+
+def test_inventory_is_taken_in_the_dumped_snapshot(store: PostgresStore, backup_dir: Path, pg_server) -> None:  # type: ignore[no-untyped-def]
+    artifact = Catalog(backup_dir).write("postgres", KEY, store.backup)
+    assert artifact.manifest.markers["wal_lsn"]
+    assert artifact.manifest.versions["server"].startswith("16")
+    assert "vector" in artifact.manifest.versions
+
+
+def test_in_place_restore_swaps_only_after_success(store: PostgresStore, backup_dir: Path, pg_server) -> None:  # type: ignore[no-untyped-def]
+    with pg_server.connect() as conn:
+        conn.execute("CREATE DATABASE cb_inplace TEMPLATE codingbrain")
+    settings = store.settings.__class__(**{**store.settings.__dict__, "dbname": "cb_inplace"})
+    inplace = PostgresStore(settings)
+    artifact = Catalog(backup_dir).write("postgres", KEY, inplace.backup)
+    with pg_server.connect("cb_inplace") as conn:
+        before = table_counts(conn)
+        conn.execute("DELETE FROM feedback")
+        conn.execute("INSERT INTO apps (id, name) VALUES (gen_random_uuid(), 'added-after-backup')")
+    session = pg_server.connect("cb_inplace")  # an open session, as the application would hold
+    inplace.restore(artifact, Target("in_place"))
+    with pg_server.connect("cb_inplace") as conn:
+        assert table_counts(conn) == before
+    with pytest.raises(psycopg.OperationalError):  # the old session was terminated by the swap
+        session.execute("SELECT 1")
+    with pg_server.connect("postgres") as conn:
+        names = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+    assert not {"cb_inplace__incoming", "cb_inplace__previous"} & names
+    store.drop_database("cb_inplace")
+
+
+def test_corrupt_dump_is_refused_before_the_target_is_touched(store: PostgresStore, backup_dir: Path,  # type: ignore[no-untyped-def]
+                                                              pg_server) -> None:
+    artifact = Catalog(backup_dir).write("postgres", KEY, store.backup)
+    path = artifact.path("postgres.dump")
+    data = bytearray(path.read_bytes())
+    data[:5] = b"XXXXX"  # the custom-format magic
+    path.write_bytes(bytes(data))
+    assert not store.verify(artifact).ok
+    with pytest.raises(RestoreRefused, match="target untouched"):
+        store.restore(artifact, Target("scratch", {"dbname": "cb_never"}))
+    with pg_server.connect("postgres") as conn:
+        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'cb_never%'").fetchone()
+
+
+def test_unreachable_server_is_a_clear_error(backup_dir: Path) -> None:
+    settings = load_settings({"CB_POSTGRES_URL": "postgresql://codingbrain@127.0.0.1:1/codingbrain",
+                              "CB_POSTGRES_PASSWORD": "never-shown-secret"})
+    store = open_store("postgres", settings)
+    with pytest.raises(BackupFailed) as info:
+        Catalog(backup_dir).write("postgres", KEY, store.backup)
+    assert "127.0.0.1:1" in str(info.value) and "never-shown-secret" not in str(info.value)
+    assert not (backup_dir / "postgres" / KEY).exists()
+    assert not store.health(backup_dir).ok
+
+
+@pytest.mark.parametrize("value", ["zstd:99", "gzip:10", "fast", ""])
+def test_unknown_compression_names_allowed_values(value: str) -> None:
+    with pytest.raises(ConfigError, match="gzip:6"):
+        parse_compression(value)
