@@ -220,7 +220,7 @@ class Catalog:
     def stores(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
     # --- verification ------------------------------------------------------
     def record_verification(self, artifact: Artifact, verification: Verification) -> VerificationRecord:

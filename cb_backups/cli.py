@@ -7,6 +7,8 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="the runbook's pre-backup checklist for every configured store")
     doctor.add_argument("store", nargs="?")
     doctor.set_defaults(func=cmd_doctor)
+
+    # Feature modules add their own subcommands through `add_commands(sub)`.
+    for name in COMMAND_MODULES:
+        if find_spec(name) is not None:
+            import_module(name).add_commands(sub)
     return parser
+
+
+COMMAND_MODULES = (
+    "cb_backups.restore_cli",  # restore
+    "cb_backups.offsite_cli",  # offsite copy / verify
+    "cb_backups.retention_cli",  # prune
+    "cb_backups.report_cli",  # report
+    "cb_backups.bench_cli",  # bench
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
