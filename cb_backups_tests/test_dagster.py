@@ -45,7 +45,7 @@ def test_materialize_partition_with_all_checks_passing(cb_env: dict[str, str]) -
     assert meta["duration_seconds"].value > 0
     # the event log keeps the sha256 as a second record
     manifest = Catalog(Path(cb_env["CB_BACKUP_DIR"])).require("postgres", key).manifest
-    assert meta["sha256"].value == {"postgres.dump": manifest.files[0].sha256}
+    assert meta["sha256"].value == {"postgres.dump.zst": manifest.files[0].sha256}
 
 
 def test_flipped_byte_fails_only_that_partition(cb_env: dict[str, str]) -> None:
@@ -80,7 +80,7 @@ def test_killed_backup_leaves_nothing_that_looks_good(cb_env: dict[str, str], tm
     slow = tmp_path / "slowbin"
     slow.mkdir()
     (slow / "pg_dump").write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec "{real}/pg_dump" --version\n'
-                                  f'"{real}/pg_dump" "$@" | head -c 50000\nsleep 60\n')
+                                  f'"{real}/pg_dump" "$@" | head -c 50000\ntouch "{slow}/midway"\nsleep 60\n')
     (slow / "pg_dump").chmod(0o755)
     (slow / "pg_restore").symlink_to(real / "pg_restore")
     key = recent_slots("postgres", 1)[0]
@@ -90,8 +90,8 @@ def test_killed_backup_leaves_nothing_that_looks_good(cb_env: dict[str, str], tm
     store_dir = Path(cb_env["CB_BACKUP_DIR"]) / "postgres"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        partial = list(store_dir.glob(".staging-*/postgres.dump"))
-        if partial and partial[0].stat().st_size >= 50000:
+        # pg_dump has written part of its output and still holds the pipe open
+        if (slow / "midway").exists() and list(store_dir.glob(".staging-*/postgres.dump*")):
             break
         time.sleep(0.1)
     else:

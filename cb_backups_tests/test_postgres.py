@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -11,7 +12,7 @@ from cb_backups.catalog import Catalog
 from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused
 from cb_backups.settings import load_settings
 from cb_backups.stores.base import Target
-from cb_backups.stores.postgres import PostgresStore, parse_compression
+from cb_backups.stores.postgres import PostgresStore, dump_file, parse_compression
 from cb_backups.stores.registry import open_store
 
 KEY = "2026-11-24-06:00"
@@ -32,13 +33,17 @@ def store(cb_env: dict[str, str]) -> PostgresStore:
     return open_store("postgres", load_settings())  # type: ignore[return-value]
 
 
-def test_round_trip_into_fresh_database(store: PostgresStore, backup_dir: Path, pg_server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("compression", ["zstd:1", "gzip:6"])
+def test_round_trip_into_fresh_database(store: PostgresStore, backup_dir: Path, pg_server,  # type: ignore[no-untyped-def]
+                                        compression: str) -> None:
+    store = PostgresStore(replace(store.settings, compression=compression))
     catalog = Catalog(backup_dir)
     artifact = catalog.write("postgres", KEY, store.backup)
     with pg_server.connect() as conn:
         expected_counts, expected_vectors = table_counts(conn), vector_checksum(conn)
     assert artifact.manifest.inventory["tables"] == {k: expected_counts[k] for k in ("memories", "apps", "users")}
-    assert artifact.path("postgres.dump").stat().st_mode & 0o777 == 0o600
+    assert dump_file(artifact).stat().st_mode & 0o777 == 0o600
+    assert dump_file(artifact).name == ("postgres.dump.zst" if compression.startswith("zstd") else "postgres.dump")
     assert artifact.directory.stat().st_mode & 0o777 == 0o700
     assert store.verify(artifact).ok
 
@@ -85,7 +90,7 @@ def test_in_place_restore_swaps_only_after_success(store: PostgresStore, backup_
 def test_corrupt_dump_is_refused_before_the_target_is_touched(store: PostgresStore, backup_dir: Path,  # type: ignore[no-untyped-def]
                                                               pg_server) -> None:
     artifact = Catalog(backup_dir).write("postgres", KEY, store.backup)
-    path = artifact.path("postgres.dump")
+    path = dump_file(artifact)
     data = bytearray(path.read_bytes())
     data[:5] = b"XXXXX"  # the custom-format magic
     path.write_bytes(bytes(data))
@@ -107,7 +112,8 @@ def test_unreachable_server_is_a_clear_error(backup_dir: Path) -> None:
     assert not store.health(backup_dir).ok
 
 
-@pytest.mark.parametrize("value", ["zstd:99", "gzip:10", "fast", ""])
+@pytest.mark.parametrize("value", ["zstd:99", "zstd:0", "gzip:10", "fast", ""])
 def test_unknown_compression_names_allowed_values(value: str) -> None:
-    with pytest.raises(ConfigError, match="gzip:6"):
+    with pytest.raises(ConfigError, match="gzip:6") as info:
         parse_compression(value)
+    assert repr(value) in str(info.value)

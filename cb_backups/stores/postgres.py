@@ -11,14 +11,21 @@ Better than the runbook's bash in three ways:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import zstandard
 from psycopg import sql
 
 from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
@@ -40,14 +47,43 @@ from cb_backups.stores.base import (
 )
 
 DUMP_FILE = "postgres.dump"
-_COMPRESSION = re.compile(r"^(gzip:[0-9]|none)$")
+ZSTD_FILE = "postgres.dump.zst"
+_COMPRESSION = re.compile(r"^(gzip:[0-9]|zstd:([1-9]|1[0-9])|none)$")
+ALLOWED_COMPRESSION = "zstd:1..zstd:19 (default zstd:1), gzip:0..gzip:9 (the runbook's -Z 6 is gzip:6) or none"
 
 
-def parse_compression(value: str) -> int:
-    """'gzip:N' -> pg_dump -Z N (runbook: gzip:6); 'none' -> -Z 0."""
-    if not _COMPRESSION.match(value):
-        raise ConfigError("postgres.compression", value, "gzip:0..gzip:9 (runbook default gzip:6) or none")
-    return 0 if value == "none" else int(value.split(":")[1])
+@dataclass(frozen=True)
+class Compression:
+    """How the dump is compressed: by pg_dump itself (gzip) or by a streaming zstd after it."""
+
+    codec: str  # "gzip" | "zstd" | "none"
+    level: int
+
+    @property
+    def pg_dump_level(self) -> int:
+        return self.level if self.codec == "gzip" else 0
+
+    @property
+    def file_name(self) -> str:
+        return ZSTD_FILE if self.codec == "zstd" else DUMP_FILE
+
+
+def parse_compression(value: str) -> Compression:
+    """'zstd:N' (pg_dump -Z 0 | multi-threaded zstd), 'gzip:N' (pg_dump -Z N), 'none'."""
+    if not isinstance(value, str) or not _COMPRESSION.match(value):
+        raise ConfigError("postgres.compression", value, ALLOWED_COMPRESSION)
+    if value == "none":
+        return Compression("none", 0)
+    codec, level = value.split(":")
+    return Compression(codec, int(level))
+
+
+def dump_file(artifact: Artifact) -> Path:
+    """The dump inside a backup, whichever compression wrote it."""
+    for name in (ZSTD_FILE, DUMP_FILE):
+        if any(f.name == name for f in artifact.manifest.files):
+            return artifact.path(name)
+    return artifact.path(DUMP_FILE)
 
 
 class PostgresStore:
@@ -55,7 +91,7 @@ class PostgresStore:
 
     def __init__(self, settings: PostgresSettings, volume: VolumeSettings | None = None) -> None:
         self.settings = settings
-        self.level = parse_compression(settings.compression)
+        self.compression = parse_compression(settings.compression)
 
     # --- plumbing ------------------------------------------------------------
     def _tool(self, name: str) -> str:
@@ -133,9 +169,9 @@ class PostgresStore:
             if vector:
                 versions["vector"] = vector[0]
             inventory = self._count(conn)
-            argv = [self._tool("pg_dump"), "-Fc", "-Z", str(self.level), f"--snapshot={snapshot}",
-                    "-d", self.settings.dbname]
-            record = self._stream_dump(argv, into / DUMP_FILE, progress)
+            argv = [self._tool("pg_dump"), "-Fc", "-Z", str(self.compression.pg_dump_level),
+                    f"--snapshot={snapshot}", "-d", self.settings.dbname]
+            record = self._stream_dump(argv, into / self.compression.file_name, progress)
             conn.rollback()
         return BackupOutput(
             files=[record], method="pg_dump", versions=versions, inventory=inventory,
@@ -150,13 +186,20 @@ class PostgresStore:
             raise BackupFailed(self.name, f"tool not found: {argv[0]} (set CB_PG_BIN_DIR)") from None
         assert proc.stdout is not None and proc.stderr is not None
         last = time.monotonic()
+        read = 0
         try:
             with HashingWriter(path) as out:
+                sink = out if self.compression.codec != "zstd" else zstandard.ZstdCompressor(
+                    level=self.compression.level, threads=os.cpu_count() or 2).stream_writer(out, closefd=False)
                 while block := proc.stdout.read1(CHUNK):  # what the pipe has now, not a full chunk
-                    out.write(block)
+                    sink.write(block)
+                    read += len(block)
                     if time.monotonic() - last > 2:
-                        progress(f"pg_dump {out.bytes // (1024 * 1024)} MiB", out.bytes, None)
+                        progress(f"pg_dump {read // (1024 * 1024)} MiB read, {out.bytes // (1024 * 1024)} MiB "
+                                 "written", out.bytes, None)
                         last = time.monotonic()
+                if sink is not out:
+                    sink.close()
         except BaseException:
             proc.kill()
             proc.wait()
@@ -168,20 +211,71 @@ class PostgresStore:
         return FileRecord(path.name, out.bytes, out.sha256)
 
     def verify(self, artifact: Artifact) -> Verification:
-        """Runbook: `pg_restore --list`; also demand a data entry for every counted table."""
-        path = artifact.path(DUMP_FILE)
+        """Runbook: `pg_restore --list`; also demand a data entry for every counted table.
+
+        A zstd dump is decompressed on the fly into pg_restore's stdin, which also proves
+        every zstd frame decodes.
+        """
+        path = dump_file(artifact)
         if not path.is_file():
-            return Verification(False, [f"{DUMP_FILE} missing"])
-        done = subprocess.run([self._tool("pg_restore"), "--list", str(path)], capture_output=True, check=False)
-        if done.returncode != 0:
-            err = done.stderr.decode(errors="replace").strip().splitlines()
-            return Verification(False, [f"pg_restore --list failed: {err[-1] if err else done.returncode}"])
-        toc = done.stdout.decode(errors="replace")
+            return Verification(False, [f"{path.name} missing"])
+        try:
+            code, toc, err = self._pg_restore_list(path)
+        except zstandard.ZstdError as exc:
+            return Verification(False, [f"{path.name}: zstd stream damaged: {exc}"])
+        if code != 0:
+            lines = err.strip().splitlines()
+            return Verification(False, [f"pg_restore --list failed: {lines[-1] if lines else code}"])
         data_tables = set(re.findall(r"TABLE DATA \S+ (\S+) ", toc))
         missing = [t for t in artifact.manifest.inventory.get("tables", {}) if t not in data_tables]
         problems = [f"no TABLE DATA entry for {t}" for t in missing]
         entries = sum(1 for line in toc.splitlines() if line and not line.startswith(";"))
         return Verification(not problems, problems, {"toc_entries": entries})
+
+    def _pg_restore_list(self, path: Path) -> tuple[int, str, str]:
+        argv = [self._tool("pg_restore"), "--list"]
+        if not path.name.endswith(".zst"):
+            done = subprocess.run([*argv, str(path)], capture_output=True, check=False)
+            return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()))  # type: ignore[union-attr]
+        errors: list[bytes] = []
+        err_reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()))  # type: ignore[union-attr]
+        reader.start()
+        err_reader.start()
+        failure: Exception | None = None
+        try:
+            with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as stream:
+                while block := stream.read(CHUNK):
+                    proc.stdin.write(block)
+        except BrokenPipeError:
+            pass  # pg_restore stopped reading: its exit code tells why
+        except zstandard.ZstdError as exc:
+            failure = exc
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            code = proc.wait()
+            reader.join()
+            err_reader.join()
+        if failure is not None:
+            raise failure
+        return code, b"".join(chunks).decode(errors="replace"), b"".join(errors).decode(errors="replace")
+
+    @contextmanager
+    def _seekable_dump(self, artifact: Artifact) -> Iterator[Path]:
+        """pg_restore --jobs needs a seekable custom-format file: decompress zstd beside the backup."""
+        path = dump_file(artifact)
+        if not path.name.endswith(".zst"):
+            yield path
+            return
+        with tempfile.TemporaryDirectory(prefix=".restore-", dir=artifact.directory.parent) as tmp:
+            plain = Path(tmp) / DUMP_FILE
+            with open(path, "rb") as src, open(plain, "wb") as dst:
+                zstandard.ZstdDecompressor().copy_stream(src, dst, read_size=CHUNK, write_size=CHUNK)
+            yield plain
 
     # --- restore ---------------------------------------------------------------
     def server_version_num(self, conn: psycopg.Connection[Any]) -> int:
@@ -216,8 +310,9 @@ class PostgresStore:
             admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(incoming)))
         progress(f"pg_restore into {incoming}", 0, None)
         jobs = int(target.options.get("jobs") or self.settings.restore_jobs)
-        done = subprocess.run([self._tool("pg_restore"), "--jobs", str(jobs), "--exit-on-error", "-d", incoming,
-                               str(artifact.path(DUMP_FILE))], capture_output=True, env=self._env(), check=False)
+        with self._seekable_dump(artifact) as dump:
+            done = subprocess.run([self._tool("pg_restore"), "--jobs", str(jobs), "--exit-on-error", "-d", incoming,
+                                   str(dump)], capture_output=True, env=self._env(), check=False)
         if done.returncode != 0:
             with self.connect("postgres") as admin:
                 self._drop(admin, incoming)
@@ -274,5 +369,5 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _last_backup_bytes(store_dir: Path) -> int | None:
-    sizes = [p.stat().st_size for p in store_dir.glob(f"*/{DUMP_FILE}")] if store_dir.is_dir() else []
+    sizes = [p.stat().st_size for p in store_dir.glob("*/postgres.dump*")] if store_dir.is_dir() else []
     return max(sizes) if sizes else None

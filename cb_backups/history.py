@@ -1,0 +1,163 @@
+"""The ONE module that touches Dagster APIs that are not public, pinned to dagster 1.13.27.
+
+Dagster has no public API (in 1.13) for an asset check's execution history or
+for reading asset-check evaluation events across runs by storage id. The report
+and the failure notifications need both, so they go through this module only:
+
+* `check_history`: every execution of one asset check, newest first, paged in
+  bulk (`event_log_storage.get_asset_check_execution_history`).
+* `check_evaluations_after`: ASSET_CHECK_EVALUATION events with a storage id
+  above a cursor, oldest first (`event_log_storage.get_event_records`; the
+  instance-level `get_event_records` is deprecated).
+* `latest_storage_id`: the newest event's storage id, to start a cursor.
+
+On any other Dagster version these warn once (`DagsterVersionWarning`) and
+still try; `cb_backups_tests/test_report.py` exercises each against a real
+instance, so an upgrade shows here first.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+PINNED_DAGSTER = "1.13.27"
+_warned: set[str] = set()
+
+
+class DagsterVersionWarning(UserWarning):
+    """cb_backups.history was written against another Dagster version."""
+
+
+def version_guard(version: str | None = None) -> bool:
+    """True on the pinned version; otherwise warn (once per version) and return False."""
+    found = version if version is not None else dg.__version__
+    if found == PINNED_DAGSTER:
+        return True
+    if found not in _warned:
+        _warned.add(found)
+        warnings.warn(
+            f"cb_backups.history uses non-public Dagster APIs checked on dagster {PINNED_DAGSTER}, but dagster "
+            f"{found} is installed: asset check history in reports and check-failure notifications may be wrong. "
+            f"Pin dagster=={PINNED_DAGSTER} or re-run cb_backups_tests/test_report.py.",
+            DagsterVersionWarning, stacklevel=3)
+    return False
+
+
+def plain(value: Any) -> Any:
+    """A MetadataValue (or raw value) as plain JSON-able data."""
+    raw = getattr(value, "value", value)
+    if isinstance(raw, (str, int, float, bool)) or raw is None:
+        return raw
+    if isinstance(raw, Mapping):
+        return {str(k): plain(v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)):
+        return [plain(v) for v in raw]
+    return str(raw)
+
+
+def plain_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: plain(v) for k, v in (metadata or {}).items()}
+
+
+@dataclass(frozen=True)
+class CheckRun:
+    """One execution of one asset check (for one partition, when the check is partitioned)."""
+
+    asset: str  # asset key as a "/"-joined string
+    check: str
+    partition: str | None
+    status: str  # "passed" | "failed" | "planned"
+    timestamp: float
+    run_id: str
+    description: str = ""
+    severity: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool | None:
+        return {"passed": True, "failed": False}.get(self.status)
+
+
+def _from_evaluation(ev: Any, timestamp: float, run_id: str, partition: str | None = None) -> CheckRun:
+    return CheckRun(
+        asset=ev.asset_key.to_user_string(), check=ev.check_name,
+        partition=ev.partition if ev.partition is not None else partition,
+        status="passed" if ev.passed else "failed", timestamp=timestamp, run_id=run_id,
+        description=ev.description or "", severity=getattr(ev.severity, "value", str(ev.severity)),
+        metadata=plain_metadata(ev.metadata))
+
+
+def _from_record(record: Any) -> CheckRun:
+    event = record.event
+    evaluation = event.asset_check_evaluation if event is not None else None
+    timestamp = event.timestamp if event is not None else record.create_timestamp
+    if evaluation is not None:
+        return _from_evaluation(evaluation, timestamp, record.run_id, record.partition)
+    return CheckRun(asset=record.key.asset_key.to_user_string(), check=record.key.name, partition=record.partition,
+                    status="planned", timestamp=timestamp, run_id=record.run_id)
+
+
+def check_history(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, since: float | None = None,
+                  page: int = 2000) -> list[CheckRun]:
+    """Every execution of `check_key` created at or after `since` (epoch seconds), newest first.
+
+    Pages through the storage in `page`-sized queries (one query per page, not per partition).
+    """
+    version_guard()
+    storage = instance.event_log_storage
+    found: list[CheckRun] = []
+    cursor: int | None = None
+    while True:
+        records = storage.get_asset_check_execution_history(check_key, limit=page, cursor=cursor)
+        if not records:
+            break
+        for record in records:
+            if since is not None and record.create_timestamp < since:
+                return found
+            found.append(_from_record(record))
+        if len(records) < page:
+            break
+        cursor = records[-1].id
+    return found
+
+
+def check_histories(instance: dg.DagsterInstance, check_keys: Iterable[dg.AssetCheckKey],
+                    since: float | None = None) -> dict[dg.AssetCheckKey, list[CheckRun]]:
+    return {key: check_history(instance, key, since) for key in check_keys}
+
+
+def check_evaluations_after(instance: dg.DagsterInstance, cursor: int | None, limit: int = 500,
+                            since: float | None = None) -> tuple[list[CheckRun], int | None]:
+    """ASSET_CHECK_EVALUATION events with storage id > `cursor` (and timestamp > `since`), oldest first.
+
+    Returns the evaluations and the new cursor (the last storage id seen; `cursor` when none).
+    """
+    version_guard()
+    records_filter = dg.EventRecordsFilter(
+        event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+        after_cursor=cursor if cursor else None,
+        after_timestamp=since,
+    )
+    records = instance.event_log_storage.get_event_records(records_filter, limit=limit, ascending=True)
+    found: list[CheckRun] = []
+    last = cursor
+    for record in records:
+        last = record.storage_id
+        entry = record.event_log_entry
+        evaluation = entry.asset_check_evaluation
+        if evaluation is not None:
+            found.append(_from_evaluation(evaluation, entry.timestamp, entry.run_id))
+    return found, last
+
+
+def latest_storage_id(instance: dg.DagsterInstance) -> int:
+    """The storage id of the newest ASSET_CHECK_EVALUATION event (0 when there is none)."""
+    version_guard()
+    records = instance.event_log_storage.get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1, ascending=False)
+    return records[0].storage_id if records else 0
