@@ -201,7 +201,8 @@ class EmbeddedValkey:
         return f"valkey://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        env = {"CB_VALKEY_URL": self.url, "CB_VALKEY_DATA_DIR": str(self.data_dir), "CB_VALKEY_BIN_DIR": str(self.bin_dir)}
+        env = {"CB_VALKEY_URL": self.url, "CB_VALKEY_DATA_DIR": str(self.data_dir),
+               "CB_VALKEY_BIN_DIR": str(self.bin_dir)}
         if self.password:
             env["CB_VALKEY_PASSWORD"] = self.password
         return env

@@ -32,7 +32,11 @@ CREATE TABLE IF NOT EXISTS experiments (
     id bigserial PRIMARY KEY, name text, variant text, started_at timestamptz DEFAULT now(), params jsonb);
 """
 
-_WORDS = ["function", "class", "module", "import", "graph", "vector", "search", "memory", "cache", "session", "token", "index", "query", "commit", "branch", "merge", "deploy", "backup", "restore", "verify", "schedule", "partition", "asset", "check", "sensor"]
+_WORDS = (
+    "function", "class", "module", "import", "graph", "vector", "search", "memory", "cache", "session",
+    "token", "index", "query", "commit", "branch", "merge", "deploy", "backup", "restore", "verify",
+    "schedule", "partition", "asset", "check", "sensor",
+)
 
 
 def _text(rng: random.Random, words: int) -> str:
@@ -54,8 +58,8 @@ def load_postgres(conn: Any, scale: int = 200, seed: int = 7, hnsw: bool = True)
     Returns the row counts inserted per table.
     """
     rng = random.Random(seed)
-    schema = POSTGRES_SCHEMA if hnsw else POSTGRES_SCHEMA.replace(
-        "CREATE INDEX IF NOT EXISTS memories_embedding_hnsw ON memories USING hnsw (embedding vector_cosine_ops);", "")
+    schema = POSTGRES_SCHEMA if hnsw else "\n".join(
+        line for line in POSTGRES_SCHEMA.splitlines() if "USING hnsw" not in line)
     conn.execute(schema)
     n_users = max(3, scale // 50)
     n_apps = max(2, scale // 100)

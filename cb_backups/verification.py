@@ -68,7 +68,8 @@ def evaluate_freshness(catalog: Catalog, store: str, rpo: timedelta, now: dateti
     now = now or utcnow()
     newest = catalog.latest_verified(store)
     if newest is None:
-        return Outcome(FRESHNESS_CHECK, False, f"no verified {store} backup exists", {"rpo_hours": rpo / timedelta(hours=1)})
+        return Outcome(FRESHNESS_CHECK, False, f"no verified {store} backup exists",
+                       {"rpo_hours": rpo / timedelta(hours=1)})
     age = now - parse_iso(newest.manifest.captured_at)
     hours = round(age / timedelta(hours=1), 2)
     passed = age <= rpo

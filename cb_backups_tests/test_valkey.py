@@ -69,7 +69,7 @@ def test_in_place_restore_places_the_rdb_and_restarts(tmp_path: Path) -> None:
     server = EmbeddedValkey(password="inplace-pw", appendonly=True).start()
     try:
         server.client(0).set("kept", "from-backup")
-        argv = server.argv() + ["--daemonize", "yes", "--pidfile", str(server.root / "valkey.pid")]
+        argv = [*server.argv(), "--daemonize", "yes", "--pidfile", str(server.root / "valkey.pid")]
         settings = ValkeySettings(host="127.0.0.1", port=server.port, password="inplace-pw",
                                   data_dir=str(server.data_dir), bin_dir=str(server.bin_dir),
                                   start_command=tuple(argv))

@@ -41,10 +41,11 @@ def tar_directory(store: str, source: Path, into: Path, name: str) -> FileRecord
     """Write `source`'s contents as a gzip tar `into/name`, hashing while writing."""
     if not source.is_dir():
         raise ConfigError(f"{store} data_dir", str(source), "an existing folder readable by cb-backups")
-    with HashingWriter(into / name) as out:
-        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
-            for child in sorted(source.iterdir()):
-                tar.add(child, arcname=child.name)
+    with (HashingWriter(into / name) as out,
+          gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as gz,  # type: ignore[arg-type]
+          tarfile.open(fileobj=gz, mode="w|") as tar):
+        for child in sorted(source.iterdir()):
+            tar.add(child, arcname=child.name)
     return FileRecord(name, out.bytes, out.sha256)
 
 
