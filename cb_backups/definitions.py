@@ -16,12 +16,16 @@ from cb_backups.automation import backup_jobs, backup_schedules, freshness_job, 
 from cb_backups.checks import backup_checks, freshness_checks
 from cb_backups.resources import BackupsResource
 
-core = dg.Definitions(
-    assets=backup_assets,
-    asset_checks=[*backup_checks, *freshness_checks],
-    jobs=[*backup_jobs.values(), *verify_jobs.values(), freshness_job],
-    schedules=[*backup_schedules, freshness_schedule],
-)
+
+
+def _core() -> dg.Definitions:
+    return dg.Definitions(
+        assets=backup_assets,
+        asset_checks=[*backup_checks, *freshness_checks],
+        jobs=[*backup_jobs.values(), *verify_jobs.values(), freshness_job],
+        schedules=[*backup_schedules, freshness_schedule],
+    )
+
 
 # Feature modules, each exposing `defs`.
 FEATURES = (
@@ -34,8 +38,9 @@ FEATURES = (
     "cb_backups.notifications",  # failure webhooks
 )
 
+# Only `defs` may be a Definitions at module scope (the Dagster CLI loads exactly one).
 defs = dg.Definitions.merge(
-    core,
+    _core(),
     *[import_module(name).defs for name in FEATURES if find_spec(name) is not None],
     dg.Definitions(resources={"backups": BackupsResource()}),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cb_backups.embedded import EmbeddedPostgres, EmbeddedValkey
+from cb_backups.fileio import atomic_write_bytes
 from cb_backups.sample_data import load_postgres, load_valkey
 
 console = Console(highlight=False)
@@ -34,6 +36,10 @@ def run_demo(root: Path, keep_servers: bool = False, scale: int = 300) -> int:
             vk.start()
         os.environ.update(pg.env())
         os.environ.update(vk.env())
+        env_file = root / "demo.env"
+        env = {**pg.env(), **vk.env(), "CB_BACKUP_DIR": str(root / "backups"),
+               "DAGSTER_HOME": str(root / "dagster_home")}
+        atomic_write_bytes(env_file, "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items())).encode())
         with console.status("loading sample data ..."):
             with pg.connect() as conn:
                 if not conn.execute("SELECT to_regclass('public.memories')").fetchone()[0]:
@@ -61,9 +67,9 @@ def run_demo(root: Path, keep_servers: bool = False, scale: int = 300) -> int:
         for store in ("postgres", "valkey"):
             for manifest in sorted((root / "backups" / store).glob("*/manifest.json")):
                 console.print(f"{store}: {manifest}")
-        console.print(f"\nOpen the Dagster UI on these backups:\n"
-                      f"  DAGSTER_HOME={root / 'dagster_home'} CB_BACKUP_DIR={root / 'backups'} "
-                      f"dagster dev -w workspace.yaml\n")
+        console.print("\nOpen the Dagster UI on these backups (the servers must be up for new "
+                      "materializations: add --keep):", soft_wrap=True)
+        console.print(f"  set -a; . {env_file}; set +a; dagster dev -w workspace.yaml\n", soft_wrap=True)
         if keep_servers:
             console.print("servers keep running; Ctrl-C stops them.")
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

@@ -47,3 +47,11 @@ class RestoreRefused(CbBackupsError):
     def __init__(self, store: str, detail: str) -> None:
         super().__init__(f"{store}: restore refused (target untouched): {detail}")
         self.store = store
+
+
+class RestoreFailed(CbBackupsError):
+    """A restore started changing the target and then failed (the message says how far it got)."""
+
+    def __init__(self, store: str, detail: str) -> None:
+        super().__init__(f"{store}: restore failed: {detail}")
+        self.store = store

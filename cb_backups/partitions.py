@@ -43,6 +43,6 @@ def parse_slot(partitions: dg.TimeWindowPartitionsDefinition, key: str) -> datet
         example = partitions.get_last_partition_key() or "2026-11-24"
         raise ConfigError("partition key", key, f"format {partitions.fmt}, e.g. {example}") from None
     window = partitions.time_window_for_partition_key(key)
-    if window.start.replace(tzinfo=None) != start:
+    if window.start.strftime(partitions.fmt) != start.strftime(partitions.fmt):  # daily keys carry no hour
         raise ConfigError("partition key", key, f"a slot start on the schedule {partitions.cron_schedule}")
     return window.end

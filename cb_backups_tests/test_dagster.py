@@ -48,6 +48,17 @@ def test_materialize_partition_with_all_checks_passing(cb_env: dict[str, str]) -
     assert meta["sha256"].value == {"postgres.dump.zst": manifest.files[0].sha256}
 
 
+def test_dagster_cli_materializes_a_partition_with_its_checks(cb_env: dict[str, str]) -> None:
+    key = recent_slots("valkey", 1)[0]
+    done = subprocess.run(["dagster", "asset", "materialize", "-m", "cb_backups.definitions",
+                           "--select", "valkey_backup", "--partition", key], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    artifact = Catalog(Path(cb_env["CB_BACKUP_DIR"])).require("valkey", key)
+    record = Catalog(Path(cb_env["CB_BACKUP_DIR"])).verification_of(artifact)
+    assert record is not None and record.ok  # the slot checks ran in the same run
+
+
 def test_flipped_byte_fails_only_that_partition(cb_env: dict[str, str]) -> None:
     instance = dg.DagsterInstance.get()
     bad, good = recent_slots("valkey", 2)

@@ -40,7 +40,14 @@ import neo4j
 from neo4j import GraphDatabase
 from neo4j.exceptions import DriverError, Neo4jError
 
-from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.errors import (
+    BackupFailed,
+    CbBackupsError,
+    ConfigError,
+    RestoreFailed,
+    RestoreRefused,
+    StoreUnavailable,
+)
 from cb_backups.fileio import CHUNK, HashingWriter, private_dir, sha256_file
 from cb_backups.settings import Neo4jSettings, VolumeSettings
 from cb_backups.stores.base import (
@@ -67,14 +74,6 @@ COMPONENTS_QUERY = "CALL dbms.components() YIELD name, versions, edition RETURN 
 _VERSION = re.compile(r"\b(\d+\.\d+\.\d+)\b")
 _UNKNOWN_COMMAND = re.compile(r"unknown (sub)?command|unmatched argument|unknown option|did you mean", re.IGNORECASE)
 _OVERRIDABLE = ("uri", "database", "admin_command", "stop_command", "start_command", "dump_dir")
-
-
-class RestoreFailed(CbBackupsError):
-    """A restore went wrong after it started changing the target (the message says how far it got)."""
-
-    def __init__(self, store: str, detail: str) -> None:
-        super().__init__(f"{store}: restore failed: {detail}")
-        self.store = store
 
 
 def safe_uri(uri: str) -> str:

@@ -29,7 +29,13 @@ from opensearchpy import OpenSearch
 from opensearchpy import exceptions as os_errors
 
 from cb_backups.catalog import checksum_problems
-from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.errors import (
+    BackupFailed,
+    ConfigError,
+    RestoreFailed,
+    RestoreRefused,
+    StoreUnavailable,
+)
 from cb_backups.fileio import HashingWriter
 from cb_backups.settings import OpenSearchSettings, VolumeSettings
 from cb_backups.stores.base import (
@@ -57,14 +63,6 @@ _SNAPSHOT_KEYS = ("repository", "snapshot", "uuid", "indices", "state", "shards"
 _SECRET_WORDS = ("key", "secret", "password", "token", "credential")
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 T = TypeVar("T")
-
-
-class RestoreFailed(CbBackupsError):
-    """A restore started (the target was touched) and then failed."""
-
-    def __init__(self, store: str, detail: str) -> None:
-        super().__init__(f"{store}: restore failed: {detail}")
-        self.store = store
 
 
 def _public_url(url: str) -> str:
