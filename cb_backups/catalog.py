@@ -5,6 +5,8 @@ Layout::
     <root>/<store>/<partition_key>/        one complete backup
         <artifact files>                   0600
         manifest.json                      written last; its presence means complete
+        manifest.json.sha256               the manifest's own sha256 (`sha256sum -c` format): a changed
+                                           manifest is detected like a changed file
         verification.json                  the latest verification result (sidecar)
     <root>/<store>/_safety/<stamp>/        safety backups taken before a restore
     <root>/<store>/.staging-*/             a backup being written (never "looks good")
@@ -31,11 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cb_backups.errors import CbBackupsError, ConfigError
-from cb_backups.fileio import atomic_write_json, fsync_dir, private_dir, sha256_file
+from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError
+from cb_backups.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, private_dir, sha256_file
 from cb_backups.stores.base import Artifact, BackupOutput, Manifest, Verification
 
 MANIFEST = "manifest.json"
+MANIFEST_SEAL = "manifest.json.sha256"
 VERIFICATION = "verification.json"
 SAFETY = "_safety"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
@@ -92,6 +95,8 @@ class Staging:
             markers=output.markers,
         )
         atomic_write_json(self.path / MANIFEST, manifest.to_json())
+        seal = sha256_file(self.path / MANIFEST)[0]
+        atomic_write_bytes(self.path / MANIFEST_SEAL, f"{seal}  {MANIFEST}\n".encode())
         final = self.catalog.slot_dir(self.store, self.key, self.kind)
         private_dir(final.parent)
         replaced = None
@@ -159,7 +164,15 @@ class Catalog:
     def write(self, store: str, key: str, backup: Callable[[Path], BackupOutput], kind: str = "backup") -> Artifact:
         """Run `backup(staging_dir)` under the slot lock and commit the result."""
         with self.slot_lock(store, key), self.staging(store, key, kind) as staging:
-            return staging.commit(backup(staging.path))
+            try:
+                return staging.commit(backup(staging.path))
+            except OSError as exc:
+                # Disk full, quota, permissions: a clear error; the staging folder is removed on the way out.
+                where = exc.filename or staging.path
+                free = shutil.disk_usage(self.root).free if self.root.is_dir() else 0
+                raise BackupFailed(store, f"cannot write {where}: {exc.strerror or exc} ({free} bytes free in "
+                                          f"{self.root}); the partial backup was removed, other backups are "
+                                          "untouched") from None
 
     def sweep(self, store: str, older_than_seconds: float = 0) -> list[Path]:
         """Remove staging/replaced leftovers of killed runs (skipping any slot being written)."""
@@ -168,7 +181,7 @@ class Catalog:
         if not base.exists():
             return removed
         now = time.time()
-        for child in base.iterdir():
+        for child in sorted(base.iterdir()):
             if not (child.name.startswith(".staging-") or child.name.startswith(".replaced-")):
                 continue
             if now - child.stat().st_mtime < older_than_seconds:
@@ -176,6 +189,13 @@ class Catalog:
             key = _key_from_leftover(child.name)
             try:
                 with self.slot_lock(store, key):
+                    slot = self.slot_dir(store, key)
+                    if child.name.startswith(".replaced-") and not slot.exists() and self.load(child):
+                        # Killed between moving the old backup aside and moving the new one in:
+                        # put the old one back rather than lose the slot's only complete backup.
+                        os.rename(child, slot)
+                        fsync_dir(base)
+                        continue
                     shutil.rmtree(child, ignore_errors=True)
                     removed.append(child)
             except SlotBusy:
@@ -256,8 +276,8 @@ class Catalog:
 
 
 def checksum_problems(artifact: Artifact) -> list[str]:
-    """Every file present, of the recorded size, with the recorded sha256."""
-    problems = []
+    """Every file present, of the recorded size, with the recorded sha256; the manifest equal to its seal."""
+    problems = seal_problems(artifact)
     for record in artifact.manifest.files:
         path = artifact.path(record.name)
         if not path.is_file():
@@ -269,6 +289,23 @@ def checksum_problems(artifact: Artifact) -> list[str]:
         elif digest != record.sha256:
             problems.append(f"{record.name}: sha256 {digest[:12]}… differs from manifest {record.sha256[:12]}…")
     return problems
+
+
+def seal_problems(artifact: Artifact) -> list[str]:
+    """The manifest's sha256 against `manifest.json.sha256` (written with it; absent in copies made before
+    the seal existed and in downloaded off-site copies, which are checked against S3 instead)."""
+    seal = artifact.path(MANIFEST_SEAL)
+    if not seal.is_file():
+        return []
+    try:
+        recorded = seal.read_text(errors="replace").split()[0]
+    except (OSError, IndexError):
+        recorded = ""
+    actual = sha256_file(artifact.path(MANIFEST))[0] if artifact.path(MANIFEST).is_file() else "missing"
+    if recorded != actual:
+        return [f"{MANIFEST}: sha256 {actual[:12]}… differs from its seal {MANIFEST_SEAL} ({recorded[:12]}…): "
+                "the manifest changed after the backup was written"]
+    return []
 
 
 def _check_name(what: str, value: str) -> None:

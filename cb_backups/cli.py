@@ -52,6 +52,14 @@ def _store_names(value: str | None) -> list[str]:
     return [value]
 
 
+def _check_store_settings(value: str | None) -> None:
+    """A named store's settings are bad input (exit 2) before any run starts, not a failed run."""
+    if value is not None:
+        from cb_backups.resources import BackupsResource
+
+        BackupsResource().store(value)  # validates its settings (compression, URLs, ...); does not connect
+
+
 def _partition(store: str, key: str | None) -> str:
     from cb_backups.partitions import parse_slot
     from cb_backups.specs import spec_for
@@ -70,7 +78,8 @@ def run_job(job_name: str, partition: str, instance: Any, run_config: dict[str, 
     from cb_backups.definitions import defs
 
     job = defs.resolve_job_def(job_name)
-    config = {"loggers": {"console": {"config": {"log_level": os.environ.get("CB_LOG_LEVEL", "WARNING")}}}}
+    # The CLI prints each failure as one line; Dagster's own log (with stack traces) on CB_LOG_LEVEL=ERROR/INFO.
+    config = {"loggers": {"console": {"config": {"log_level": os.environ.get("CB_LOG_LEVEL", "CRITICAL")}}}}
     config.update(run_config or {})
     if job_name.endswith("_verify_job"):
         # A checks-only selection has no asset to validate the key against; pass it as the run's tag.
@@ -106,6 +115,7 @@ def _failure_messages(result: Any) -> list[str]:
 def cmd_backup(args: argparse.Namespace) -> int:
     instance = _instance()
     status = 0
+    _check_store_settings(args.store)
     for store in _store_names(args.store):
         key = _partition(store, args.partition)
         with console.status(f"backing up {store} slot {key} ..."):
@@ -126,6 +136,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     instance = _instance()
     catalog = BackupsResource().catalog()
     status = 0
+    _check_store_settings(args.store)
     for store in _store_names(args.store):
         keys = [a.partition_key for a in catalog.list(store)] if args.all else [_partition(store, args.partition)]
         for key in keys:
@@ -234,9 +245,9 @@ COMMAND_MODULES = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.func(args))
     except CbBackupsError as exc:
         err_console.print("[red]error:[/] " + escape(str(exc)))

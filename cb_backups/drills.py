@@ -96,9 +96,7 @@ def restore_drills_schedule(context: dg.ScheduleEvaluationContext, backups: Back
     requests = drill_requests(backups)
     if not requests:
         return dg.SkipReason("no store is configured")
-    stamp = context.scheduled_execution_time.strftime("%Y-%m-%d") if context.scheduled_execution_time else ""
-    return [dg.RunRequest(run_key=f"{r.run_key}-{stamp}", asset_selection=r.asset_selection,
-                          asset_check_keys=r.asset_check_keys, tags=r.tags) for r in requests]
+    return requests  # run keys dedupe within a tick; each tick is its own night
 
 
 defs = dg.Definitions(asset_checks=drill_checks, jobs=[restore_drills_job], schedules=[restore_drills_schedule])

@@ -97,9 +97,13 @@ def sha256_file(path: Path) -> tuple[str, int]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name beside `path`, fsync, rename, fsync the folder."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with HashingWriter(tmp) as out:
-        out.write(data)
-    os.replace(tmp, path)
+    try:
+        with HashingWriter(tmp) as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a stray temporary file behind
+        raise
     fsync_dir(path.parent)
 
 

@@ -1,15 +1,13 @@
 """The ONE module that touches Dagster APIs that are not public, pinned to dagster 1.13.27.
 
 Dagster has no public API (in 1.13) for an asset check's execution history or
-for reading asset-check evaluation events across runs by storage id. The report
-and the failure notifications need both, so they go through this module only:
+for one run's events. The report and the failure notifications need both, so
+they go through this module only:
 
 * `check_history`: every execution of one asset check, newest first, paged in
   bulk (`event_log_storage.get_asset_check_execution_history`).
-* `check_evaluations_after`: ASSET_CHECK_EVALUATION events with a storage id
-  above a cursor, oldest first (`event_log_storage.get_event_records`; the
-  instance-level `get_event_records` is deprecated).
-* `latest_storage_id`: the newest event's storage id, to start a cursor.
+* `run_check_evaluations` / `run_failure_message`: one run's asset check
+  evaluations and failed steps' messages (`instance.all_logs`, not public).
 
 On any other Dagster version these warn once (`DagsterVersionWarning`) and
 still try; `cb_backups_tests/test_report.py` exercises each against a real
@@ -131,33 +129,31 @@ def check_histories(instance: dg.DagsterInstance, check_keys: Iterable[dg.AssetC
     return {key: check_history(instance, key, since) for key in check_keys}
 
 
-def check_evaluations_after(instance: dg.DagsterInstance, cursor: int | None, limit: int = 500,
-                            since: float | None = None) -> tuple[list[CheckRun], int | None]:
-    """ASSET_CHECK_EVALUATION events with storage id > `cursor` (and timestamp > `since`), oldest first.
-
-    Returns the evaluations and the new cursor (the last storage id seen; `cursor` when none).
-    """
+def run_check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[CheckRun]:
+    """Every asset check evaluation recorded by one run, in order."""
     version_guard()
-    records_filter = dg.EventRecordsFilter(
-        event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION,
-        after_cursor=cursor if cursor else None,
-        after_timestamp=since,
-    )
-    records = instance.event_log_storage.get_event_records(records_filter, limit=limit, ascending=True)
-    found: list[CheckRun] = []
-    last = cursor
-    for record in records:
-        last = record.storage_id
-        entry = record.event_log_entry
-        evaluation = entry.asset_check_evaluation
-        if evaluation is not None:
-            found.append(_from_evaluation(evaluation, entry.timestamp, entry.run_id))
-    return found, last
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    return [_from_evaluation(e.asset_check_evaluation, e.timestamp, e.run_id)
+            for e in entries if e.asset_check_evaluation is not None]
 
 
-def latest_storage_id(instance: dg.DagsterInstance) -> int:
-    """The storage id of the newest ASSET_CHECK_EVALUATION event (0 when there is none)."""
+def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The failed steps' messages of a run (a dg.Failure's description, else the error), or the run's failure."""
     version_guard()
-    records = instance.event_log_storage.get_event_records(
-        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1, ascending=False)
-    return records[0].storage_id if records else 0
+    messages: list[str] = []
+    fallback = ""
+    for entry in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_FAILURE,
+                                                    dg.DagsterEventType.RUN_FAILURE}):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.is_step_failure and event.step_failure_data is not None:
+            data = event.step_failure_data
+            user = data.user_failure_data
+            text = user.description if user is not None and user.description else (
+                data.error.message if data.error is not None else "")
+            if text.strip():
+                messages.append(f"{event.step_key}: {text.strip()}")
+        elif event.message:
+            fallback = event.message.strip()
+    return "; ".join(messages) or fallback or "run failed"

@@ -2,10 +2,14 @@
 
 * `run_failure_webhook_sensor` (a run failure sensor): names the job, the store tag,
   the partition and the error of every failed run in this code location.
-* `check_failure_webhook_sensor`: every failed asset check evaluation (a backup slot
-  check, an off-site check, a restore drill, freshness), read from the event log with a
-  storage-id cursor, so none is dropped when several arrive between ticks; one message
-  per tick lists them all. The first tick looks back `CHECK_LOOKBACK_SECONDS`.
+  The message also lists the run's failed asset checks (a failed blocking check fails
+  the run, so a corrupted backup arrives here).
+* `check_failure_webhook_sensor` (a run status sensor on SUCCESS): the failed asset
+  checks of runs that succeeded anyway (non-blocking checks: restore drills, off-site
+  checks, warnings). Run status sensors keep Dagster's own cursor over every run, so no
+  evaluation is dropped when several arrive between ticks (unlike `@asset_sensor`), and
+  it works on run-sharded SQLite storage, where a raw storage-id cursor over
+  ASSET_CHECK_EVALUATION events is refused.
 
 Nothing is sent when no webhook is configured (the sensors skip, saying so). The
 webhook URL is a secret: it never appears in messages or logs, and every text sent
@@ -14,7 +18,6 @@ passes through the report's redactor.
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -29,7 +32,6 @@ from cb_backups.report import redactor
 from cb_backups.settings import load_settings
 from cb_backups.specs import STORES
 
-CHECK_LOOKBACK_SECONDS = 24 * 3600
 MAX_LISTED = 15  # failures listed in one message; the rest are counted
 TIMEOUT = 10.0
 
@@ -66,13 +68,31 @@ def _store_of(asset: str) -> str:
     return next((s.name for s in STORES if asset.startswith(f"{s.name}_")), "")
 
 
+def _run_link(run_id: str) -> list[dict[str, Any]]:
+    link = ui_link(f"/runs/{run_id}")
+    if not link:
+        return []
+    return [{"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{link}|Open the run in Dagster>"}]}]
+
+
 def _clean(payload: dict[str, Any]) -> dict[str, Any]:
     redact = redactor()
     return json.loads(redact(json.dumps(payload)))
 
 
-def run_failure_payload(job: str, run_id: str, store: str | None, partition: str | None, error: str
-                        ) -> dict[str, Any]:
+def _check_lines(failures: Sequence[history.CheckRun]) -> list[str]:
+    lines = []
+    for f in failures[:MAX_LISTED]:
+        store = _store_of(f.asset)
+        part = f" partition {f.partition}" if f.partition else ""
+        lines.append(f"• {f.asset} `{f.check}`{part} (store {store or '-'}): {f.description or 'failed'}")
+    if len(failures) > MAX_LISTED:
+        lines.append(f"… and {len(failures) - MAX_LISTED} more")
+    return lines
+
+
+def run_failure_payload(job: str, run_id: str, store: str | None, partition: str | None, error: str,
+                        checks: Sequence[history.CheckRun] = ()) -> dict[str, Any]:
     where = ", ".join(p for p in (f"store {store}" if store else "", f"partition {partition}" if partition else "")
                       if p)
     text = f"cb-backups: run of {job} failed" + (f" ({where})" if where else "") + f": {error}"
@@ -81,99 +101,74 @@ def run_failure_payload(job: str, run_id: str, store: str | None, partition: str
               {"type": "mrkdwn", "text": f"*Partition*\n{partition or '-'}"},
               {"type": "mrkdwn", "text": f"*Run*\n{run_id}"}]
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"Backup run failed: {job}"}},
+        {"type": "header", "text": {"type": "plain_text", "text": f"Backup run failed: {job}"[:150]}},
         {"type": "section", "fields": fields},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Error*\n```{error[:2500]}```"}},
     ]
-    link = ui_link(f"/runs/{run_id}")
-    if link:
-        blocks.append({"type": "context",
-                       "elements": [{"type": "mrkdwn", "text": f"<{link}|Open the run in Dagster>"}]})
+    if checks:
+        lines = _check_lines(checks)
+        text += "\nFailed checks:\n" + "\n".join(lines)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn",
+                                                   "text": ("*Failed checks*\n" + "\n".join(lines))[:2900]}})
+    blocks += _run_link(run_id)
     return _clean({"text": text, "blocks": blocks})
 
 
-def check_failure_payload(failures: Sequence[history.CheckRun]) -> dict[str, Any]:
-    lines = []
-    for f in failures[:MAX_LISTED]:
-        store = _store_of(f.asset)
-        part = f" partition {f.partition}" if f.partition else ""
-        lines.append(f"• {f.asset} `{f.check}`{part} (store {store or '-'}, run {f.run_id[:8]}): "
-                     f"{f.description or 'failed'}")
-    more = len(failures) - MAX_LISTED
-    if more > 0:
-        lines.append(f"… and {more} more")
-    title = f"cb-backups: {len(failures)} asset check(s) failed"
+def check_failure_payload(failures: Sequence[history.CheckRun], job: str, run_id: str) -> dict[str, Any]:
+    lines = _check_lines(failures)
+    title = f"cb-backups: {len(failures)} asset check(s) failed in {job}"
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": title}},
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
         {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:2900]}},
     ]
-    link = ui_link("/asset-groups")
-    if link:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{link}|Open Dagster>"}]})
-    return _clean({"text": title + ":\n" + "\n".join(lines), "blocks": blocks})
+    blocks += _run_link(run_id)
+    return _clean({"text": f"{title} (run {run_id}):\n" + "\n".join(lines), "blocks": blocks})
 
 
-def run_error_text(context: dg.RunFailureSensorContext) -> str:
-    messages = []
-    for event in context.get_step_failure_events():
-        data = event.step_failure_data
-        if data is None:
-            continue
-        user = data.user_failure_data
-        text = user.description if user is not None and user.description else (
-            data.error.message if data.error is not None else "")
-        if text.strip():
-            messages.append(f"{event.step_key}: {text.strip()}")
-    if not messages:
-        messages.append((context.failure_event.message or "run failed").strip())
-    return "; ".join(messages)
+def failed_checks_of(instance: dg.DagsterInstance, run_id: str) -> list[history.CheckRun]:
+    return [e for e in history.run_check_evaluations(instance, run_id) if e.status == "failed"]
 
 
 @dg.run_failure_sensor(
     name="run_failure_webhook_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="POST a Slack-compatible message to CB_WEBHOOK_URL for every failed run (job, store, partition, "
-                "error). Skips when no webhook is configured.",
+                "error, failed checks). Skips when no webhook is configured.",
 )
 def run_failure_webhook_sensor(context: dg.RunFailureSensorContext):  # type: ignore[no-untyped-def]
-    url = webhook_url()
     run = context.dagster_run
+    url = webhook_url()
     if not url:
         return dg.SkipReason(f"run {run.run_id} failed; no webhook configured (set CB_WEBHOOK_URL)")
+    error = history.run_failure_message(context.instance, run.run_id)
+    checks = failed_checks_of(context.instance, run.run_id)
     payload = run_failure_payload(run.job_name, run.run_id, run.tags.get("store"), run.tags.get("dagster/partition"),
-                                  run_error_text(context))
-    post(url, payload)
+                                  error, checks)
+    post(url, payload)  # raises WebhookFailed: the tick fails and shows why
     context.log.info(f"notified the webhook of failed run {run.run_id} ({run.job_name})")
     return None
 
 
-@dg.sensor(
+@dg.run_status_sensor(
     name="check_failure_webhook_sensor",
-    minimum_interval_seconds=60,
+    run_status=dg.DagsterRunStatus.SUCCESS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="POST a Slack-compatible message to CB_WEBHOOK_URL listing failed asset checks since the last tick "
-                "(storage-id cursor). Skips when no webhook is configured.",
+    description="POST a Slack-compatible message to CB_WEBHOOK_URL listing the failed asset checks of every run "
+                "that succeeded anyway (non-blocking checks: restore drills, off-site checks, warnings). Failed "
+                "checks of failed runs are in the run failure message. Skips when no webhook is configured.",
 )
-def check_failure_webhook_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    cursor = int(context.cursor) if context.cursor else None
-    since = None if cursor else time.time() - CHECK_LOOKBACK_SECONDS
-    failed: list[history.CheckRun] = []
-    for _ in range(20):  # at most 20 pages per tick; the cursor continues next tick
-        evaluations, new_cursor = history.check_evaluations_after(context.instance, cursor, limit=500, since=since)
-        failed += [e for e in evaluations if e.status == "failed"]
-        cursor = new_cursor
-        if len(evaluations) < 500:
-            break
+def check_failure_webhook_sensor(context: dg.RunStatusSensorContext):  # type: ignore[no-untyped-def]
+    run = context.dagster_run
+    failed = failed_checks_of(context.instance, run.run_id)
+    if not failed:
+        return dg.SkipReason(f"run {run.run_id}: no failed checks")
     url = webhook_url()
     if not url:
-        if cursor is not None:
-            context.update_cursor(str(cursor))
-        return dg.SkipReason(f"{len(failed)} failed check(s); no webhook configured (set CB_WEBHOOK_URL)")
-    if failed:
-        post(url, check_failure_payload(failed))  # raises: the cursor stays, the next tick retries
-    if cursor is not None:
-        context.update_cursor(str(cursor))
-    return dg.SkipReason(f"notified the webhook of {len(failed)} failed check(s)" if failed else "no failed checks")
+        return dg.SkipReason(f"run {run.run_id}: {len(failed)} failed check(s); no webhook configured "
+                             "(set CB_WEBHOOK_URL)")
+    post(url, check_failure_payload(failed, run.job_name, run.run_id))
+    context.log.info(f"notified the webhook of {len(failed)} failed check(s) in run {run.run_id}")
+    return None
 
 
 defs = dg.Definitions(sensors=[run_failure_webhook_sensor, check_failure_webhook_sensor])

@@ -20,8 +20,27 @@ SIX_HOURLY_FMT = "%Y-%m-%d-%H:%M"
 DAILY_FMT = "%Y-%m-%d"
 
 
+def _checked_start() -> datetime:
+    try:
+        return datetime.strptime(PARTITIONS_START[:10], "%Y-%m-%d")
+    except ValueError:
+        raise ConfigError("CB_PARTITIONS_START", PARTITIONS_START, "a date YYYY-MM-DD") from None
+
+
+def _checked_timezone() -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(TIMEZONE)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("timezone (CB_TIMEZONE)", TIMEZONE,
+                          "an IANA zone name such as UTC or Europe/Berlin") from None
+    return TIMEZONE
+
+
 def slots(cron: str, fmt: str) -> dg.TimeWindowPartitionsDefinition:
-    start = datetime.strptime(PARTITIONS_START[:10], "%Y-%m-%d")
+    start = _checked_start()
+    _checked_timezone()
     return dg.TimeWindowPartitionsDefinition(cron_schedule=cron, start=start, fmt=fmt, timezone=TIMEZONE)
 
 

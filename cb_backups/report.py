@@ -221,23 +221,6 @@ def failed_runs(instance: dg.DagsterInstance, since: datetime) -> list[dg.Dagste
     return list(instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], created_after=since)))
 
 
-def run_error(instance: dg.DagsterInstance, run_id: str) -> str:
-    """The first step failure's message of a failed run (or the run failure message)."""
-    for entry in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_FAILURE,
-                                                    dg.DagsterEventType.RUN_FAILURE}):
-        event = entry.dagster_event
-        data = getattr(event, "step_failure_data", None) if event and event.is_step_failure else None
-        if data is not None:
-            user = data.user_failure_data
-            if user is not None and user.description:
-                return user.description.strip()
-            if data.error is not None:
-                return data.error.message.strip()
-        if event is not None and event.message:
-            return event.message.strip()
-    return "run failed"
-
-
 def _is_backup_run(run: dg.DagsterRun, spec: StoreSpec) -> bool:
     if run.job_name == f"{spec.name}_backup_job":
         return True
@@ -398,7 +381,7 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
                        if label in row.checks and row.checks[label].status != "passed"]
             if row.failed_runs and errors_left > 0:
                 errors_left -= 1
-                failing.insert(0, run_error(instance, row.failed_runs[0]))
+                failing.insert(0, history.run_failure_message(instance, row.failed_runs[0]))
             row.error = "; ".join(f for f in failing if f)[:500]
             # off-site
             off = offsite.get(key)

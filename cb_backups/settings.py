@@ -8,6 +8,7 @@ out of `repr`, and never appear in errors.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,6 +20,9 @@ import yaml
 from cb_backups.errors import ConfigError
 
 STORE_NAMES = ("postgres", "valkey", "neo4j", "qdrant", "opensearch")
+# Sections of the CB_CONFIG file (feature modules read restore/drills/offsite/retention from Settings.raw).
+TOP_LEVEL_KEYS = ("backup_dir", "timezone", *STORE_NAMES, "volumes", "s3", "webhook_url", "retention", "offsite",
+                  "restore", "drills", "notifications", "report", "full_system")
 
 
 def secret(env: Mapping[str, str], name: str) -> str | None:
@@ -44,14 +48,26 @@ def _positive_int(what: str, value: Any, minimum: int = 1) -> int:
     return number
 
 
+def redact_url(value: str) -> str:
+    """A URL with any embedded password replaced by ***, safe to show in an error."""
+    return re.sub(r"(//[^/@:]*):[^@/]*@", r"\1:***@", str(value))
+
+
 def _url(what: str, value: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.hostname:
-        raise ConfigError(what, value, f"a URL like {schemes[0]}://host:port")
+    shown = redact_url(value)
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        parts = urlsplit(value)
+        hostname = parts.hostname
     except ValueError:
-        raise ConfigError(what, value, "a port from 1 to 65535") from None
+        raise ConfigError(what, shown, f"a URL like {schemes[0]}://host:port") from None
+    if parts.scheme not in schemes or not hostname:
+        raise ConfigError(what, shown, f"a URL like {schemes[0]}://host:port (scheme {' or '.join(schemes)})")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(what, shown, "a port from 1 to 65535") from None
+    if port == 0:
+        raise ConfigError(what, shown, "a port from 1 to 65535")
     return value
 
 
@@ -173,8 +189,8 @@ def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
 def _build(cls: type, values: Mapping[str, Any], section: str) -> Any:
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ConfigError(f"setting '{section}.{unknown[0]}'", values[unknown[0]], ", ".join(sorted(allowed)))
+    if unknown:  # the key, never its value (a misspelt password key must not echo the password)
+        raise ConfigError(f"setting in the '{section}' section", unknown[0], ", ".join(sorted(allowed)))
     converted = {}
     for f in fields(cls):
         if f.name not in values:
@@ -208,8 +224,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError("CB_CONFIG", config_file, f"valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise ConfigError("CB_CONFIG", config_file, "a YAML mapping at the top level")
+        unknown = sorted(str(k) for k in raw if k not in TOP_LEVEL_KEYS)
+        if unknown:
+            raise ConfigError(f"setting in {config_file}", unknown[0], ", ".join(TOP_LEVEL_KEYS))
 
     backup_dir = Path(env.get("CB_BACKUP_DIR") or raw.get("backup_dir") or "backups")
+    _check_backup_dir(backup_dir)
     timezone = env.get("CB_TIMEZONE") or raw.get("timezone") or "UTC"
     _check_timezone(timezone)
 
@@ -284,6 +304,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if s3.get("endpoint_url"):
         _url("s3.endpoint_url", s3["endpoint_url"], ("http", "https"))
 
+    if raw.get("retention") is not None:
+        from cb_backups.retention import policies_from_config  # imports settings: import here
+
+        policies_from_config(raw)  # a bad retention policy is bad input for every command
     return Settings(
         backup_dir=backup_dir,
         timezone=timezone,
@@ -293,6 +317,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raw=raw,
         **stores,
     )
+
+
+def _check_backup_dir(path: Path) -> None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe == path and not path.is_dir():
+        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), "a folder (this is a file)")
+    if probe != path and not probe.is_dir():
+        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), f"a path under a folder ({probe} is a file)")
+    if not os.access(probe, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), "a folder cb-backups can read and write")
 
 
 def _check_timezone(name: str) -> None:

@@ -109,7 +109,9 @@ def test_backup_job_materializes_with_checks_and_counts_then_fresh(store: str, e
     if store == "opensearch":  # the repository came from the CB_CONFIG file, inside the server's path.repo
         assert artifact.manifest.markers["repository"] == request.getfixturevalue("opensearch_settings").repository
 
-    fresh = defs.resolve_job_def("freshness_checks_job").execute_in_process(instance=instance, raise_on_error=False)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    fresh = defs.resolve_job_def("freshness_checks_job").execute_in_process(instance=instance, raise_on_error=False,
+                                                                           run_config=quiet)
     by_asset = {e.asset_key.to_user_string(): e for e in fresh.get_asset_check_evaluations()}
     assert by_asset[f"{store}_backup"].passed, by_asset[f"{store}_backup"].description
     assert by_asset[f"{store}_backup"].metadata["partition"].value == key

@@ -108,6 +108,7 @@ def test_backfilled_slots_are_copied_and_a_failed_slot_is_not(offsite_env: dict[
 
 def test_corrupt_remote_object_fails_the_check_for_that_slot_only(offsite_env: dict[str, str],
                                                                   s3_server: SeaweedS3,
+                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     instance = dg.DagsterInstance.get()
     bad, good = slots(2, skip_latest=1)
@@ -133,6 +134,11 @@ def test_corrupt_remote_object_fails_the_check_for_that_slot_only(offsite_env: d
     assert "differs from the manifest" in out.replace("\n", " ")
     verdicts = stored_verdicts(instance)
     assert verdicts[bad] is False and verdicts[good] is True
+    # the shallow check trusts size + sha256 metadata (no bytes read); the deep setting re-reads
+    assert check_results(run_job(VALKEY.verify_job_name, bad, instance)) == {OFFSITE_CHECK: True}
+    monkeypatch.setenv("CB_OFFSITE_DEEP_VERIFY", "1")
+    assert check_results(run_job(VALKEY.verify_job_name, bad, instance)) == {OFFSITE_CHECK: False}
+    monkeypatch.delenv("CB_OFFSITE_DEEP_VERIFY")
 
     # a truncated object is caught without reading it (size differs)
     client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(body[:100]), Metadata=head["Metadata"])

@@ -28,6 +28,7 @@ import psycopg
 import zstandard
 from psycopg import sql
 
+from cb_backups.catalog import checksum_problems
 from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
 from cb_backups.fileio import CHUNK, HashingWriter
 from cb_backups.settings import PostgresSettings, VolumeSettings
@@ -295,6 +296,9 @@ class PostgresStore:
         return problems
 
     def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
+        changed = checksum_problems(artifact)  # a file or the manifest changed since the backup: refuse
+        if changed:
+            raise RestoreRefused(self.name, "; ".join(changed))
         verification = self.verify(artifact)
         if not verification.ok:
             raise RestoreRefused(self.name, "; ".join(verification.problems))

@@ -22,6 +22,7 @@ from typing import Any
 
 import valkey
 
+from cb_backups.catalog import checksum_problems
 from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
 from cb_backups.fileio import CHUNK, HashingWriter
 from cb_backups.servers_common import free_port, wait_until
@@ -252,6 +253,9 @@ class ValkeyStore:
         return []
 
     def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
+        changed = checksum_problems(artifact)  # a file or the manifest changed since the backup: refuse
+        if changed:
+            raise RestoreRefused(self.name, "; ".join(changed))
         verification = self.verify(artifact)
         if not verification.ok:
             raise RestoreRefused(self.name, "; ".join(verification.problems))

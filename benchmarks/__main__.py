@@ -1,0 +1,134 @@
+"""`python -m benchmarks`: every figure as a ratio against the raw tool, with target and PASS/MISS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.common import QUICK_BYTES, SIZES, Bench, Figure, human_bytes, machine, parse_size, unavailable
+
+# key, title, target op, target
+FIGURES: list[tuple[str, str, str, float]] = [
+    ("pg_dagster_overhead", "PostgreSQL backup through Dagster (gzip:6) / raw pg_dump -Z 6", "<=", 1.05),
+    ("pg_default_speedup", "Default backup (zstd:1) speed-up over pg_dump -Fc -Z 6", ">=", 5.0),
+    ("pg_default_vs_plain", "Default backup (zstd:1) time / pg_dump -Fc -Z 0", "<=", 1.3),
+    ("full_system", "Full system backup wall time / five stores one after another", "<=", 0.6),
+    ("offsite_throughput", "Off-site copy throughput / raw boto3 upload_file", ">=", 0.9),
+    ("pg_restore", "PostgreSQL restore / raw pg_restore --jobs N", "<=", 1.10),
+    ("peak_rss", "Peak RSS of backup + off-site copy: large / small artifact", "<=", 1.2),
+    ("verify_throughput", "Verification throughput / sha256sum", ">=", 0.8),
+    ("report", "Auditor report over ~4,400 slots (seconds)", "<=", 10.0),
+]
+KEYS = [f[0] for f in FIGURES]
+
+
+def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]]:
+    from benchmarks import fullsys, offsite, postgres, report_bench
+
+    return [
+        (["pg_dagster_overhead"], postgres.dagster_overhead),
+        (["pg_default_speedup", "pg_default_vs_plain"], postgres.default_vs_runbook),
+        (["full_system"], fullsys.full_vs_sequential),
+        (["offsite_throughput"], offsite.offsite_throughput),
+        (["pg_restore"], postgres.restore),
+        (["peak_rss"], offsite.peak_memory),
+        (["verify_throughput"], offsite.verification_throughput),
+        (["report"], report_bench.report_figure),
+    ]
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--size", default="200MB", help=f"data set size: {', '.join(SIZES)} (default 200MB)")
+    parser.add_argument("--quick", action="store_true", help="small data, 2 pairs per figure: under 2 minutes")
+    parser.add_argument("--repeat", type=int, default=None, help="pairs per figure (default 5, quick 2)")
+    parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON here")
+    parser.add_argument("--only", action="append", choices=KEYS, metavar="FIGURE",
+                        help=f"run only this figure (repeatable): {', '.join(KEYS)}")
+    return parser
+
+
+def _fmt_seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}s"
+
+
+def results_table(figures: Sequence[Figure]) -> Table:
+    table = Table(title="cb-backups benchmarks (ratios are medians of paired runs)", show_lines=False)
+    for col in ("figure", "A (median)", "B (median)", "ratio", "target", "verdict", "what / notes"):
+        table.add_column(col, overflow="fold")
+    for f in figures:
+        ratio = "n/a" if f.ratio is None else f"{f.ratio:.3f}{'s' if f.unit == 's' else 'x'}"
+        color = {"PASS": "green", "MISS": "red"}.get(f.verdict, "yellow")
+        table.add_row(f.key, _fmt_seconds(f.a_seconds), _fmt_seconds(f.b_seconds), ratio,
+                      f"{f.op} {f.target:g}{'s' if f.unit == 's' else 'x'}", f"[{color}]{f.verdict}[/]",
+                      f"{f.title}. A: {f.a_label}" + (f"; B: {f.b_label}" if f.b_label else "")
+                      + (f". {f.note}" if f.note else ""))
+    return table
+
+
+def run_benchmarks(size: str = "200MB", quick: bool = False, repeat: int | None = None, json_path: str | None = None,
+                   only: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """Run the figures, print machine, table and JSON; returns 0 (misses are results, not errors)."""
+    warnings.filterwarnings("ignore")
+    console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    size_bytes = QUICK_BYTES if quick else parse_size(size)
+    repeat = repeat or (2 if quick else 5)
+    info = machine()
+    console.print(f"[bold]machine[/]: {info['nproc']} cores, {info['memory']} memory, {info['cpu']}, "
+                  f"Python {info['python']}, load at start {info['load_at_start']}")
+    console.print(f"data set: {human_bytes(size_bytes)} of PostgreSQL sample data{' (quick)' if quick else ''}; "
+                  f"{repeat} paired runs per figure")
+    wanted = set(only or KEYS)
+    figures: list[Figure] = []
+    started = time.perf_counter()
+    with Bench(size_bytes, quick, repeat, lambda m: console.print(f"[dim]{m}[/]")) as bench:
+        for keys, runner in _groups():
+            if not wanted.intersection(keys):
+                continue
+            console.print(f"[bold]running[/] {', '.join(keys)} ...")
+            t0 = time.perf_counter()
+            try:
+                result = runner(bench)
+                produced = result if isinstance(result, list) else [result]
+            except Exception as exc:  # a figure that cannot run is reported, the others still run
+                console.print(f"[red]{keys[0]} failed:[/] {type(exc).__name__}: {exc}")
+                console.print(f"[dim]{traceback.format_exc(limit=3)}[/]")
+                produced = [unavailable(k, t, op, tgt, f"error: {type(exc).__name__}: {str(exc)[:300]}")
+                            for k, t, op, tgt in FIGURES if k in keys]
+            for figure in produced:
+                figure.details.setdefault("figure_seconds", round(time.perf_counter() - t0, 1))
+                console.print(f"  {figure.key}: {figure.verdict} "
+                              f"{'' if figure.ratio is None else f'{figure.ratio:.3f}'} (target {figure.op} "
+                              f"{figure.target:g}) {figure.note}")
+            figures += [f for f in produced if f.key in wanted]
+    total = time.perf_counter() - started
+    console.print(results_table(figures))
+    payload: dict[str, Any] = {"machine": info, "size_bytes": size_bytes, "quick": quick, "repeat": repeat,
+                               "total_seconds": round(total, 1), "figures": [f.to_json() for f in figures]}
+    text = json.dumps(payload, indent=2, default=str)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+        console.print(f"JSON written to {json_path}")
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"total {total:.0f}s; {sum(f.verdict == 'PASS' for f in figures)} PASS, "
+                  f"{sum(f.verdict == 'MISS' for f in figures)} MISS, {sum(f.verdict == 'N/A' for f in figures)} N/A")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_benchmarks(args.size, args.quick, args.repeat, args.json_path, args.only)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

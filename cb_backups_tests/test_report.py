@@ -1,0 +1,236 @@
+"""The auditor report from real runs: every expected slot, judged by its checks; the weekly report asset."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cb_backups import history
+from cb_backups.catalog import Catalog
+from cb_backups.cli import run_job
+from cb_backups.partitions import weekly_sunday_0100
+from cb_backups.report import build_report, expected_slots, period, to_csv, to_html, to_json
+from cb_backups.retention import LOCAL, PrunePlan, RetentionPolicy, apply_local
+from cb_backups.specs import spec_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cb_backups.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=180, cwd=ROOT)
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture()
+def history_env(cb_env: dict[str, str]) -> dict[str, object]:
+    """Real runs: three valkey slots (one corrupted and re-checked, one pruned by retention), one postgres slot."""
+    instance = dg.DagsterInstance.get()
+    valkey = spec_for("valkey").partitions.get_partition_keys()[-4:]
+    bad, good, pruned, _missed = valkey[-1], valkey[-2], valkey[-3], valkey[-4]
+    for key in (pruned, good, bad):
+        assert run_job("valkey_backup_job", key, instance).success
+    pg_key = spec_for("postgres").partitions.get_partition_keys()[-1]
+    assert run_job("postgres_backup_job", pg_key, instance).success
+    catalog = Catalog(Path(cb_env["CB_BACKUP_DIR"]))
+    flip_byte(catalog.require("valkey", bad).path("dump.rdb"))
+    run_job("valkey_verify_job", bad, instance)
+    plan = PrunePlan(LOCAL, RetentionPolicy(keep_days=3), keep=[], delete=[(pruned, "test: beyond keep_days=3")])
+    assert [r.partition for r in apply_local(plan, catalog, "valkey")] == [pruned]
+    return {"instance": instance, "bad": bad, "good": good, "pruned": pruned, "pg": pg_key, "catalog": catalog}
+
+
+def test_history_reads_per_partition_check_runs_and_a_storage_id_cursor(history_env: dict[str, object]) -> None:
+    instance = history_env["instance"]
+    assert isinstance(instance, dg.DagsterInstance)
+    key = dg.AssetCheckKey(dg.AssetKey("valkey_backup"), "checksum")
+    runs = history.check_history(instance, key, page=2)  # small pages: the paging really pages
+    assert len(runs) == 4
+    by_partition: dict[str, list[str]] = {}
+    for run in runs:
+        by_partition.setdefault(run.partition or "", []).append(run.status)
+    assert by_partition[str(history_env["bad"])][0] == "failed"  # newest first: the re-check failed
+    assert by_partition[str(history_env["bad"])][-1] == "passed"
+    assert by_partition[str(history_env["good"])] == ["passed"]
+    assert [r.timestamp for r in runs] == sorted((r.timestamp for r in runs), reverse=True)
+    # `since` stops at older executions (the re-check started after the backups' checks ended)
+    assert history.check_history(instance, key, since=runs[1].timestamp + 0.001) == runs[:1]
+
+    # one run's evaluations and its failure message (what the notifications send)
+    verify_run = runs[0].run_id
+    evaluations = history.run_check_evaluations(instance, verify_run)
+    assert {(e.check, e.status) for e in evaluations} == {("artifact_present", "passed"), ("integrity", "failed"),
+                                                          ("checksum", "failed"), ("inventory_recorded", "passed")}
+    assert {e.partition for e in evaluations} == {history_env["bad"]}
+    message = history.run_failure_message(instance, verify_run)
+    assert "valkey_backup_checks" in message and "integrity,checksum" in message
+
+
+def test_version_guard_warns_once_on_another_dagster() -> None:
+    assert history.version_guard() is True  # the pinned version is installed
+    with pytest.warns(history.DagsterVersionWarning, match=r"dagster 9\.9\.9 is installed"):
+        assert history.version_guard("9.9.9") is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert history.version_guard("9.9.9") is False  # once per version
+
+
+def test_report_has_a_row_for_every_expected_slot(history_env: dict[str, object], cb_env: dict[str, str]) -> None:
+    instance = history_env["instance"]
+    assert isinstance(instance, dg.DagsterInstance)
+    now = datetime.now(UTC)
+    start, end = period((now - timedelta(days=2)).date(), now.date())
+    report = build_report(instance, Path(cb_env["CB_BACKUP_DIR"]), start, end, ["valkey", "postgres"])
+    rows = {(r.store, r.slot): r for r in report.rows}
+    for store in ("valkey", "postgres"):
+        expected = expected_slots(spec_for(store), start, end, now)
+        assert len(expected) >= 8  # two days and more of six-hourly slots
+        assert [r.slot for r in report.rows if r.store == store] == [k for k, _, _ in expected]
+
+    bad, good, pruned = (rows[("valkey", str(history_env[k]))] for k in ("bad", "good", "pruned"))
+    catalog = history_env["catalog"]
+    assert isinstance(catalog, Catalog)
+    manifest = catalog.require("valkey", good.slot).manifest
+    def within_rpo(row: object) -> bool:  # captured no later than one RPO after the slot was due
+        return datetime.fromisoformat(row.captured_at) <= datetime.fromisoformat(row.due) + timedelta(hours=6)
+
+    assert good.status == "verified" and good.rpo_ok == within_rpo(good)
+    assert good.captured_at == manifest.captured_at and good.bytes == manifest.total_bytes
+    assert good.sha256 == {f.name: f.sha256 for f in manifest.files}
+    assert {good.checks[c].status for c in ("artifact_present", "integrity", "checksum", "inventory_recorded")} \
+        == {"passed"}
+    assert good.retention == "kept"
+    assert bad.status == "failed" and bad.checks["checksum"].status == "failed" and not bad.rpo_ok
+    assert "sha256" in bad.checks["checksum"].description and "checksum" in bad.error
+    assert pruned.status == "verified" and pruned.rpo_ok == within_rpo(pruned)  # judged by its checks, then pruned
+    assert pruned.retention.startswith("deleted local") and "beyond keep_days=3" in pruned.retention
+    assert pruned.sha256  # from the materialization's metadata: the event log keeps it
+    others = [r for r in report.rows if r.store == "valkey" and r.slot not in (bad.slot, good.slot, pruned.slot)]
+    assert others and {r.status for r in others} == {"missed"}
+
+    summary = {s.store: s for s in report.stores}
+    valkey = summary["valkey"]
+    assert (valkey.verified, valkey.failed, valkey.missed) == (2, 1, valkey.slots - 3)
+    assert valkey.rpo_compliant == within_rpo(good) + within_rpo(pruned)
+    assert valkey.rpo_compliance == round(valkey.rpo_compliant / valkey.slots, 4)
+    assert valkey.failed_check_evaluations == 2  # checksum and integrity of the corrupted slot
+    assert valkey.pass_rates["checksum"] == (3, 4)
+    assert valkey.longest_gap_hours is not None and valkey.longest_gap_hours > 6
+    assert summary["postgres"].verified == 1 and summary["postgres"].rto_target_minutes == 60
+    assert valkey.rto_target_minutes == 10
+
+    # renderings
+    text = to_csv(report)
+    lines = list(csv.DictReader(io.StringIO(text)))
+    assert len(lines) == len(report.rows)
+    line = next(x for x in lines if x["slot"] == good.slot and x["store"] == "valkey")
+    assert line["status"] == "verified" and line["checksum"] == "passed" and line["retention"] == "kept"
+    data = json.loads(to_json(report))
+    shas = {(a["store"], a["slot"], a["file"]): a["sha256"] for a in data["artifacts"]}
+    for store, slot in (("valkey", good.slot), ("valkey", bad.slot), ("postgres", str(history_env["pg"]))):
+        for f in catalog.require(store, slot).manifest.files:
+            assert shas[(store, slot, f.name)] == f.sha256
+    page = to_html(report)
+    assert page.count("<svg") >= 3 and "RPO compliance" in page and good.slot in page
+
+
+def test_cli_report_formats_and_no_secrets(history_env: dict[str, object], cb_env: dict[str, str],
+                                           tmp_path: Path) -> None:
+    instance = history_env["instance"]
+    assert isinstance(instance, dg.DagsterInstance)
+    secret = cb_env["CB_POSTGRES_PASSWORD"]
+    # a check description that carries secrets (e.g. a client error echoing a DSN) must not reach the report
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey("valkey_backup"), check_name="integrity", passed=False,
+        partition=str(history_env["good"]),
+        description=f"connect failed: postgresql://codingbrain:{secret}@db:5432 and {cb_env['CB_VALKEY_PASSWORD']}"))
+    today = datetime.now(UTC).date()
+    args = ["report", "--from", (today - timedelta(days=1)).isoformat(), "--to", today.isoformat()]
+    outputs = {}
+    for fmt in ("html", "csv", "json"):
+        out = tmp_path / f"r.{fmt}"
+        done = cli(*args, "--format", fmt, "--output", str(out))
+        assert done.returncode == 0, done.stderr
+        assert hashlib.sha256(out.read_bytes()).hexdigest() in done.stdout
+        outputs[fmt] = out.read_text()
+    for text in outputs.values():
+        assert secret not in text and cb_env["CB_VALKEY_PASSWORD"] not in text
+        assert "<redacted>" in text and "connect failed" in text
+    page = outputs["html"]
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page
+    # self-contained: no scripts, stylesheets, images or fonts from anywhere
+    for needle in ("<script", "<link", "<img", "src=", "@import", "url("):
+        assert needle not in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    data = json.loads(outputs["json"])
+    assert {s["store"] for s in data["stores"]} == {"postgres", "valkey", "neo4j", "qdrant", "opensearch"}
+    row = next(r for r in data["rows"] if r["slot"] == history_env["good"] and r["store"] == "valkey")
+    assert row["status"] == "failed"  # the newest integrity result failed
+    # one store only, csv
+    done = cli(*args, "--store", "postgres", "--format", "csv", "--output", str(tmp_path / "pg.csv"))
+    assert done.returncode == 0
+    assert {r["store"] for r in csv.DictReader(io.StringIO((tmp_path / "pg.csv").read_text()))} == {"postgres"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--from", "2026-13-01", "--to", "2026-11-02"), "invalid --from: '2026-13-01' (allowed: a date YYYY-MM-DD)"),
+    (("--from", "2026-11-05", "--to", "2026-11-02"), "invalid --to: '2026-11-02'"),
+    (("--from", "2026-11-01", "--to", "2026-11-02", "--format", "pdf"), "allowed: html, csv, json"),
+    (("--from", "2026-11-01", "--to", "2026-11-02", "--store", "mysql"), "invalid store: 'mysql'"),
+])
+def test_report_bad_input_is_one_clear_line(cb_env: dict[str, str], args: tuple[str, ...], message: str,
+                                            tmp_path: Path) -> None:
+    done = cli("report", *args, "--output", str(tmp_path / "x"))
+    assert done.returncode == 2
+    assert message in done.stderr.replace("\n", " ") and "Traceback" not in done.stderr
+
+
+def test_audit_report_asset_writes_beside_the_backups_and_to_s3(cb_env: dict[str, str], s3_env: dict[str, str],
+                                                                  s3_server: object, s3_bucket: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CB_S3_BUCKET", s3_bucket)
+    monkeypatch.setenv("CB_S3_ENDPOINT_URL", s3_server.endpoint_url)  # type: ignore[attr-defined]
+    instance = dg.DagsterInstance.get()
+    week = weekly_sunday_0100.get_last_partition_key()
+    assert week is not None
+    window = weekly_sunday_0100.time_window_for_partition_key(week)
+    from cb_backups.definitions import defs
+
+    result = defs.resolve_job_def("audit_report_job").execute_in_process(
+        partition_key=week, instance=instance, raise_on_error=False)
+    assert result.success
+    meta = result.asset_materializations_for_node("audit_report")[0].metadata
+    html_path, json_path = Path(meta["html"].value), Path(meta["json"].value)
+    assert html_path.parent == Path(cb_env["CB_BACKUP_DIR"]) / "_reports" and html_path.name == f"audit_{week}.html"
+    data = json.loads(json_path.read_text())
+    assert data["start"] == window.start.astimezone(UTC).isoformat(timespec="seconds")
+    expected = sum(len(expected_slots(spec_for(s), window.start, window.end, datetime.now(UTC)))
+                   for s in ("postgres", "valkey", "neo4j", "qdrant", "opensearch"))
+    assert len(data["rows"]) == expected == meta["slots"].value and expected > 50
+    assert meta["sha256"].value[html_path.name] == hashlib.sha256(html_path.read_bytes()).hexdigest()
+    # the S3 copies, with the sha256 in their metadata
+    assert meta["s3_html"].value == f"s3://{s3_bucket}/cb-backups/_reports/{html_path.name}"
+    from cb_backups.offsite import S3Target
+    from cb_backups.settings import load_settings
+
+    target = S3Target(load_settings().s3)
+    head = target.client.head_object(Bucket=s3_bucket, Key=f"cb-backups/_reports/{json_path.name}")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(json_path.read_bytes()).hexdigest()
+    body = target.client.get_object(Bucket=s3_bucket, Key=f"cb-backups/_reports/{html_path.name}")["Body"].read()
+    assert body == html_path.read_bytes()
