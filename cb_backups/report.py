@@ -301,7 +301,7 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
         latest: dict[tuple[str, str], history.CheckRun] = {}
         for key in all_checks[spec.name]:
             label = check_label(spec, key)
-            runs_of = history.check_history(instance, key, since)
+            runs_of = history.check_history(instance, key, since, details=key.name == DRILL_CHECK)
             passed = total = 0
             for run in runs_of:  # newest first
                 if run.partition is None:
