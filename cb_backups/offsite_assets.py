@@ -43,7 +43,7 @@ from cb_backups.errors import CbBackupsError, VerificationFailed
 from cb_backups.partitions import TIMEZONE
 from cb_backups.resources import BackupsResource
 from cb_backups.retention import DEFAULT_POLICIES, FULL_SYSTEM
-from cb_backups.settings import Settings
+from cb_backups.settings import Settings, load_settings
 from cb_backups.specs import STORES
 from cb_backups.stores.base import Artifact, Manifest
 
@@ -293,14 +293,26 @@ def offsite_verify_job(src: OffsiteSource) -> "UnresolvedAssetJobDefinition":
                                description=f"Verify one {src.store} slot's off-site copy again.")
 
 
+def s3_configured_at_load() -> bool:
+    """Whether the code location loads with an S3 target (bad settings count as 'no': runs say why)."""
+    try:
+        return load_settings().s3.enabled
+    except CbBackupsError:
+        return False
+
+
 def build(sources: Sequence[OffsiteSource]) -> dg.Definitions:
     assets = [offsite_asset(s) for s in sources]
+    enabled = s3_configured_at_load()
+    # Without an S3 target every copy would fail; the sensor then starts stopped (and says so)
+    # instead of piling up failed runs. The off-site assets still show as never copied.
     sensor = dg.AutomationConditionSensorDefinition(
         "offsite_automation_sensor",
         target=dg.AssetSelection.assets(*[s.key for s in sources]),
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED,
         minimum_interval_seconds=60,
-        description="Copies every backup slot off-site once its blocking checks passed (backfills too).",
+        description="Copies every backup slot off-site once its blocking checks passed (backfills too)."
+        + ("" if enabled else " Stopped by default: CB_S3_BUCKET was not set when the code location loaded."),
     )
     return dg.Definitions(
         assets=assets,

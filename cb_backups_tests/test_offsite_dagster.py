@@ -11,7 +11,7 @@ from cb_backups import cli, offsite
 from cb_backups.catalog import Catalog
 from cb_backups.cli import run_job
 from cb_backups.definitions import defs
-from cb_backups.offsite_assets import BY_STORE, OFFSITE_CHECK
+from cb_backups.offsite_assets import BY_STORE, OFFSITE_CHECK, SOURCES, build
 from cb_backups.settings import load_settings
 from cb_backups.specs import spec_for
 from cb_backups_tests.servers.s3 import SeaweedS3
@@ -161,7 +161,7 @@ def test_without_s3_settings_the_copy_fails_and_says_why(cb_env: dict[str, str],
     assert cli.main(["offsite-verify", "valkey", "--partition", "yesterday"]) == 2
 
 
-def test_definitions_wire_every_store_and_the_sensor_runs_by_default() -> None:
+def test_definitions_wire_every_store_and_the_sensor_runs_when_s3_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     for store in ("postgres", "valkey", "neo4j", "qdrant", "opensearch"):
         assert f"{store}_offsite" in keys
@@ -170,5 +170,10 @@ def test_definitions_wire_every_store_and_the_sensor_runs_by_default() -> None:
         assert node.group_names_by_key[node.key] == "offsite"
         assert dg.AssetKey(f"{store}_backup") in node.asset_deps[node.key]
         assert node.automation_conditions_by_key[node.key] is not None
-    sensor = defs.resolve_sensor_def("offsite_automation_sensor")
+    monkeypatch.setenv("CB_S3_BUCKET", "cb-offsite")
+    sensor = build(SOURCES).sensors[0]
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    monkeypatch.delenv("CB_S3_BUCKET")
+    stopped = build(SOURCES).sensors[0]
+    assert stopped.default_status == dg.DefaultSensorStatus.STOPPED
+    assert "CB_S3_BUCKET was not set" in (stopped.description or "")

@@ -75,7 +75,7 @@ def history_env(module_env: dict[str, str]) -> dict[str, object]:
             "missed": _missed}
 
 
-def test_history_reads_per_partition_check_runs_and_a_storage_id_cursor(history_env: dict[str, object]) -> None:
+def test_history_reads_per_partition_check_runs_and_run_events(history_env: dict[str, object]) -> None:
     instance = history_env["instance"]
     assert isinstance(instance, dg.DagsterInstance)
     key = dg.AssetCheckKey(dg.AssetKey("valkey_backup"), "checksum")
