@@ -44,6 +44,10 @@ def _instance() -> Any:
 
 
 def _store_names(value: str | None) -> list[str]:
+    from cb_backups.settings import STORE_NAMES
+
+    if value is not None and value not in STORE_NAMES:  # before importing Dagster: bad input answers fast
+        raise ConfigError("store", value, ", ".join(STORE_NAMES))
     from cb_backups.specs import BY_NAME, spec_for
 
     if value is None:
@@ -55,9 +59,10 @@ def _store_names(value: str | None) -> list[str]:
 def _check_store_settings(value: str | None) -> None:
     """A named store's settings are bad input (exit 2) before any run starts, not a failed run."""
     if value is not None:
-        from cb_backups.resources import BackupsResource
+        from cb_backups.settings import load_settings
+        from cb_backups.stores.registry import open_store
 
-        BackupsResource().store(value)  # validates its settings (compression, URLs, ...); does not connect
+        open_store(value, load_settings())  # validates its settings (compression, URLs, ...); does not connect
 
 
 def _partition(store: str, key: str | None) -> str:
@@ -113,11 +118,11 @@ def _failure_messages(result: Any) -> list[str]:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    slots = [(store, _partition(store, args.partition)) for store in _store_names(args.store)]
+    _check_store_settings(args.store)
     instance = _instance()
     status = 0
-    _check_store_settings(args.store)
-    for store in _store_names(args.store):
-        key = _partition(store, args.partition)
+    for store, key in slots:
         with console.status(f"backing up {store} slot {key} ..."):
             result = run_job(f"{store}_backup_job", key, instance)
         rows = [(store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in _evaluations(result)]
@@ -133,11 +138,15 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from cb_backups.resources import BackupsResource
 
+    names = _store_names(args.store)
+    if not args.all:
+        for store in names:
+            _partition(store, args.partition)
+    _check_store_settings(args.store)
     instance = _instance()
     catalog = BackupsResource().catalog()
     status = 0
-    _check_store_settings(args.store)
-    for store in _store_names(args.store):
+    for store in names:
         keys = [a.partition_key for a in catalog.list(store)] if args.all else [_partition(store, args.partition)]
         for key in keys:
             result = run_job(f"{store}_verify_job", key, instance)
@@ -248,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if args.command != "demo":  # the demo configures its own servers
+            from cb_backups.settings import load_settings
+
+            load_settings()  # bad settings are bad input (exit 2) before any command starts
         return int(args.func(args))
     except CbBackupsError as exc:
         err_console.print("[red]error:[/] " + escape(str(exc)))

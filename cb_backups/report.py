@@ -485,7 +485,7 @@ def to_json(report: Report) -> str:
     data = asdict(report)
     data["artifacts"] = artifacts(report)
     data["format"] = "cb-backups auditor report v1"
-    return json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"
+    return json.dumps(data, sort_keys=True, default=str) + "\n"
 
 
 CSV_BASE = ["store", "slot", "due", "status", "rpo_ok", "captured_at", "bytes", "duration_seconds", "sha256",
@@ -525,7 +525,7 @@ def _svg_series(title: str, series: dict[str, list[tuple[float, float]]], unit: 
         return f'<p class="muted">{esc(title)}: no data</p>'
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y1 = max(p[1] for p in pts) or 1.0
-    left, right, top, bottom = 70, 10, 24, 30
+    left, right, top, bottom = 70, 10, 40, 30
     w, h = width - left - right, height - top - bottom
 
     def sx(x: float) -> float:
@@ -543,14 +543,16 @@ def _svg_series(title: str, series: dict[str, list[tuple[float, float]]], unit: 
              f'<text x="{left - 4}" y="{top + h}" text-anchor="end" class="a">0</text>',
              f'<text x="{left}" y="{height - 8}" class="a">{_iso(x0)[:16]}</text>',
              f'<text x="{left + w}" y="{height - 8}" text-anchor="end" class="a">{_iso(x1)[:16]}</text>']
+    legend_x = left
     for i, (name, points) in enumerate(sorted(series.items())):
         if not points:
             continue
         color = colors[i % len(colors)]
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in sorted(points))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
-        parts.append(f'<text x="{left + w - 4}" y="{top + 14 + 14 * i}" text-anchor="end" fill="{color}" '
-                     f'class="a">{esc(name)}</text>')
+        parts.append(f'<rect x="{legend_x}" y="24" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{legend_x + 14}" y="33" class="a">{esc(name)}</text>')
+        legend_x += 24 + 7 * len(name)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -562,7 +564,7 @@ def _svg_bars(title: str, bars: list[tuple[str, int, int]], width: int = 900) ->
         return f'<p class="muted">{esc(title)}: no check results</p>'
     row_h, left = 18, 260
     height = 28 + row_h * len(bars)
-    w = width - left - 80
+    w = width - left - 150
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="{esc(title)}"><title>{esc(title)}</title>',
              f'<text x="4" y="16" class="t">{esc(title)}</text>']
@@ -597,6 +599,7 @@ th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top;f
 th{background:#f4f4f4;position:sticky;top:0}.ok{color:#1a7f37}.bad{color:#c62828;font-weight:600}
 .warn{color:#b26a00}.muted{color:#777}.t{font:600 13px sans-serif}.a{font:11px sans-serif;fill:#444}
 td.mono{font-family:ui-monospace,monospace;font-size:11px}details{margin:6px 0}
+td:nth-child(-n+7){white-space:nowrap}
 """
 _STATUS_CLASS = {"verified": "ok", "passed": "ok", "failed": "bad", "execution_failed": "bad", "missed": "bad",
                  "unverified": "warn", "planned": "warn", "copied, not verified": "warn"}

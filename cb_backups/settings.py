@@ -172,7 +172,8 @@ class Settings:
         configured = getattr(self, name)
         if configured is None:
             raise ConfigError(f"{name} connection", "not configured",
-                              f"set CB_{name.upper()}_URL (or the '{name}:' section of the CB_CONFIG file)")
+                              f"set {'CB_NEO4J_URI' if name == 'neo4j' else f'CB_{name.upper()}_URL'} "
+                              f"(or the '{name}:' section of the CB_CONFIG file)")
         return configured
 
     def configured_stores(self) -> list[str]:

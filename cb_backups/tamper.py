@@ -54,7 +54,7 @@ def _default_target() -> S3Target | None:
 
 
 def cross_check(instance: dg.DagsterInstance, catalog: Catalog, store: str, key: str,
-                target: S3Target | None | bool = True) -> list[str]:
+                target: S3Target | bool | None = True) -> list[str]:
     """What disagrees between the backup on disk, Dagster's record of it and its off-site copy (empty: all agree).
 
     `target`: an S3Target, False for no off-site comparison, or True (default) for the configured one, if any.

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from cb_backups import offsite
-from cb_backups.catalog import MANIFEST, MANIFEST_SEAL, Catalog, checksum_problems
+from cb_backups.catalog import MANIFEST, MANIFEST_SEAL, checksum_problems
 from cb_backups.cli import run_job
 from cb_backups.errors import RestoreRefused
 from cb_backups.fileio import atomic_write_bytes, atomic_write_json, sha256_file

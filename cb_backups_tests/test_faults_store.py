@@ -7,7 +7,9 @@ The faults are real network faults: small proxies in this file sit between cb-ba
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import itertools
 import socket
 import threading
 import time
@@ -39,12 +41,12 @@ MiB = 1024 * 1024
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:port to an upstream; `cut_on`/`cut_after`: once connection number `cut_on` has received
-    `cut_after` bytes from the server, every connection is cut and the port closed (the server is gone)."""
+    """Forwards 127.0.0.1:port to an upstream; `cut_after`: once one connection has received that many bytes
+    from the server, every connection is cut and the port closed (the server is gone)."""
 
-    def __init__(self, upstream: tuple[str, int], cut_on: int | None = None, cut_after: int = 0,
+    def __init__(self, upstream: tuple[str, int], cut_after: int | None = None,
                  delay: float = 0.0) -> None:
-        self.upstream, self.cut_on, self.cut_after, self.delay = upstream, cut_on, cut_after, delay
+        self.upstream, self.cut_after, self.delay = upstream, cut_after, delay
         self.port = free_port()
         self.listener = socket.create_server(("127.0.0.1", self.port))
         self.sockets: list[socket.socket] = []
@@ -75,27 +77,23 @@ class TcpProxy:
                     time.sleep(self.delay)
                 dst.sendall(block)
                 received += len(block)
-                if number is not None and number == self.cut_on and received >= self.cut_after:
+                if number is not None and self.cut_after is not None and received >= self.cut_after:
                     self.stop()
                     return
         except OSError:
             pass
         finally:
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def stop(self) -> None:
         self.cut.set()
         self.listener.close()
         with self._lock:
             for sock in self.sockets:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
 
@@ -122,8 +120,25 @@ class S3FaultProxy:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def _body(self) -> bytes:
+                """The request body as sent, chunked framing (aws-chunked trailers) included."""
+                if "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = bytearray()
+                while True:
+                    line = self.rfile.readline()
+                    raw += line
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while True:  # trailers, then an empty line
+                            line = self.rfile.readline()
+                            raw += line
+                            if line in (b"\r\n", b"\n", b""):
+                                return bytes(raw)
+                    raw += self.rfile.read(size + 2)
+
             def _any(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._body()
                 what = "forward"
                 if self.command == "PUT":
                     with proxy._lock:
@@ -147,8 +162,13 @@ class S3FaultProxy:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 conn = http.client.HTTPConnection(proxy.host, proxy.upstream_port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
-                conn.request(self.command, self.path, body=body or None, headers=headers)
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for key, value in self.headers.items():
+                    if key.lower() != "expect":
+                        conn.putheader(key, value)
+                conn.endheaders()
+                if body:
+                    conn.send(body)
                 response = conn.getresponse()
                 data = response.read()
                 conn.close()
@@ -163,12 +183,13 @@ class S3FaultProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any  # noqa: N815
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.server.daemon_threads = True
@@ -239,8 +260,8 @@ def test_postgres_down_before_and_during_backup(cb_env: dict[str, str], pg_serve
     message = failed_run("postgres", down_before, instance)
     assert message.startswith("postgres") and f"127.0.0.1:{gone.port}" in message and "unavailable" in message
 
-    # Down during: the server vanishes while pg_dump streams (its connection is the second one).
-    proxy = TcpProxy((upstream.hostname or "127.0.0.1", upstream.port or 5432), cut_on=2, cut_after=20_000)
+    # Down during: the server vanishes while pg_dump streams (the only connection that receives this much).
+    proxy = TcpProxy((upstream.hostname or "127.0.0.1", upstream.port or 5432), cut_after=20_000)
     proxied.append(proxy)
     monkeypatch.setenv("CB_POSTGRES_URL", pg_server.url.replace(f":{upstream.port}", f":{proxy.port}"))
     message = failed_run("postgres", down_during, instance)
@@ -274,9 +295,9 @@ def test_valkey_down_before_and_during_backup(cb_env: dict[str, str], valkey_ser
     message = failed_run("valkey", down_before, instance)
     assert "valkey" in message and f"127.0.0.1:{gone.port}" in message
 
-    # Over the wire (no data folder): the RDB transfer is the second connection; cut it half way.
+    # Over the wire (no data folder): cut during the RDB transfer (the only connection receiving this much).
     monkeypatch.delenv("CB_VALKEY_DATA_DIR")
-    proxy = TcpProxy(target, cut_on=2, cut_after=3000)
+    proxy = TcpProxy(target, cut_after=6000)
     proxied.append(proxy)
     monkeypatch.setenv("CB_VALKEY_URL", valkey_server.url.replace(f":{upstream.port}", f":{proxy.port}"))
     message = failed_run("valkey", down_during, instance)
@@ -334,12 +355,12 @@ def test_s3_faults_are_retried_with_backoff_then_succeed(tmp_path: Path, s3_serv
         copy = offsite.upload_artifact(artifact, target)
     finally:
         proxy.close()
+    # botocore retries a failed request once (its budget), then the whole file is re-sent after a backoff.
     assert [what for _, _, what in proxy.puts] == [*faults, "forward", "forward"]  # file re-sent, then manifest
     starts = [t for t, _, _ in proxy.puts]
-    gaps = [b - a for a, b in zip(starts, starts[1:len(faults) + 1], strict=False)]
-    assert all(g >= 0.45 for g in gaps), gaps  # tenacity's exponential backoff: 0.5 s, 1 s, ...
-    if len(gaps) > 1:
-        assert gaps[1] >= 0.9, gaps
+    assert all(b > a for a, b in itertools.pairwise(starts))
+    if len(faults) > 1:  # two failed attempts exhaust botocore's budget: tenacity waits >= 0.5 s before the next
+        assert starts[len(faults)] - starts[0] >= 0.5, starts
     assert copy.bytes == artifact.manifest.total_bytes
     direct = offsite.S3Target(S3Settings(bucket=s3_bucket, endpoint_url=s3_server.endpoint_url, prefix="faults"))
     assert offsite.verify_offsite(artifact, direct, deep=True).ok
@@ -372,7 +393,9 @@ def test_s3_that_keeps_failing_is_a_clean_failure_with_nothing_under_a_final_key
             offsite.upload_artifact(artifact, target)
     finally:
         proxy.close()
-    assert len(proxy.puts) == 3  # file_attempts
+    starts = [t for t, _, _ in proxy.puts]
+    assert len(starts) == 3 * 2, proxy.puts  # file_attempts x botocore's two tries per request
+    assert starts[-1] - starts[0] >= 0.5 + 1.0  # tenacity's exponential backoff between whole-file attempts
     message = str(caught.value)
     assert f"s3://{s3_bucket}/faults/postgres/2026-11-24-00:00/data.bin" in message
     assert "ServiceUnavailable (HTTP 503)" in message and "\n" not in message

@@ -56,9 +56,14 @@ def list_tar(path: Path) -> list[str]:
 
 
 def extract_tar(store: str, archive: Path, target: Path) -> None:
-    """Extract safely: the 'data' filter refuses absolute paths, `..`, and device files."""
+    """Extract safely: absolute member names are refused before anything is written (the 'data' filter would
+    only strip the leading slash), and the 'data' filter refuses `..`, links leaving the target and devices."""
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
+            absolute = [m.name for m in tar.getmembers() if m.name.startswith(("/", "\\")) or m.name[1:3] == ":\\"]
+            if absolute:
+                raise RestoreRefused(store, f"archive {archive.name} cannot be extracted safely: absolute member "
+                                            f"path {absolute[0]!r}")
             tar.extractall(target, filter="data")
     except (tarfile.TarError, OSError) as exc:
         raise RestoreRefused(store, f"archive {archive.name} cannot be extracted safely: {exc}") from exc

@@ -1,0 +1,155 @@
+"""The production deployment: deploy/dagster.yaml validates, and the webserver + daemon run on dagster-postgres."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+
+from cb_backups_tests.test_ui import Server, graphql, start_webserver
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+IMAGES = {"pgvector/pgvector:pg16", "neo4j:5.26.4-community", "qdrant/qdrant:v1.12.5",
+          "opensearchproject/opensearch:2.13.0", "valkey/valkey:8.0.2-alpine"}
+
+
+@pytest.fixture(scope="module")
+def dagster_db(pg_server: Any) -> dict[str, str]:
+    """A `dagster` database on the test PostgreSQL server, and the DAGSTER_PG_* variables for it."""
+    with pg_server.connect(dbname="postgres") as conn:
+        conn.execute("DROP DATABASE IF EXISTS dagster WITH (FORCE)")
+        conn.execute("CREATE DATABASE dagster")
+    return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(pg_server.port), "DAGSTER_PG_USER": pg_server.user,
+            "DAGSTER_PG_PASSWORD": pg_server.password, "DAGSTER_PG_DB": "dagster",
+            "CB_DOCKER_NETWORK": "codingbrain_default"}
+
+
+def production_config() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+
+
+def test_production_config_validates_and_builds_the_instance(dagster_db: dict[str, str], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from dagster_docker import DockerRunLauncher
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+    for key, value in dagster_db.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text())
+    instance = dg.DagsterInstance.from_config(str(tmp_path))  # Dagster validates the file against its schema
+    try:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        assert isinstance(instance.run_launcher, DockerRunLauncher)
+        assert instance.run_launcher.networks == ["codingbrain_default"]
+        assert "/backups:/backups" in instance.run_launcher.container_kwargs["volumes"]
+        assert "CB_POSTGRES_PASSWORD" in instance.run_launcher.env_vars  # passed through, never written
+        assert instance.run_monitoring_enabled and instance.run_monitoring_start_timeout_seconds == 300
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None and queue.max_concurrent_runs == 4
+        assert queue.tag_concurrency_limits == [{"key": "store", "value": {"applyLimitPerUniqueValue": True},
+                                                 "limit": 1}]
+        # the storage really is the test server's `dagster` database
+        assert instance.get_runs() == []
+    finally:
+        instance.dispose()
+    # the same concurrency as the repository's local dagster.yaml
+    local = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert production_config()["concurrency"] == local["concurrency"]
+    # no secret in the file: connection details are env-driven
+    text = (DEPLOY / "dagster.yaml").read_text()
+    assert dagster_db["DAGSTER_PG_PASSWORD"] not in text
+    postgres_db = production_config()["storage"]["postgres"]["postgres_db"]
+    assert postgres_db["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+    assert postgres_db["scheme"] == "postgresql+psycopg2"  # see the comment in deploy/dagster.yaml
+
+    # validation is real: a misspelled setting is refused by Dagster
+    broken = production_config()
+    broken["run_monitoring"]["start_timeout"] = 5
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(broken))
+    with pytest.raises(dg.DagsterInvalidConfigError, match="start_timeout"):
+        dg.DagsterInstance.from_config(str(tmp_path))
+
+
+def test_compose_file_runs_the_runbook_images_and_dagster() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {s.get("image") for s in services.values()} >= IMAGES
+    assert "path.repo" in services["opensearch"]["environment"]
+    assert any(v.endswith(":/mnt/backups") or ":/mnt/backups " in v for v in services["opensearch"]["volumes"])
+    assert services["dagster-webserver"]["command"][0] == "dagster-webserver"
+    assert services["dagster-daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    assert services["cb-backups-code"]["command"][:3] == ["dagster", "code-server", "start"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in services["dagster-daemon"]["volumes"]
+    workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
+    grpc = workspace["load_from"][0]["grpc_server"]
+    assert grpc["host"] == "cb-backups-code" and str(grpc["port"]) in services["cb-backups-code"]["command"]
+    assert (DEPLOY / "Dockerfile").is_file()
+
+
+DAEMON_QUERY = """{ instance { runLauncher { name } runQueuingSupported
+  daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"""
+
+
+@pytest.fixture(scope="module")
+def running(dagster_db: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`dagster-daemon run` and `dagster-webserver` on the production config, storage on the test server.
+
+    The DockerRunLauncher cannot run without a Docker engine (none here), so this
+    instance uses Dagster's default run launcher; everything else is deploy/dagster.yaml.
+    """
+    home = tmp_path_factory.mktemp("deploy_home")
+    config = production_config()
+    del config["run_launcher"]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, **dagster_db, "DAGSTER_HOME": str(home), "CB_BACKUP_DIR": str(home / "backups")}
+    env.pop("CB_WEBHOOK_URL", None)
+    daemon = Server([sys.executable, "-m", "dagster._daemon", "run", "-w", str(ROOT / "workspace.yaml")], env,
+                    home / "daemon.log")
+    try:
+        web, url = start_webserver(env, home / "webserver.log")
+    except BaseException:
+        daemon.stop()
+        raise
+    try:
+        yield {"url": url, "daemon": daemon}
+    finally:
+        web.stop()
+        daemon.stop()
+
+
+def test_webserver_and_daemon_run_on_dagster_postgres(running: dict[str, Any], pg_server: Any) -> None:
+    url, daemon = running["url"], running["daemon"]
+    deadline = time.monotonic() + 90
+    healthy: dict[str, bool] = {}
+    while time.monotonic() < deadline:
+        assert daemon.alive(), daemon.tail()
+        instance = graphql(url, DAEMON_QUERY)["instance"]
+        statuses = instance["daemonHealth"]["allDaemonStatuses"]
+        healthy = {s["daemonType"]: s["healthy"] for s in statuses if s["required"]}
+        if healthy and all(healthy.values()):
+            break
+        time.sleep(1)
+    assert healthy and all(healthy.values()), (healthy, daemon.tail())
+    for required in ("SCHEDULER", "SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING"):
+        assert healthy.get(required) is True, (required, healthy)
+    assert instance["runLauncher"]["name"] == "DefaultRunLauncher" and instance["runQueuingSupported"]
+    # the daemon's heartbeats and the schedules' state live in the `dagster` database on the test server
+    with pg_server.connect(dbname="dagster") as conn:
+        beats = {row[0] for row in conn.execute("SELECT daemon_type FROM daemon_heartbeats")}
+        assert {"SCHEDULER", "SENSOR"} <= beats
+        tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"runs", "event_logs", "jobs", "job_ticks", "asset_check_executions"} <= tables
+    # and the UI serves the code location: the backup jobs are there
+    repos = graphql(url, "{ repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }")
+    jobs = {j["name"] for r in repos["repositoriesOrError"]["nodes"] for j in r["jobs"]}
+    assert {"postgres_backup_job", "valkey_backup_job", "audit_report_job"} <= jobs

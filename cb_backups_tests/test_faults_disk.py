@@ -1,0 +1,86 @@
+"""Disk full: the backup folder on a 2 MiB tmpfs. A clean error, the partial backup removed, nothing else deleted."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cb_backups.errors import BackupFailed
+from cb_backups.resources import BackupsResource
+from cb_backups.specs import spec_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = f"cannot mount a 2 MiB tmpfs here: {done.stderr.strip() or done.returncode}"
+        print(reason)
+        pytest.skip(reason)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(free - leave, 0))
+    return filler
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.name != "verification.json"}
+
+
+def test_disk_full_mid_backup_is_a_clean_error_and_deletes_nothing(cb_env: dict[str, str], small_disk: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CB_BACKUP_DIR", str(small_disk / "backups"))
+    backups = BackupsResource()
+    catalog = backups.catalog()
+    keys = spec_for("postgres").partitions.get_partition_keys()[-2:]
+    # Another backup already on the disk (the Valkey RDB is ~50 KB).
+    valkey = backups.store("valkey")
+    other = catalog.write("valkey", keys[0], valkey.backup)
+    before = hashes(other.directory)
+
+    filler = fill(small_disk, leave=40 * 1024)  # less than the PostgreSQL dump needs
+    postgres = backups.store("postgres")
+    with pytest.raises(BackupFailed) as caught:
+        catalog.write("postgres", keys[1], postgres.backup)
+    message = str(caught.value)
+    assert message.startswith("postgres: backup failed: cannot write ") and "No space left on device" in message
+    assert "the partial backup was removed" in message and "\n" not in message
+    assert catalog.get("postgres", keys[1]) is None
+    leftovers = [p.name for p in small_disk.rglob("*") if p.name.startswith((".staging-", ".replaced-"))
+                 or ".tmp-" in p.name]
+    assert leftovers == []
+    assert hashes(other.directory) == before and catalog.list("valkey") == [other]
+
+    # Through the CLI (Dagster run): exit 1, one line naming the store, no traceback, still nothing left over.
+    done = subprocess.run([sys.executable, "-m", "cb_backups.cli", "backup", "postgres", "--partition", keys[1]],
+                          capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"postgres {keys[1]}: postgres"), done.stderr
+    assert "free" in lines[0] and "Traceback" not in done.stderr
+    assert not list(small_disk.rglob(".staging-*")) and hashes(other.directory) == before
+
+    # Space again: the same slot backs up fine.
+    filler.unlink()
+    artifact = catalog.write("postgres", keys[1], postgres.backup)
+    assert postgres.verify(artifact).ok and hashes(other.directory) == before
