@@ -17,7 +17,6 @@ from cb_backups.checks import backup_checks, freshness_checks
 from cb_backups.resources import BackupsResource
 
 
-
 def _core() -> dg.Definitions:
     return dg.Definitions(
         assets=backup_assets,

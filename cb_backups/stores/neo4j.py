@@ -40,6 +40,7 @@ import neo4j
 from neo4j import GraphDatabase
 from neo4j.exceptions import DriverError, Neo4jError
 
+from cb_backups.catalog import checksum_problems
 from cb_backups.errors import (
     BackupFailed,
     CbBackupsError,
@@ -222,6 +223,9 @@ class Neo4jStore:
 
     def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
         store = self._for_target(target)
+        changed = checksum_problems(artifact)  # a file or the manifest changed since the backup: refuse
+        if changed:
+            raise RestoreRefused(self.name, "the backup did not verify: " + "; ".join(changed))
         verification = self.verify(artifact)
         if not verification.ok:
             raise RestoreRefused(self.name, "the backup did not verify: " + "; ".join(verification.problems))

@@ -36,6 +36,7 @@ import httpx
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from cb_backups.catalog import checksum_problems
 from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
 from cb_backups.fileio import CHUNK, HashingWriter
 from cb_backups.settings import QdrantSettings, VolumeSettings
@@ -418,6 +419,9 @@ class QdrantStore:
         if artifact.manifest.method == "volume":
             return self._restore_volume(artifact, target, progress)
         plan = self._restore_plan(artifact, target)
+        changed = checksum_problems(artifact)  # a file or the manifest changed since the backup: refuse
+        if changed:
+            raise RestoreRefused(self.name, "; ".join(changed))
         check = self.verify(artifact)
         if not check.ok:
             raise RestoreRefused(self.name, "; ".join(check.problems))
