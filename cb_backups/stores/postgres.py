@@ -12,6 +12,7 @@ Better than the runbook's bash in three ways:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import subprocess
@@ -28,7 +29,7 @@ import psycopg
 import zstandard
 from psycopg import sql
 
-from cb_backups.catalog import checksum_problems
+from cb_backups.catalog import seal_problems
 from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
 from cb_backups.fileio import CHUNK, HashingWriter
 from cb_backups.settings import PostgresSettings, VolumeSettings
@@ -224,14 +225,7 @@ class PostgresStore:
             code, toc, err = self._pg_restore_list(path)
         except zstandard.ZstdError as exc:
             return Verification(False, [f"{path.name}: zstd stream damaged: {exc}"])
-        if code != 0:
-            lines = err.strip().splitlines()
-            return Verification(False, [f"pg_restore --list failed: {lines[-1] if lines else code}"])
-        data_tables = set(re.findall(r"TABLE DATA \S+ (\S+) ", toc))
-        missing = [t for t in artifact.manifest.inventory.get("tables", {}) if t not in data_tables]
-        problems = [f"no TABLE DATA entry for {t}" for t in missing]
-        entries = sum(1 for line in toc.splitlines() if line and not line.startswith(";"))
-        return Verification(not problems, problems, {"toc_entries": entries})
+        return _judge_toc(artifact, code, toc, err)
 
     def _pg_restore_list(self, path: Path) -> tuple[int, str, str]:
         argv = [self._tool("pg_restore"), "--list"]
@@ -266,16 +260,46 @@ class PostgresStore:
         return code, b"".join(chunks).decode(errors="replace"), b"".join(errors).decode(errors="replace")
 
     @contextmanager
-    def _seekable_dump(self, artifact: Artifact) -> Iterator[Path]:
-        """pg_restore --jobs needs a seekable custom-format file: decompress zstd beside the backup."""
+    def _verified_dump(self, artifact: Artifact) -> Iterator[Path]:
+        """The dump as a seekable file (pg_restore --jobs needs one), proven intact in ONE read.
+
+        The compressed file is hashed against the manifest while it is decompressed beside the
+        backup; then `pg_restore --list` reads only the plain file's table of contents. Raises
+        RestoreRefused before anything is restored.
+        """
+        problems = seal_problems(artifact)
         path = dump_file(artifact)
-        if not path.name.endswith(".zst"):
-            yield path
-            return
+        try:
+            record = artifact.file(path.name)
+        except KeyError:
+            problems.append(f"{path.name} is not in the manifest")
+            record = None
+        if problems or record is None or not path.is_file():
+            raise RestoreRefused(self.name, "; ".join(problems) or f"{path.name} missing")
         with tempfile.TemporaryDirectory(prefix=".restore-", dir=artifact.directory.parent) as tmp:
-            plain = Path(tmp) / DUMP_FILE
-            with open(path, "rb") as src, open(plain, "wb") as dst:
-                zstandard.ZstdDecompressor().copy_stream(src, dst, read_size=CHUNK, write_size=CHUNK)
+            plain = Path(tmp) / DUMP_FILE if path.name.endswith(".zst") else path
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with open(path, "rb") as src, contextlib.ExitStack() as stack:
+                    sink = None
+                    if plain != path:
+                        dst = stack.enter_context(open(plain, "wb"))
+                        sink = stack.enter_context(zstandard.ZstdDecompressor().stream_writer(dst, closefd=False))
+                    while block := src.read(CHUNK):
+                        digest.update(block)
+                        size += len(block)
+                        if sink is not None:
+                            sink.write(block)
+            except zstandard.ZstdError as exc:
+                raise RestoreRefused(self.name, f"{path.name}: zstd stream damaged: {exc}") from None
+            if size != record.bytes or digest.hexdigest() != record.sha256:
+                raise RestoreRefused(self.name, f"{path.name}: size or sha256 differs from the manifest")
+            done = subprocess.run([self._tool("pg_restore"), "--list", str(plain)], capture_output=True, check=False)
+            verdict = _judge_toc(artifact, done.returncode, done.stdout.decode(errors="replace"),
+                                 done.stderr.decode(errors="replace"))
+            if not verdict.ok:
+                raise RestoreRefused(self.name, "; ".join(verdict.problems))
             yield plain
 
     # --- restore ---------------------------------------------------------------
@@ -296,25 +320,20 @@ class PostgresStore:
         return problems
 
     def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
-        changed = checksum_problems(artifact)  # a file or the manifest changed since the backup: refuse
-        if changed:
-            raise RestoreRefused(self.name, "; ".join(changed))
-        verification = self.verify(artifact)
-        if not verification.ok:
-            raise RestoreRefused(self.name, "; ".join(verification.problems))
-        problems = self.check_compatible(artifact)
-        if problems:
-            raise RestoreRefused(self.name, "; ".join(problems))
         final = target.options.get("dbname") or (
             self.settings.dbname if target.mode == "in_place" else f"{self.settings.dbname}__scratch")
         _check_dbname(final)
         incoming = f"{final[:50]}__incoming"
-        with self.connect("postgres") as admin:
-            self._drop(admin, incoming)  # leftover of an interrupted restore
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(incoming)))
-        progress(f"pg_restore into {incoming}", 0, None)
         jobs = int(target.options.get("jobs") or self.settings.restore_jobs)
-        with self._seekable_dump(artifact) as dump:
+        progress("verifying the backup", 0, None)
+        with self._verified_dump(artifact) as dump:  # refuses a changed or damaged backup: target untouched
+            problems = self.check_compatible(artifact)
+            if problems:
+                raise RestoreRefused(self.name, "; ".join(problems))
+            with self.connect("postgres") as admin:
+                self._drop(admin, incoming)  # leftover of an interrupted restore
+                admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(incoming)))
+            progress(f"pg_restore into {incoming}", 0, None)
             done = subprocess.run([self._tool("pg_restore"), "--jobs", str(jobs), "--exit-on-error", "-d", incoming,
                                    str(dump)], capture_output=True, env=self._env(), check=False)
         if done.returncode != 0:
@@ -360,6 +379,18 @@ class PostgresStore:
     def _drop(self, admin: psycopg.Connection[Any], dbname: str) -> None:
         self._terminate(admin, dbname)
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(dbname)))
+
+
+def _judge_toc(artifact: Artifact, code: int, toc: str, err: str) -> Verification:
+    """pg_restore --list succeeded and lists a data entry for every counted table."""
+    if code != 0:
+        lines = err.strip().splitlines()
+        return Verification(False, [f"pg_restore --list failed: {lines[-1] if lines else code}"])
+    data_tables = set(re.findall(r"TABLE DATA \S+ (\S+) ", toc))
+    missing = [t for t in artifact.manifest.inventory.get("tables", {}) if t not in data_tables]
+    problems = [f"no TABLE DATA entry for {t}" for t in missing]
+    entries = sum(1 for line in toc.splitlines() if line and not line.startswith(";"))
+    return Verification(not problems, problems, {"toc_entries": entries})
 
 
 def _check_dbname(name: str) -> None:
