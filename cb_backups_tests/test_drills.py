@@ -121,7 +121,7 @@ def test_neo4j_without_a_scratch_server_is_check_only_and_says_so(cb_env: dict[s
 def test_schedule_runs_each_configured_store_on_its_newest_backup(cb_env: dict[str, str]) -> None:
     backup("valkey", VK_KEYS[0])
     backup("valkey", VK_KEYS[1])
-    schedule = defs.get_schedule_def("restore_drills_schedule")
+    schedule = defs.resolve_schedule_def("restore_drills_schedule")
     assert schedule.cron_schedule == "0 5 * * *"
     requests = {r.tags["store"]: r for r in drill_requests(BackupsResource())}
     assert set(requests) == {"postgres", "valkey"}  # the stores cb_env configures

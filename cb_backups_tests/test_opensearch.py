@@ -302,9 +302,6 @@ def test_emulator_snapshots_survive_a_restart(tmp_path: Path, opensearch_server:
         assert store.restore(artifact, Target("in_place")) == {"indices": SEED_COUNTS}
 
 
-@pytest.mark.xfail(raises=TypeError, strict=False,
-                   reason="stores/volume.tar_directory passes compresslevel to stream-mode tarfile ('w|gz'), "
-                          "which Python 3.11 rejects")
 def test_volume_method_archives_the_data_folder(tmp_path: Path, opensearch_url: str, seeded_opensearch: dict) -> None:
     data = tmp_path / "data"
     (data / "nodes" / "0").mkdir(parents=True)
