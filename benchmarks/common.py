@@ -231,12 +231,12 @@ class Bench:
     def pg_tool(self, name: str) -> str:
         return str(self.pg.bin_dir / name)
 
-    def pg_settings(self, compression: str = "zstd:1", dbname: str | None = None) -> Any:
+    def pg_settings(self, compression: str | None = None, dbname: str | None = None) -> Any:
         from cb_backups.settings import PostgresSettings
 
         return PostgresSettings(host="127.0.0.1", port=self.pg.port, user=self.pg.user, password=self.pg.password,
                                 dbname=dbname or self.pg.dbname, bin_dir=str(self.pg.bin_dir),
-                                compression=compression)
+                                **({"compression": compression} if compression else {}))
 
     # --- S3 (SeaweedFS) -------------------------------------------------------------------
     @property

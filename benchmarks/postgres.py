@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Bench, Figure, human_bytes, paired, patched_env, run, timed
+from cb_backups.settings import PostgresSettings
+
+DEFAULT = PostgresSettings().compression  # the project's default compression
 
 
 def _raw_dump(bench: Bench, level: int, path: Path) -> int:
@@ -80,13 +83,13 @@ def dagster_overhead(bench: Bench) -> Figure:
 
 
 def default_vs_runbook(bench: Bench) -> list[Figure]:
-    """zstd:1 (the default) against pg_dump -Z 6 (the runbook) and pg_dump -Z 0 (no compression)."""
+    """the default compression against pg_dump -Z 6 (the runbook) and pg_dump -Z 0 (no compression)."""
     work = bench.scratch("pg-default")
     sizes: dict[str, int] = {}
 
     def default() -> None:
-        artifact = _catalog_backup(bench, "zstd:1", work / "catalog")
-        sizes["zstd:1"] = artifact.manifest.total_bytes
+        artifact = _catalog_backup(bench, DEFAULT, work / "catalog")
+        sizes[DEFAULT] = artifact.manifest.total_bytes
 
     def z6() -> None:
         sizes["-Z 6"] = _raw_dump(bench, 6, work / "z6.dump")
@@ -97,35 +100,36 @@ def default_vs_runbook(bench: Bench) -> list[Figure]:
     bench.log("  warm-up ...")
     default()
     z0()
-    times: dict[str, list[float]] = {"zstd:1": [], "-Z 6": [], "-Z 0": []}
-    fns = [("zstd:1", default), ("-Z 6", z6), ("-Z 0", z0)]
+    times: dict[str, list[float]] = {DEFAULT: [], "-Z 6": [], "-Z 0": []}
+    fns = [(DEFAULT, default), ("-Z 6", z6), ("-Z 0", z0)]
     for i in range(bench.repeat):  # rotate the order every round
         for name, fn in fns[i % 3:] + fns[:i % 3]:
             seconds, _ = timed(fn)
             times[name].append(seconds)
-    speedups = [b / a for a, b in zip(times["zstd:1"], times["-Z 6"], strict=True)]
-    vs_plain = [a / c for a, c in zip(times["zstd:1"], times["-Z 0"], strict=True)]
+    speedups = [b / a for a, b in zip(times[DEFAULT], times["-Z 6"], strict=True)]
+    vs_plain = [a / c for a, c in zip(times[DEFAULT], times["-Z 0"], strict=True)]
     med = {k: statistics.median(v) for k, v in times.items()}
-    size_ratio = sizes["zstd:1"] / sizes["-Z 6"]
-    size_vs_plain = sizes["zstd:1"] / sizes["-Z 0"]
+    size_ratio = sizes[DEFAULT] / sizes["-Z 6"]
+    size_vs_plain = sizes[DEFAULT] / sizes["-Z 0"]
     details = {"seconds": {k: round(v, 3) for k, v in med.items()},
                "bytes": sizes, "size_zstd1_over_z6": round(size_ratio, 3),
                "size_zstd1_over_z0": round(size_vs_plain, 3), "threads": os.cpu_count(),
                "throughput_mib_s": {k: round(sizes["-Z 0"] / 1048576 / v, 1) for k, v in med.items()}}
     details["zstd_levels_on_the_same_dump"] = _zstd_levels(work / "z0.dump", sizes["-Z 6"])
     speed = statistics.median(speedups)
-    note = (f"size zstd:1 {human_bytes(sizes['zstd:1'])} vs -Z 6 {human_bytes(sizes['-Z 6'])} "
+    note = (f"size {DEFAULT} {human_bytes(sizes[DEFAULT])} vs -Z 6 {human_bytes(sizes['-Z 6'])} "
             f"(x{size_ratio:.2f}{', SMALLER/EQUAL' if size_ratio <= 1.0 else ', LARGER: size condition missed'})")
-    first = Figure("pg_default_speedup", "Default backup (zstd:1) speed-up over the runbook's pg_dump -Fc -Z 6",
-                   speed, ">=", 5.0, "PostgresStore.backup zstd:1 via Catalog.write", "pg_dump -Fc -Z 6 -f file",
-                   med["zstd:1"], med["-Z 6"], bench.repeat,
-                   code_path="pg_dump -Fc -Z 0 | zstandard level 1, threads=nproc, HashingWriter (sha256 in the "
+    first = Figure("pg_default_speedup", f"Default backup ({DEFAULT}) speed-up over the runbook's pg_dump -Fc -Z 6",
+                   speed, ">=", 5.0, "PostgresStore.backup (default compression) via Catalog.write",
+                   "pg_dump -Fc -Z 6 -f file",
+                   med[DEFAULT], med["-Z 6"], bench.repeat,
+                   code_path=f"pg_dump -Fc -Z 0 | zstandard {DEFAULT}, threads=nproc, HashingWriter (sha256 in the "
                              "same pass), counted in the dump's snapshot",
                    note=note, details={**details, "speedups": [round(s, 2) for s in speedups]},
                    condition_ok=size_ratio <= 1.0)
-    second = Figure("pg_default_vs_plain", "Default backup (zstd:1) time / uncompressed pg_dump -Fc -Z 0",
+    second = Figure("pg_default_vs_plain", f"Default backup ({DEFAULT}) time / uncompressed pg_dump -Fc -Z 0",
                     statistics.median(vs_plain), "<=", 1.3, "PostgresStore.backup zstd:1", "pg_dump -Fc -Z 0 -f file",
-                    med["zstd:1"], med["-Z 0"], bench.repeat, code_path=first.code_path,
+                    med[DEFAULT], med["-Z 0"], bench.repeat, code_path=first.code_path,
                     note=f"size ratio zstd:1 / -Z 0 = {size_vs_plain:.3f}",
                     details={"ratios": [round(r, 3) for r in vs_plain], "size_zstd1_over_z0": round(size_vs_plain, 3)})
     return [first, second]
@@ -163,11 +167,11 @@ def restore(bench: Bench) -> Figure:
     from cb_backups.stores.postgres import PostgresStore
 
     work = bench.scratch("pg-restore")
-    artifact = _catalog_backup(bench, "zstd:1", work / "catalog")
+    artifact = _catalog_backup(bench, DEFAULT, work / "catalog")
     plain = work / "plain.dump"
     _raw_dump(bench, 0, plain)  # the same content, uncompressed: what raw pg_restore --jobs can read
     jobs = os.cpu_count() or 2
-    store = PostgresStore(bench.pg_settings("zstd:1"))
+    store = PostgresStore(bench.pg_settings(DEFAULT))
     counts: dict[str, Any] = {}
 
     def drop(name: str) -> None:

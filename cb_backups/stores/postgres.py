@@ -51,7 +51,7 @@ from cb_backups.stores.base import (
 DUMP_FILE = "postgres.dump"
 ZSTD_FILE = "postgres.dump.zst"
 _COMPRESSION = re.compile(r"^(gzip:[0-9]|zstd:([1-9]|1[0-9])|none)$")
-ALLOWED_COMPRESSION = "zstd:1..zstd:19 (default zstd:1), gzip:0..gzip:9 (the runbook's -Z 6 is gzip:6) or none"
+ALLOWED_COMPRESSION = "zstd:1..zstd:19 (default zstd:4), gzip:0..gzip:9 (the runbook's -Z 6 is gzip:6) or none"
 
 
 @dataclass(frozen=True)
