@@ -51,8 +51,23 @@ def _open_traversal(path: Path) -> None:
             parent.chmod(mode | stat.S_IXOTH | stat.S_IROTH)
 
 
+class _Throwaway:
+    """Stop the server, then remove its folder if we created it."""
+
+    root: Path | None
+    _own_root: bool
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_root and self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 @dataclass
-class EmbeddedPostgres:
+class EmbeddedPostgres(_Throwaway):
     """A throwaway PostgreSQL 16 cluster with pgvector, listening on 127.0.0.1."""
 
     password: str = "cb-demo-secret"
@@ -119,11 +134,6 @@ class EmbeddedPostgres:
                 pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
                 os.kill(pid, signal.SIGKILL)
 
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_root and self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-
     @property
     def url(self) -> str:
         """Connection URL without the password (the password travels separately)."""
@@ -140,7 +150,7 @@ class EmbeddedPostgres:
 
 
 @dataclass
-class EmbeddedValkey:
+class EmbeddedValkey(_Throwaway):
     """A throwaway Valkey 8 server on 127.0.0.1 with its own data folder."""
 
     password: str | None = "cb-valkey-secret"
@@ -190,11 +200,6 @@ class EmbeddedValkey:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_root and self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
 
     @property
     def url(self) -> str:
