@@ -50,3 +50,14 @@ def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture
+def offsite_env(cb_env: dict[str, str], s3_env: dict[str, str], s3_server: SeaweedS3, s3_bucket: str,
+                monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """cb-backups configured for off-site copies to the test S3 server (plus cb_env's stores)."""
+    env = {"CB_S3_BUCKET": s3_bucket, "CB_S3_ENDPOINT_URL": s3_server.endpoint_url, "CB_S3_PREFIX": "cb"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("CB_OFFSITE_DEEP_VERIFY", raising=False)
+    return {**cb_env, **s3_env, **env}

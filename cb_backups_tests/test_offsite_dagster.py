@@ -16,19 +16,9 @@ from cb_backups.settings import load_settings
 from cb_backups.specs import spec_for
 from cb_backups_tests.servers.s3 import SeaweedS3
 
-# cb_env (conftest.py) and s3_server/s3_bucket/s3_env (fixtures_s3.py) are loaded by conftest.py
+# cb_env (conftest.py) and s3_server/s3_bucket/s3_env/offsite_env (fixtures_s3.py) are loaded by conftest.py
 
 VALKEY = BY_STORE["valkey"]
-
-
-@pytest.fixture
-def offsite_env(cb_env: dict[str, str], s3_env: dict[str, str], s3_server: SeaweedS3, s3_bucket: str,
-                monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    env = {"CB_S3_BUCKET": s3_bucket, "CB_S3_ENDPOINT_URL": s3_server.endpoint_url, "CB_S3_PREFIX": "cb"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("CB_OFFSITE_DEEP_VERIFY", raising=False)
-    return {**cb_env, **s3_env, **env}
 
 
 def slots(n: int, skip_latest: int = 0) -> list[str]:

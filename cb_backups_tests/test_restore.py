@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from psycopg import sql
 from cb_backups import restore_ops
 from cb_backups.catalog import Catalog, checksum_problems
 from cb_backups.embedded import EmbeddedPostgres, EmbeddedValkey
-from cb_backups.errors import RestoreRefused
+from cb_backups.errors import RestoreRefused, VerificationFailed
 from cb_backups.fileio import HashingWriter
 from cb_backups.restore_cli import run_restore_job
 from cb_backups.sample_data import load_postgres
@@ -344,3 +345,38 @@ def test_full_system_restore_from_a_full_system_backup(pg_db: str, pg_server: Em
     refused = run_restore_job("full_system_restore", {"target": "in_place", "confirm": "postgres"},
                               dg.DagsterInstance.get())
     assert not refused.success and "set confirm to 'full_system'" in failure_text(refused)
+
+
+def test_restore_from_offsite_after_the_local_copy_is_lost(offsite_env: dict[str, str]) -> None:
+    """Scenario 2 of the runbook: the backup disk is gone; the copy in S3 is downloaded, verified, restored."""
+    from cb_backups import offsite
+
+    catalog = backup("valkey", VK_KEYS[1])
+    artifact = catalog.require("valkey", VK_KEYS[1])
+    settings = load_settings()
+    target = offsite.S3Target(settings.s3)
+    offsite.upload_artifact(artifact, target)
+    expected = artifact.manifest.inventory["databases"]
+    shutil.rmtree(Path(offsite_env["CB_BACKUP_DIR"]) / "valkey")  # the local backups are lost
+    plan = restore_ops.plan_restore(settings, "valkey", VK_KEYS[1], source="offsite", target=Target("scratch"))
+    result = restore_ops.execute_restore(plan, lambda *_: None)
+    assert result.ok and result.partition_key == VK_KEYS[1] and result.source == "offsite"
+    assert result.counts["databases"] == expected  # type: ignore[index]
+
+    # a corrupted remote object is refused before anything is restored
+    client = s3_env_client(offsite_env)
+    key = f"{settings.s3.prefix}/valkey/{VK_KEYS[1]}/dump.rdb"
+    body = bytearray(client.get_object(Bucket=settings.s3.bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    head = client.head_object(Bucket=settings.s3.bucket, Key=key)
+    client.put_object(Bucket=settings.s3.bucket, Key=key, Body=bytes(body), Metadata=head["Metadata"])
+    with pytest.raises((RestoreRefused, VerificationFailed)):
+        restore_ops.execute_restore(
+            restore_ops.plan_restore(settings, "valkey", VK_KEYS[1], source="offsite", target=Target("scratch")),
+            lambda *_: None)
+
+
+def s3_env_client(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["CB_S3_ENDPOINT_URL"], region_name="us-east-1")
