@@ -105,7 +105,7 @@ def _start_servers(bench: Bench, work: Path) -> Any:
     run_cypher(neo_settings, *SEED_QUERIES)
     return Settings(
         backup_dir=work / "backups",
-        postgres=bench.pg_settings("zstd:1", dbname="fullsys"),
+        postgres=bench.pg_settings(dbname="fullsys"),
         valkey=ValkeySettings(host="127.0.0.1", port=valkey.port, password=valkey.password,
                               data_dir=str(valkey.data_dir), bin_dir=str(valkey.bin_dir)),
         qdrant=QdrantSettings(url=q_url, api_key=QDRANT_KEY),

@@ -128,9 +128,10 @@ def default_vs_runbook(bench: Bench) -> list[Figure]:
                    note=note, details={**details, "speedups": [round(s, 2) for s in speedups]},
                    condition_ok=size_ratio <= 1.0)
     second = Figure("pg_default_vs_plain", f"Default backup ({DEFAULT}) time / uncompressed pg_dump -Fc -Z 0",
-                    statistics.median(vs_plain), "<=", 1.3, "PostgresStore.backup zstd:1", "pg_dump -Fc -Z 0 -f file",
+                    statistics.median(vs_plain), "<=", 1.3, f"PostgresStore.backup {DEFAULT}",
+                    "pg_dump -Fc -Z 0 -f file",
                     med[DEFAULT], med["-Z 0"], bench.repeat, code_path=first.code_path,
-                    note=f"size ratio zstd:1 / -Z 0 = {size_vs_plain:.3f}",
+                    note=f"size ratio {DEFAULT} / -Z 0 = {size_vs_plain:.3f}",
                     details={"ratios": [round(r, 3) for r in vs_plain], "size_zstd1_over_z0": round(size_vs_plain, 3)})
     return [first, second]
 
@@ -198,7 +199,7 @@ def restore(bench: Bench) -> Figure:
     clean()
     expected = artifact.manifest.inventory.get("tables", {})
     return Figure("pg_restore", "PostgreSQL restore (PostgresStore.restore, scratch) / raw pg_restore --jobs N",
-                  pairs.ratio, "<=", 1.10, f"PostgresStore.restore of the zstd:1 artifact, --jobs {jobs}",
+                  pairs.ratio, "<=", 1.10, f"PostgresStore.restore of the {DEFAULT} artifact, --jobs {jobs}",
                   f"createdb + pg_restore --jobs {jobs} of the same dump uncompressed", pairs.a_median,
                   pairs.b_median, len(pairs.a),
                   code_path="verify (pg_restore --list through zstd) -> version/pgvector check -> zstd to a temp "

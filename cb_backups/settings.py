@@ -79,7 +79,7 @@ class PostgresSettings:
     dbname: str = "codingbrain"
     password: str | None = field(default=None, repr=False)
     bin_dir: str | None = None  # where pg_dump/pg_restore live; PATH when None
-    compression: str = "zstd:4"  # >= 5x faster than -Z 6 and smaller (benchmarks/); runbook's -Z 6 is "gzip:6"
+    compression: str = "zstd:2"  # >= 5x faster than -Z 6 and smaller (benchmarks/); runbook's -Z 6 is "gzip:6"
     count_tables: tuple[str, ...] = ("memories", "apps", "users")
     migrations_query: str | None = None  # returns rows while a migration runs
     restore_jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
