@@ -67,6 +67,15 @@ def cb_env(monkeypatch: pytest.MonkeyPatch, backup_dir: Path, pg_server: Embedde
     return env
 
 
+def specs_dir() -> Path:
+    """The official API specs: `CB_SPECS_DIR`, else `shared/specs` beside the repository (as CI has it)."""
+    root = Path(__file__).resolve().parent.parent
+    for candidate in (os.environ.get("CB_SPECS_DIR"), root.parent / "shared" / "specs", "/work/shared/specs"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return root.parent / "shared" / "specs"
+
+
 def live(var: str) -> str | None:
     """The URL of a real server for the live tier, when given."""
     return os.environ.get(var) or None

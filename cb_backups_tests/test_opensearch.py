@@ -22,9 +22,10 @@ from cb_backups.errors import BackupFailed, RestoreRefused, StoreUnavailable
 from cb_backups.settings import OpenSearchSettings, VolumeSettings
 from cb_backups.stores.base import Target, counts_problems
 from cb_backups.stores.opensearch import SNAPSHOT_FILE, OpenSearchStore
+from cb_backups_tests.conftest import specs_dir
 from cb_backups_tests.fixtures_opensearch import SEED_COUNTS  # fixtures: conftest loads fixtures_opensearch
 
-SPEC = Path(os.environ.get("CB_OPENSEARCH_SPEC", "/work/shared/specs/opensearch/spec"))
+SPEC = Path(os.environ.get("CB_OPENSEARCH_SPEC") or specs_dir() / "opensearch" / "spec")
 KEY = "2026-11-24"
 
 

@@ -21,10 +21,11 @@ from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError, Restore
 from cb_backups.settings import QdrantSettings, VolumeSettings
 from cb_backups.stores.base import Artifact, Store, Target
 from cb_backups.stores.qdrant import QdrantStore, scan_archive
+from cb_backups_tests.conftest import specs_dir
 from cb_backups_tests.emulators.qdrant import QdrantEmulator, free_port
 from cb_backups_tests.fixtures_qdrant import SeededCollections, app_points, make_client, seed_collection
 
-SPEC = Path("/work/shared/specs/qdrant-1.12/openapi.json")
+SPEC = specs_dir() / "qdrant-1.12" / "openapi.json"
 REPO = Path(__file__).resolve().parents[1]
 KEY = "2026-11-24"
 
