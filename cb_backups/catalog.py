@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError
 from cb_backups.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, private_dir, sha256_file
@@ -317,9 +316,3 @@ def _key_from_leftover(name: str) -> str:
     # ".staging-<key>-<hex8>" / ".replaced-<key>-<hex8>"
     body = name.split("-", 1)[1]
     return body.rsplit("-", 1)[0]
-
-
-def manifest_summary(artifact: Artifact) -> dict[str, Any]:
-    m = artifact.manifest
-    return {"store": m.store, "partition": m.partition_key, "captured_at": m.captured_at,
-            "bytes": m.total_bytes, "files": [f.name for f in m.files], "path": str(artifact.directory)}

@@ -17,7 +17,7 @@ instance, so an upgrade shows here first.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,11 +173,6 @@ def _check_history_sql(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey
         found.append(CheckRun(asset=asset, check=check_key.name, partition=row["partition"], status="passed",
                               timestamp=moment.replace(tzinfo=UTC).timestamp(), run_id=row["run_id"]))
     return found
-
-
-def check_histories(instance: dg.DagsterInstance, check_keys: Iterable[dg.AssetCheckKey],
-                    since: float | None = None) -> dict[dg.AssetCheckKey, list[CheckRun]]:
-    return {key: check_history(instance, key, since) for key in check_keys}
 
 
 def run_check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[CheckRun]:

@@ -34,10 +34,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cb_backups.catalog import Catalog, checksum_problems, iso, parse_iso, utcnow
+from cb_backups.catalog import Catalog, checksum_problems, parse_iso, utcnow
 from cb_backups.errors import CbBackupsError, ConfigError, RestoreFailed, RestoreRefused
 from cb_backups.settings import Settings
-from cb_backups.specs import STORES, spec_for
+from cb_backups.specs import spec_for
 from cb_backups.stores.base import (
     Artifact,
     Inventory,
@@ -60,8 +60,6 @@ MODES = ("scratch", "in_place")
 DEFAULT_SAFETY_KEEP_DAYS = 7
 # Runbook "Full Restore Script" order: the critical stores first.
 FULL_ORDER = ("postgres", "neo4j", "qdrant", "opensearch", "valkey")
-# Options consumed here, not passed to the adapter.
-OWN_OPTIONS = ("safety_backup", "safety_keep_days")
 LIST_OPTIONS = ("collections", "indices")
 # Scratch targets of a restore job (a drill uses DRILL_* and removes them afterwards).
 SCRATCH_DEFAULTS: dict[str, dict[str, Any]] = {"qdrant": {"suffix": "__scratch"}, "opensearch": {"prefix": "scratch_"}}
@@ -909,11 +907,3 @@ def _scratch_name(scratch: Scratch) -> str:
     from cb_backups.stores.neo4j import safe_uri
 
     return f"scratch Neo4j at {safe_uri(str(options.get('uri')))}"
-
-
-def drill_stores(settings: Settings) -> list[str]:
-    return [s.name for s in STORES if s.name in settings.configured_stores()]
-
-
-def now_iso() -> str:
-    return iso(utcnow())

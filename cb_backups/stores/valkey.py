@@ -221,11 +221,6 @@ class ValkeyStore:
                 problems.append(f"{AOF_FILE} unreadable: {exc}")
         return Verification(not problems, problems, details)
 
-    @contextlib.contextmanager
-    def _checker_dir(self) -> Iterator[Path]:
-        with tempfile.TemporaryDirectory(prefix="cb-checkrdb-") as tmp:
-            yield Path(tmp)
-
     def _check_rdb_tool(self) -> str | None:
         explicit = shutil.which(self._tool("valkey-check-rdb"))
         if explicit:
