@@ -102,7 +102,7 @@ def _from_record(record: Any) -> CheckRun:
 
 def check_history(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, since: float | None = None,
                   page: int = 2000, details: bool = False) -> list[CheckRun]:
-    """Every execution of `check_key` created at or after `since` (epoch seconds), newest first.
+    """Every execution of `check_key` evaluated at or after `since` (epoch seconds), newest first.
 
     Reads the asset check executions table in one query and deserializes the stored
     evaluation event (slow: Dagster's serdes) only where it is needed: failed
@@ -134,9 +134,10 @@ def _check_history_paged(instance: dg.DagsterInstance, check_key: dg.AssetCheckK
         if not records:
             break
         for record in records:
-            if since is not None and record.create_timestamp < since:
-                return found
-            found.append(_from_record(record))
+            run = _from_record(record)
+            # no early stop: ids follow creation, not evaluation, so an older row may hold a newer evaluation
+            if since is None or run.timestamp >= (since if run.status != "planned" else int(since)):
+                found.append(run)
         if len(records) < page:
             break
         cursor = records[-1].id
@@ -158,7 +159,12 @@ def _check_history_sql(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey
                        table.c.evaluation_event_timestamp, table.c.create_timestamp, table.c.partition]).where(
         (table.c.asset_key == check_key.asset_key.to_string()) & (table.c.check_name == check_key.name))
     if since is not None:
-        query = query.where(table.c.create_timestamp >= datetime.fromtimestamp(since, UTC).replace(tzinfo=None))
+        # `since` is compared with each execution's own timestamp (its evaluation's, else its creation's), the
+        # one `CheckRun.timestamp` carries. SQLite keeps `create_timestamp` to the whole second only, so a
+        # filter on it alone drops or keeps executions of the same second by chance.
+        moment = datetime.fromtimestamp(since, UTC).replace(tzinfo=None)
+        query = query.where((table.c.evaluation_event_timestamp >= moment) | (
+            table.c.evaluation_event_timestamp.is_(None) & (table.c.create_timestamp >= moment.replace(microsecond=0))))
     query = query.order_by(table.c.id.desc())
     with storage.index_connection() as conn:
         rows = db_fetch_mappings(conn, query)

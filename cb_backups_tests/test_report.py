@@ -95,6 +95,10 @@ def test_history_reads_per_partition_check_runs_and_run_events(history_env: dict
     assert [r.timestamp for r in runs] == sorted((r.timestamp for r in runs), reverse=True)
     # `since` stops at older executions (the re-check started after the backups' checks ended)
     assert history.check_history(instance, key, since=runs[1].timestamp + 0.001) == runs[:1]
+    # `since` is the evaluation's time, not the row's (earlier, whole-second) creation time
+    assert history.check_history(instance, key, since=runs[0].timestamp) == runs[:1]
+    assert [(r.run_id, r.status) for r in history._check_history_paged(instance, key, runs[0].timestamp, page=3)
+            ] == [(runs[0].run_id, runs[0].status)]
 
     # one run's evaluations and its failure message (what the notifications send)
     verify_run = runs[0].run_id
