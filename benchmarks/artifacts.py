@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cb_backups.catalog import Catalog
-from cb_backups.fileio import CHUNK, HashingWriter
-from cb_backups.stores.base import Artifact, BackupOutput, FileRecord
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.fileio import CHUNK, HashingWriter
+from cb_backups.core.model import Artifact, BackupOutput, FileRecord
 
 STORE = "synthetic"
 FILE = "payload.bin"

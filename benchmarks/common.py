@@ -22,7 +22,7 @@ QUICK_BYTES = 12 * MiB
 
 
 def parse_size(text: str) -> int:
-    from cb_backups.errors import ConfigError
+    from cb_backups.core.errors import ConfigError
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?)\s*", text, re.IGNORECASE)
     if not match:
@@ -199,8 +199,8 @@ class Bench:
     @property
     def pg(self) -> Any:
         if self._pg is None:
-            from cb_backups.embedded import EmbeddedPostgres
-            from cb_backups.sample_data import load_postgres, postgres_rows_for_bytes
+            from cb_backups.demo.embedded import EmbeddedPostgres
+            from cb_backups.demo.sample_data import load_postgres, postgres_rows_for_bytes
 
             server = EmbeddedPostgres(password="cb-bench-secret", root=self.root / "pg")
             self._stack.callback(server.stop)
@@ -232,7 +232,7 @@ class Bench:
         return str(self.pg.bin_dir / name)
 
     def pg_settings(self, compression: str | None = None, dbname: str | None = None) -> Any:
-        from cb_backups.settings import PostgresSettings
+        from cb_backups.config.settings import PostgresSettings
 
         return PostgresSettings(host="127.0.0.1", port=self.pg.port, user=self.pg.user, password=self.pg.password,
                                 dbname=dbname or self.pg.dbname, bin_dir=str(self.pg.bin_dir),
@@ -269,7 +269,7 @@ class Bench:
     @property
     def valkey(self) -> Any:
         if self._valkey is None:
-            from cb_backups.embedded import EmbeddedValkey
+            from cb_backups.demo.embedded import EmbeddedValkey
 
             server = EmbeddedValkey(password="cb-bench-valkey", root=self.root / "valkey")
             self._stack.callback(server.stop)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Bench, Figure, human_bytes, paired
-from cb_backups.servers_common import free_port, wait_until
+from cb_backups.core.net import free_port, wait_until
 
 QDRANT_KEY = "cb-bench-qdrant-key"
 
@@ -57,14 +57,8 @@ def _sizes(bench: Bench) -> dict[str, int]:
 
 def _start_servers(bench: Bench, work: Path) -> Any:
     """Five configured stores with data; returns the Settings."""
-    from cb_backups.sample_data import load_postgres, load_valkey, postgres_rows_for_bytes
-    from cb_backups.settings import (
-        Neo4jSettings,
-        OpenSearchSettings,
-        QdrantSettings,
-        Settings,
-        ValkeySettings,
-    )
+    from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, QdrantSettings, Settings, ValkeySettings
+    from cb_backups.demo.sample_data import load_postgres, load_valkey, postgres_rows_for_bytes
     from cb_backups_tests.emulators.neo4j import start_neo4j
     from cb_backups_tests.fixtures_neo4j import SEED_QUERIES, run_cypher
     from cb_backups_tests.fixtures_qdrant import make_client, seed_collection
@@ -129,10 +123,10 @@ def _seed_opensearch(url: str, docs: int) -> None:
 
 
 def full_vs_sequential(bench: Bench) -> Figure:
-    from cb_backups.catalog import Catalog
-    from cb_backups.full_system import write_full_backup
-    from cb_backups.settings import STORE_NAMES
-    from cb_backups.stores.base import no_progress
+    from cb_backups.core.catalog import Catalog
+    from cb_backups.core.model import no_progress
+    from cb_backups.core.specs import STORE_NAMES
+    from cb_backups.full_system.backup import write_full_backup
     from cb_backups.stores.registry import open_store
 
     work = bench.scratch("fullsys")

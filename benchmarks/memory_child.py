@@ -30,8 +30,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchmarks.artifacts import make_artifact
-    from cb_backups.offsite import S3Target, upload_artifact
-    from cb_backups.settings import S3Settings
+    from cb_backups.config.settings import S3Settings
+    from cb_backups.offsite.s3 import S3Target, upload_artifact
 
     started = time.perf_counter()
     target = S3Target(S3Settings(bucket=args.bucket, endpoint_url=args.endpoint))

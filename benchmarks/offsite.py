@@ -14,8 +14,8 @@ from benchmarks.common import Bench, Figure, MiB, human_bytes, paired, proc_io, 
 
 
 def _target(bench: Bench, bucket: str) -> Any:
-    from cb_backups.offsite import S3Target
-    from cb_backups.settings import S3Settings
+    from cb_backups.config.settings import S3Settings
+    from cb_backups.offsite.s3 import S3Target
 
     return S3Target(S3Settings(bucket=bucket, endpoint_url=bench.s3.endpoint_url, region=bench.s3.region))
 
@@ -24,7 +24,7 @@ def offsite_throughput(bench: Bench) -> Figure:
     """upload_artifact (sha256 verified in the same read) / raw boto3 upload_file of the same file."""
     import boto3
 
-    from cb_backups.offsite import upload_artifact, verify_offsite
+    from cb_backups.offsite.s3 import upload_artifact, verify_offsite
 
     size = max(bench.size_bytes, 32 * MiB)
     artifact = make_artifact(bench.scratch("offsite"), size)
@@ -55,7 +55,7 @@ def offsite_throughput(bench: Bench) -> Figure:
     read_ratio = statistics.median(reads["product"])
     return Figure("offsite_throughput", "Off-site copy throughput (upload_artifact) / raw boto3 upload_file",
                   statistics.median([b / a for a, b in zip(pairs.a, pairs.b, strict=True)]),
-                  ">=", 0.9, "cb_backups.offsite.upload_artifact(force=True)", "boto3 upload_file (defaults)",
+                  ">=", 0.9, "cb_backups.offsite.s3.upload_artifact(force=True)", "boto3 upload_file (defaults)",
                   pairs.a_median, pairs.b_median, len(pairs.a),
                   code_path=f"VerifyingReader -> upload_fileobj, {target.settings.concurrency} threads x "
                             f"{target.settings.multipart_chunk_mb} MiB parts, SHA256 additional checksum "
@@ -70,7 +70,7 @@ def offsite_throughput(bench: Bench) -> Figure:
 
 def verification_throughput(bench: Bench) -> Figure:
     """checksum_problems (fileio.sha256_file) / sha256sum on the same file, page cache warm for both."""
-    from cb_backups.catalog import checksum_problems
+    from cb_backups.core.catalog import checksum_problems
 
     size = max(bench.size_bytes, 32 * MiB)
     artifact = make_artifact(bench.scratch("verify"), size)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Bench, Figure, human_bytes, paired, patched_env, run, timed
-from cb_backups.settings import PostgresSettings
+from cb_backups.config.settings import PostgresSettings
 
 DEFAULT = PostgresSettings().compression  # the project's default compression
 
@@ -25,7 +25,7 @@ def _raw_dump(bench: Bench, level: int, path: Path) -> int:
 
 def _catalog_backup(bench: Bench, compression: str, root: Path) -> Any:
     """The product's backup without Dagster: the adapter writing through the catalog."""
-    from cb_backups.catalog import Catalog
+    from cb_backups.core.catalog import Catalog
     from cb_backups.stores.postgres import PostgresStore
 
     store = PostgresStore(bench.pg_settings(compression))
@@ -36,8 +36,8 @@ def dagster_overhead(bench: Bench) -> Figure:
     """postgres_backup_job (asset + its checks) with gzip:6 / raw `pg_dump -Fc -Z 6`."""
     import dagster as dg
 
-    from cb_backups.cli import run_job
-    from cb_backups.specs import spec_for
+    from cb_backups.cli.app import run_job
+    from cb_backups.core.specs import spec_for
 
     work = bench.scratch("pg-dagster")
     backups, home, raw = work / "backups", work / "dagster_home", work / "raw.dump"
@@ -72,7 +72,7 @@ def dagster_overhead(bench: Bench) -> Figure:
     return Figure("pg_dagster_overhead", "PostgreSQL backup through the Dagster asset (gzip:6) / raw pg_dump -Z 6",
                   pairs.ratio, "<=", 1.05, "postgres_backup_job, CB_POSTGRES_COMPRESSION=gzip:6",
                   "pg_dump -Fc -Z 6 -f file", pairs.a_median, pairs.b_median, len(pairs.a),
-                  code_path="cb_backups.cli.run_job('postgres_backup_job') in process: asset + 4 slot checks "
+                  code_path="cb_backups.cli.app.run_job('postgres_backup_job') in process: asset + 4 slot checks "
                             "(pg_restore --list, sha256 re-read, inventory), on-disk sqlite instance",
                   note=f"the asset's own backup step (manifest duration) {statistics.median(steps[1:]):.2f}s; the "
                        "rest is run start-up, event log writes and the 4 checks (a fixed cost, not per byte)",
@@ -164,7 +164,7 @@ def restore(bench: Bench) -> Figure:
     """PostgresStore.restore(scratch) of the default artifact / raw pg_restore --jobs N into a fresh db."""
     from psycopg import sql
 
-    from cb_backups.stores.base import Target
+    from cb_backups.core.model import Target
     from cb_backups.stores.postgres import PostgresStore
 
     work = bench.scratch("pg-restore")

@@ -18,9 +18,9 @@ from pathlib import Path
 def build_history(home: Path, start: datetime, end: datetime) -> int:
     import dagster as dg
 
-    from cb_backups.report import expected_slots
-    from cb_backups.specs import STORES
-    from cb_backups.verification import SLOT_CHECKS
+    from cb_backups.checks.slot import SLOT_CHECKS
+    from cb_backups.core.specs import STORES
+    from cb_backups.report.build import expected_slots
 
     instance = dg.DagsterInstance.local_temp(str(home))
     now = datetime.now(UTC)
@@ -53,7 +53,8 @@ def main() -> None:
 
     import dagster as dg
 
-    from cb_backups.report import build_report, period, render
+    from cb_backups.report.build import build_report, period
+    from cb_backups.report.render import render
 
     home = Path(args.home)
     start, end = period(datetime.fromisoformat(args.start).date(), datetime.fromisoformat(args.end).date())

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cb_backups.embedded import EmbeddedPostgres, EmbeddedValkey
-from cb_backups.sample_data import load_postgres, load_valkey
+from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
+from cb_backups.demo.sample_data import load_postgres, load_valkey
 
 pytest_plugins = [
     name for name in (

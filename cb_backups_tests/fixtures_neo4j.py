@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from neo4j import GraphDatabase
 
-from cb_backups.settings import Neo4jSettings
-from cb_backups.stores.base import Inventory
+from cb_backups.config.settings import Neo4jSettings
+from cb_backups.core.model import Inventory
 
 # The CODE_* graph the app keeps: repos contain files contain symbols; symbols call
 # symbols; repos and files depend on each other. Literal-free Cypher (FalkorDB's Bolt

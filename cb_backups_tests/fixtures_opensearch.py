@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from opensearchpy import OpenSearch, helpers
 
-from cb_backups.settings import OpenSearchSettings
+from cb_backups.config.settings import OpenSearchSettings
 
 APP_INDICES = {
     "memories": {

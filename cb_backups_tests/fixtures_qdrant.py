@@ -20,7 +20,7 @@ import pytest
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from cb_backups.settings import QdrantSettings
+from cb_backups.config.settings import QdrantSettings
 from cb_backups_tests.emulators.qdrant import QdrantEmulator
 
 EMULATOR_API_KEY = "qd-T3st-k3y-5e1f0a"

@@ -88,7 +88,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, sub
             path = base / (name.replace(" ", "_").replace("*", "x") + ".yaml")
             path.write_text(config)
             full["CB_CONFIG"] = str(path)
-        return subprocess.run([sys.executable, "-m", "cb_backups.cli", *argv], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "cb_backups.cli.app", *argv], capture_output=True, text=True,
                               env=full, cwd=ROOT, timeout=300)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -115,7 +115,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(
 
 
 def test_wrong_password_is_a_failed_run_not_bad_input(cb_env: dict[str, str]) -> None:
-    done = subprocess.run([sys.executable, "-m", "cb_backups.cli", "backup", "postgres"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "cb_backups.cli.app", "backup", "postgres"], capture_output=True,
                           text=True, cwd=ROOT, timeout=300, env={**os.environ, "CB_POSTGRES_PASSWORD": SECRET})
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "Stack Trace" not in done.stderr

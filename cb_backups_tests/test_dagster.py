@@ -12,10 +12,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups.catalog import Catalog
-from cb_backups.cli import run_job
+from cb_backups.cli.app import run_job
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.specs import spec_for
 from cb_backups.definitions import defs
-from cb_backups.specs import spec_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def recent_slots(store: str, n: int) -> list[str]:
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cb_backups.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cb_backups.cli.app", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
 
 
@@ -95,7 +95,7 @@ def test_killed_backup_leaves_nothing_that_looks_good(cb_env: dict[str, str], tm
     (slow / "pg_dump").chmod(0o755)
     (slow / "pg_restore").symlink_to(real / "pg_restore")
     key = recent_slots("postgres", 1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "cb_backups.cli", "backup", "postgres", "--partition", key],
+    proc = subprocess.Popen([sys.executable, "-m", "cb_backups.cli.app", "backup", "postgres", "--partition", key],
                             env={**os.environ, "CB_PG_BIN_DIR": str(slow)}, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     store_dir = Path(cb_env["CB_BACKUP_DIR"]) / "postgres"

@@ -14,12 +14,12 @@ import dagster as dg
 import pytest
 import yaml
 
-from cb_backups.catalog import Catalog
-from cb_backups.cli import run_job
+from cb_backups.checks.slot import SLOT_CHECKS
+from cb_backups.cli.app import run_job
+from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, QdrantSettings
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.specs import spec_for
 from cb_backups.definitions import defs
-from cb_backups.settings import Neo4jSettings, OpenSearchSettings, QdrantSettings
-from cb_backups.specs import spec_for
-from cb_backups.verification import SLOT_CHECKS
 from cb_backups_tests.fixtures_neo4j import SEED_INVENTORY
 from cb_backups_tests.fixtures_opensearch import SEED_COUNTS
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups import restore_ops
-from cb_backups.catalog import Catalog
+from cb_backups.config.settings import load_settings
+from cb_backups.core.catalog import Catalog
 from cb_backups.definitions import defs
-from cb_backups.drills import DRILL_CHECK, drill_requests
-from cb_backups.embedded import EmbeddedPostgres
-from cb_backups.resources import BackupsResource
-from cb_backups.settings import load_settings
+from cb_backups.defs.drills import DRILL_CHECK, drill_requests
+from cb_backups.defs.resources import BackupsResource
+from cb_backups.demo.embedded import EmbeddedPostgres
+from cb_backups.restore import execute as restore_ops
 from cb_backups.stores.registry import open_store
 from cb_backups_tests.fixtures_qdrant import SeededCollections
 from cb_backups_tests.test_restore import crafted_copy

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from cb_backups.catalog import Catalog, SlotBusy, checksum_problems
-from cb_backups.resources import BackupsResource
-from cb_backups.specs import spec_for
+from cb_backups.core.catalog import Catalog, SlotBusy, checksum_problems
+from cb_backups.core.specs import spec_for
+from cb_backups.defs.resources import BackupsResource
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +31,7 @@ def test_second_backup_of_a_slot_is_refused_and_names_the_holder(cb_env: dict[st
     (slow / "pg_dump").chmod(0o755)
     (slow / "pg_restore").symlink_to(real / "pg_restore")
     key = spec_for("postgres").partitions.get_partition_keys()[-1]
-    argv = [sys.executable, "-m", "cb_backups.cli", "backup", "postgres", "--partition", key]
+    argv = [sys.executable, "-m", "cb_backups.cli.app", "backup", "postgres", "--partition", key]
     first = subprocess.Popen(argv, env={**os.environ, "CB_PG_BIN_DIR": str(slow)}, cwd=ROOT, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90

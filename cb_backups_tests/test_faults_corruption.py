@@ -11,17 +11,18 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups import offsite
-from cb_backups.catalog import MANIFEST, MANIFEST_SEAL, checksum_problems
-from cb_backups.cli import run_job
-from cb_backups.errors import RestoreRefused
-from cb_backups.fileio import atomic_write_bytes, atomic_write_json, sha256_file
-from cb_backups.resources import BackupsResource
-from cb_backups.settings import S3Settings
-from cb_backups.specs import spec_for
-from cb_backups.stores.base import Artifact, Store, Target, Verification
-from cb_backups.tamper import cross_check
-from cb_backups.verification import evaluate_slot
+from cb_backups.checks.slot import evaluate_slot
+from cb_backups.checks.tamper import cross_check
+from cb_backups.cli.app import run_job
+from cb_backups.config.settings import S3Settings
+from cb_backups.core.catalog import MANIFEST, MANIFEST_SEAL, checksum_problems
+from cb_backups.core.errors import RestoreRefused
+from cb_backups.core.fileio import atomic_write_bytes, atomic_write_json, sha256_file
+from cb_backups.core.model import Artifact, Target, Verification
+from cb_backups.core.specs import spec_for
+from cb_backups.defs.resources import BackupsResource
+from cb_backups.offsite import s3 as offsite
+from cb_backups.stores.base import Store
 from cb_backups_tests.servers.s3 import SeaweedS3
 
 SEED = 20261124

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cb_backups.errors import BackupFailed
-from cb_backups.resources import BackupsResource
-from cb_backups.specs import spec_for
+from cb_backups.core.errors import BackupFailed
+from cb_backups.core.specs import spec_for
+from cb_backups.defs.resources import BackupsResource
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_disk_full_mid_backup_is_a_clean_error_and_deletes_nothing(cb_env: dict[
     assert hashes(other.directory) == before and catalog.list("valkey") == [other]
 
     # Through the CLI (Dagster run): exit 1, one line naming the store, no traceback, still nothing left over.
-    done = subprocess.run([sys.executable, "-m", "cb_backups.cli", "backup", "postgres", "--partition", keys[1]],
+    done = subprocess.run([sys.executable, "-m", "cb_backups.cli.app", "backup", "postgres", "--partition", keys[1]],
                           capture_output=True, text=True, cwd=ROOT, timeout=180)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from cb_backups import offsite
-from cb_backups.catalog import MANIFEST, Catalog, checksum_problems
-from cb_backups.fileio import HashingWriter
-from cb_backups.resources import BackupsResource
-from cb_backups.settings import S3Settings
-from cb_backups.specs import spec_for
-from cb_backups.stores.base import BackupOutput, FileRecord, Store
+from cb_backups.config.settings import S3Settings
+from cb_backups.core.catalog import MANIFEST, Catalog, checksum_problems
+from cb_backups.core.fileio import HashingWriter
+from cb_backups.core.model import BackupOutput, FileRecord
+from cb_backups.core.specs import spec_for
+from cb_backups.defs.resources import BackupsResource
+from cb_backups.offsite import s3 as offsite
+from cb_backups.stores.base import Store
 from cb_backups_tests.servers.s3 import SeaweedS3
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +35,8 @@ MiB = 1024 * 1024
 CHILD = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    import cb_backups.catalog as catalog_mod
-    from cb_backups.resources import BackupsResource
+    import cb_backups.core.catalog as catalog_mod
+    from cb_backups.defs.resources import BackupsResource
 
     point, store_name, key, marker = sys.argv[1:5]
 
@@ -67,9 +68,9 @@ CHILD = textwrap.dedent("""
 UPLOADER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from cb_backups import offsite
-    from cb_backups.catalog import Catalog
-    from cb_backups.settings import S3Settings
+    from cb_backups.offsite import s3 as offsite
+    from cb_backups.core.catalog import Catalog
+    from cb_backups.config.settings import S3Settings
 
     root, store, key, bucket, endpoint, marker, fraction = sys.argv[1:8]
     target = offsite.S3Target(S3Settings(bucket=bucket, endpoint_url=endpoint, prefix="kill",
@@ -181,7 +182,7 @@ def test_ten_kills_lose_nothing_and_touch_nothing_else(cb_env: dict[str, str], t
     log: list[str] = []
 
     # 1. CLI, PostgreSQL, during the dump (a test-only slow pg_dump holds the pipe open)
-    proc = spawn([sys.executable, "-m", "cb_backups.cli", "backup", "postgres", "--partition", pg_slot],
+    proc = spawn([sys.executable, "-m", "cb_backups.cli.app", "backup", "postgres", "--partition", pg_slot],
                  {"CB_PG_BIN_DIR": str(slow)})
     wait_for(lambda: (slow / "midway").exists(), proc)
     time.sleep(rng.uniform(0, 0.3))
@@ -189,7 +190,7 @@ def test_ten_kills_lose_nothing_and_touch_nothing_else(cb_env: dict[str, str], t
     log.append("cli postgres during dump")
     # 2-3. CLI, PostgreSQL and Valkey, at a random delay after the staging folder appeared
     for store, key in (("postgres", pg_slot), ("valkey", vk_slot)):
-        proc = spawn([sys.executable, "-m", "cb_backups.cli", "backup", store, "--partition", key])
+        proc = spawn([sys.executable, "-m", "cb_backups.cli.app", "backup", store, "--partition", key])
         wait_for(staging(store), proc)
         time.sleep(rng.uniform(0, 0.4))
         kill(proc)
@@ -231,7 +232,7 @@ def test_ten_kills_lose_nothing_and_touch_nothing_else(cb_env: dict[str, str], t
 
     # The next runs of the same slots succeed and clear what the kills left.
     for store, key in (("postgres", pg_slot), ("valkey", vk_slot)):
-        done = subprocess.run([sys.executable, "-m", "cb_backups.cli", "backup", store, "--partition", key],
+        done = subprocess.run([sys.executable, "-m", "cb_backups.cli.app", "backup", store, "--partition", key],
                               capture_output=True, text=True, cwd=ROOT, timeout=180)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert catalog.get(store, key) is not None

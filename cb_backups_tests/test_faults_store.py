@@ -23,15 +23,17 @@ import botocore.exceptions
 import dagster as dg
 import pytest
 
-from cb_backups import offsite
-from cb_backups.catalog import MANIFEST, Catalog, utcnow
-from cb_backups.cli import _failure_messages, run_job
-from cb_backups.embedded import EmbeddedPostgres, EmbeddedValkey
-from cb_backups.fileio import HashingWriter
-from cb_backups.retention import DEFAULT_POLICIES, local_backups, plan
-from cb_backups.settings import S3Settings
-from cb_backups.specs import spec_for
-from cb_backups.stores.base import Artifact, BackupOutput, FileRecord
+from cb_backups.cli.app import _failure_messages, run_job
+from cb_backups.config.retention import DEFAULT_POLICIES
+from cb_backups.config.settings import S3Settings
+from cb_backups.core.catalog import MANIFEST, Catalog, utcnow
+from cb_backups.core.fileio import HashingWriter
+from cb_backups.core.model import Artifact, BackupOutput, FileRecord
+from cb_backups.core.specs import spec_for
+from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
+from cb_backups.offsite import s3 as offsite
+from cb_backups.retention.apply import local_backups
+from cb_backups.retention.policy import plan
 from cb_backups_tests.servers.s3 import SeaweedS3, free_port
 
 MiB = 1024 * 1024

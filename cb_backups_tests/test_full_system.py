@@ -12,13 +12,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups.catalog import Catalog
-from cb_backups.cli import run_job
+from cb_backups.cli.app import run_job
+from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, QdrantSettings, load_settings
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.model import Artifact, Target
+from cb_backups.core.partitions import weekly_sunday_0100
+from cb_backups.core.specs import STORE_NAMES
 from cb_backups.definitions import defs
-from cb_backups.full_system import FULL_CHECKS, FULL_SYSTEM, SEPARATOR, store_view, stores_in
-from cb_backups.partitions import weekly_sunday_0100
-from cb_backups.settings import STORE_NAMES, Neo4jSettings, OpenSearchSettings, QdrantSettings, load_settings
-from cb_backups.stores.base import Artifact, Target
+from cb_backups.full_system.backup import FULL_CHECKS, FULL_SYSTEM, SEPARATOR, store_view, stores_in
 from cb_backups.stores.qdrant import QdrantStore
 from cb_backups.stores.registry import open_store
 from cb_backups_tests.fixtures_neo4j import SEED_INVENTORY

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from cb_backups.catalog import Catalog, checksum_problems
-from cb_backups.errors import BackupFailed, RestoreRefused, StoreUnavailable
-from cb_backups.settings import Neo4jSettings
-from cb_backups.stores.base import Artifact, Target, counts_problems
+from cb_backups.config.settings import Neo4jSettings
+from cb_backups.core.catalog import Catalog, checksum_problems
+from cb_backups.core.errors import BackupFailed, RestoreRefused, StoreUnavailable
+from cb_backups.core.model import Artifact, Target
+from cb_backups.stores.base import counts_problems
 from cb_backups.stores.neo4j import DUMP_FILE, Neo4jStore
 from cb_backups_tests.fixtures_neo4j import run_cypher
 

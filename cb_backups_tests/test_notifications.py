@@ -12,11 +12,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from cb_backups.catalog import Catalog
-from cb_backups.cli import run_job
+from cb_backups.cli.app import run_job
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.specs import spec_for
 from cb_backups.definitions import defs
-from cb_backups.notifications import WebhookFailed, check_failure_webhook_sensor, run_failure_webhook_sensor
-from cb_backups.specs import spec_for
+from cb_backups.defs.notifications import WebhookFailed, check_failure_webhook_sensor, run_failure_webhook_sensor
 
 TOKEN_PATH = "/services/T000/B000/s3cr3t-t0k3n"
 

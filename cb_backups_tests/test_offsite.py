@@ -14,12 +14,12 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from cb_backups import offsite
-from cb_backups.catalog import MANIFEST, Catalog, checksum_problems
-from cb_backups.errors import ConfigError, VerificationFailed
-from cb_backups.fileio import HashingWriter
-from cb_backups.settings import S3Settings
-from cb_backups.stores.base import Artifact, BackupOutput, FileRecord
+from cb_backups.config.settings import S3Settings
+from cb_backups.core.catalog import MANIFEST, Catalog, checksum_problems
+from cb_backups.core.errors import ConfigError, VerificationFailed
+from cb_backups.core.fileio import HashingWriter
+from cb_backups.core.model import Artifact, BackupOutput, FileRecord
+from cb_backups.offsite import s3 as offsite
 from cb_backups_tests.servers.s3 import SeaweedS3
 
 # s3_server, s3_bucket and s3_env come from cb_backups_tests/fixtures_s3.py (loaded by conftest.py)

@@ -7,13 +7,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups import cli, offsite
-from cb_backups.catalog import Catalog
-from cb_backups.cli import run_job
+from cb_backups.cli import app as cli
+from cb_backups.cli.app import run_job
+from cb_backups.config.settings import load_settings
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.specs import spec_for
 from cb_backups.definitions import defs
-from cb_backups.offsite_assets import BY_STORE, OFFSITE_CHECK, SOURCES, build
-from cb_backups.settings import load_settings
-from cb_backups.specs import spec_for
+from cb_backups.defs.offsite import BY_STORE, OFFSITE_CHECK, SOURCES, build
+from cb_backups.offsite import s3 as offsite
 from cb_backups_tests.servers.s3 import SeaweedS3
 
 # cb_env (conftest.py) and s3_server/s3_bucket/s3_env/offsite_env (fixtures_s3.py) are loaded by conftest.py

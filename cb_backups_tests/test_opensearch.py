@@ -17,10 +17,11 @@ from opensearchpy import OpenSearch, helpers
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from cb_backups.catalog import Catalog, checksum_problems
-from cb_backups.errors import BackupFailed, RestoreRefused, StoreUnavailable
-from cb_backups.settings import OpenSearchSettings, VolumeSettings
-from cb_backups.stores.base import Target, counts_problems
+from cb_backups.config.settings import OpenSearchSettings, VolumeSettings
+from cb_backups.core.catalog import Catalog, checksum_problems
+from cb_backups.core.errors import BackupFailed, RestoreRefused, StoreUnavailable
+from cb_backups.core.model import Target
+from cb_backups.stores.base import counts_problems
 from cb_backups.stores.opensearch import SNAPSHOT_FILE, OpenSearchStore
 from cb_backups_tests.conftest import specs_dir
 from cb_backups_tests.fixtures_opensearch import SEED_COUNTS  # fixtures: conftest loads fixtures_opensearch

@@ -8,10 +8,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cb_backups.catalog import Catalog
-from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused
-from cb_backups.settings import load_settings
-from cb_backups.stores.base import Target
+from cb_backups.config.settings import load_settings
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.errors import BackupFailed, ConfigError, RestoreRefused
+from cb_backups.core.model import Target
 from cb_backups.stores.postgres import PostgresStore, dump_file, parse_compression
 from cb_backups.stores.registry import open_store
 

@@ -16,10 +16,11 @@ import jsonschema
 import pytest
 from qdrant_client import models as qm
 
-from cb_backups.catalog import Catalog, checksum_problems
-from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
-from cb_backups.settings import QdrantSettings, VolumeSettings
-from cb_backups.stores.base import Artifact, Store, Target
+from cb_backups.config.settings import QdrantSettings, VolumeSettings
+from cb_backups.core.catalog import Catalog, checksum_problems
+from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.core.model import Artifact, Target
+from cb_backups.stores.base import Store
 from cb_backups.stores.qdrant import QdrantStore, scan_archive
 from cb_backups_tests.conftest import specs_dir
 from cb_backups_tests.emulators.qdrant import QdrantEmulator, free_port

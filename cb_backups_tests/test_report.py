@@ -17,19 +17,22 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups import history
-from cb_backups.catalog import Catalog
-from cb_backups.cli import main, run_job
-from cb_backups.partitions import weekly_sunday_0100
-from cb_backups.report import build_report, expected_slots, period, to_csv, to_html, to_json
-from cb_backups.retention import LOCAL, PrunePlan, RetentionPolicy, apply_local
-from cb_backups.specs import spec_for
+from cb_backups.cli.app import main, run_job
+from cb_backups.config.retention import LOCAL, RetentionPolicy
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.partitions import weekly_sunday_0100
+from cb_backups.core.specs import spec_for
+from cb_backups.report import history
+from cb_backups.report.build import build_report, expected_slots, period
+from cb_backups.report.render import to_csv, to_html, to_json
+from cb_backups.retention.apply import apply_local
+from cb_backups.retention.policy import PrunePlan
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cb_backups.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cb_backups.cli.app", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=180, cwd=ROOT)
 
 
@@ -262,8 +265,8 @@ def test_audit_report_asset_writes_beside_the_backups_and_to_s3(cb_env: dict[str
     assert meta["sha256"].value[html_path.name] == hashlib.sha256(html_path.read_bytes()).hexdigest()
     # the S3 copies, with the sha256 in their metadata
     assert meta["s3_html"].value == f"s3://{s3_bucket}/cb-backups/_reports/{html_path.name}"
-    from cb_backups.offsite import S3Target
-    from cb_backups.settings import load_settings
+    from cb_backups.config.settings import load_settings
+    from cb_backups.offsite.s3 import S3Target
 
     target = S3Target(load_settings().s3)
     head = target.client.head_object(Bucket=s3_bucket, Key=f"cb-backups/_reports/{json_path.name}")

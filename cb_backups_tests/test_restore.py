@@ -17,15 +17,15 @@ import dagster as dg
 import pytest
 from psycopg import sql
 
-from cb_backups import restore_ops
-from cb_backups.catalog import Catalog, checksum_problems
-from cb_backups.embedded import EmbeddedPostgres, EmbeddedValkey
-from cb_backups.errors import RestoreRefused, VerificationFailed
-from cb_backups.fileio import HashingWriter
-from cb_backups.restore_cli import run_restore_job
-from cb_backups.sample_data import load_postgres
-from cb_backups.settings import load_settings
-from cb_backups.stores.base import BackupOutput, FileRecord, Target
+from cb_backups.cli.restore import run_restore_job
+from cb_backups.config.settings import load_settings
+from cb_backups.core.catalog import Catalog, checksum_problems
+from cb_backups.core.errors import RestoreRefused, VerificationFailed
+from cb_backups.core.fileio import HashingWriter
+from cb_backups.core.model import BackupOutput, FileRecord, Target
+from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
+from cb_backups.demo.sample_data import load_postgres
+from cb_backups.restore import execute as restore_ops
 from cb_backups.stores.registry import open_store
 from cb_backups_tests.fixtures_qdrant import SeededCollections, app_points
 
@@ -182,7 +182,7 @@ def test_interrupted_restore_can_be_run_again(pg_db: str, pg_server: EmbeddedPos
                                      f'"{real}/pg_restore" --section=pre-data "$@"\nsleep 60\n')
     (slow / "pg_restore").chmod(0o755)
     (slow / "pg_dump").symlink_to(real / "pg_dump")
-    argv = [sys.executable, "-m", "cb_backups.cli", "restore", "postgres", "--target", "in-place", "--yes"]
+    argv = [sys.executable, "-m", "cb_backups.cli.app", "restore", "postgres", "--target", "in-place", "--yes"]
     proc = subprocess.Popen(argv, env={**os.environ, "CB_PG_BIN_DIR": str(slow)}, cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     incoming = f"{pg_db}__incoming"
@@ -209,12 +209,12 @@ def test_interrupted_restore_can_be_run_again(pg_db: str, pg_server: EmbeddedPos
 def test_cli_without_terminal_or_yes_refuses_with_exit_2(pg_db: str, pg_server: EmbeddedPostgres) -> None:
     backup("postgres", PG_KEYS[1])
     add_memories(pg_server, pg_db, 2)
-    done = subprocess.run([sys.executable, "-m", "cb_backups.cli", "restore", "postgres", "--target", "in-place"],
+    done = subprocess.run([sys.executable, "-m", "cb_backups.cli.app", "restore", "postgres", "--target", "in-place"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 2
     assert "pass --yes" in done.stderr and "Nothing was changed" in done.stderr
     assert memories(pg_server, pg_db) == 52
-    bad = subprocess.run([sys.executable, "-m", "cb_backups.cli", "restore", "postgres", "--backup", "yesterday"],
+    bad = subprocess.run([sys.executable, "-m", "cb_backups.cli.app", "restore", "postgres", "--backup", "yesterday"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "invalid partition key: 'yesterday'" in bad.stderr
 
@@ -321,8 +321,8 @@ def test_qdrant_in_place_round_trip_and_safety_backup(cb_env: dict[str, str], qd
 
 def test_full_system_restore_from_a_full_system_backup(pg_db: str, pg_server: EmbeddedPostgres,
                                                       valkey_server: EmbeddedValkey) -> None:
-    from cb_backups.full_system import write_full_backup
-    from cb_backups.stores.base import no_progress
+    from cb_backups.core.model import no_progress
+    from cb_backups.full_system.backup import write_full_backup
 
     settings = load_settings()
     catalog = Catalog(settings.backup_dir)
@@ -349,7 +349,7 @@ def test_full_system_restore_from_a_full_system_backup(pg_db: str, pg_server: Em
 
 def test_restore_from_offsite_after_the_local_copy_is_lost(offsite_env: dict[str, str]) -> None:
     """Scenario 2 of the runbook: the backup disk is gone; the copy in S3 is downloaded, verified, restored."""
-    from cb_backups import offsite
+    from cb_backups.offsite import s3 as offsite
 
     catalog = backup("valkey", VK_KEYS[1])
     artifact = catalog.require("valkey", VK_KEYS[1])

@@ -12,13 +12,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cb_backups import offsite, retention
-from cb_backups.catalog import Catalog
-from cb_backups.errors import ConfigError
-from cb_backups.fileio import HashingWriter
-from cb_backups.retention import BackupInfo, RetentionPolicy, plan
-from cb_backups.settings import S3Settings
-from cb_backups.stores.base import Artifact, BackupOutput, FileRecord, Verification
+from cb_backups.config.retention import RetentionPolicies, RetentionPolicy, policies_from_config
+from cb_backups.config.settings import S3Settings
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.errors import ConfigError
+from cb_backups.core.fileio import HashingWriter
+from cb_backups.core.model import Artifact, BackupOutput, FileRecord, Verification
+from cb_backups.offsite import s3 as offsite
+from cb_backups.retention.apply import (
+    RetentionIncomplete,
+    apply_local,
+    apply_offsite,
+    deletions_log,
+    local_backups,
+    read_deletions,
+)
+from cb_backups.retention.policy import BackupInfo, plan
 from cb_backups_tests.servers.s3 import SeaweedS3
 
 # s3_server, s3_bucket and s3_env come from cb_backups_tests/fixtures_s3.py (loaded by conftest.py)
@@ -34,7 +43,7 @@ def six_hourly(count: int, verified: bool = True, offsite_verified: bool | None 
 
 
 def test_runbook_defaults() -> None:
-    policies = retention.RetentionPolicies()
+    policies = RetentionPolicies()
     assert policies.for_store("postgres") == RetentionPolicy(keep_days=7, keep_last=28)
     for store in ("neo4j", "qdrant", "opensearch"):
         assert policies.for_store(store) == RetentionPolicy(keep_days=7)
@@ -46,12 +55,12 @@ def test_runbook_defaults() -> None:
 def test_policies_from_config() -> None:
     raw = {"retention": {"valkey": {"keep_days": 1, "keep_last": 4},
                          "offsite": {"postgres": {"keep_days": 30, "keep_monthly": 12}}}}
-    policies = retention.policies_from_config(raw)
+    policies = policies_from_config(raw)
     assert policies.for_store("valkey") == RetentionPolicy(keep_days=1, keep_last=4)
     assert policies.for_store("valkey", "offsite") == RetentionPolicy(keep_days=1, keep_last=4)
     assert policies.for_store("postgres") == RetentionPolicy(keep_days=7, keep_last=28)
     assert policies.for_store("postgres", "offsite") == RetentionPolicy(keep_days=30, keep_monthly=12)
-    assert retention.policies_from_config(None) == retention.RetentionPolicies()
+    assert policies_from_config(None) == RetentionPolicies()
 
 
 @pytest.mark.parametrize(("raw", "names"), [
@@ -67,7 +76,7 @@ def test_policies_from_config() -> None:
 ])
 def test_bad_policy_values_are_named(raw: dict, names: list[str]) -> None:
     with pytest.raises(ConfigError) as caught:
-        retention.policies_from_config(raw)
+        policies_from_config(raw)
     for name in names:
         assert name in str(caught.value)
 
@@ -270,38 +279,38 @@ def _fill(catalog: Catalog, store: str, count: int) -> list[Artifact]:
 def test_apply_local_deletes_and_logs(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "backups")
     _fill(catalog, "opensearch", 10)
-    infos = retention.local_backups(catalog, "opensearch", offsite_verified={f"d{i:02d}": True for i in range(10)})
+    infos = local_backups(catalog, "opensearch", offsite_verified={f"d{i:02d}": True for i in range(10)})
     assert [b.verified for b in infos] == [True] * 10
     result = plan(infos, RetentionPolicy(keep_days=7), NOW, offsite_enabled=True)
     assert result.deleted_keys == ["d09", "d08"]
 
     cleaned: list[str] = []
-    records = retention.apply_local(result, catalog, "opensearch",
+    records = apply_local(result, catalog, "opensearch",
                                     deleter=lambda artifact: cleaned.append(artifact.partition_key), now=NOW)
     assert cleaned == ["d09", "d08"]
     assert [(r.partition, r.where) for r in records] == [("d09", "local"), ("d08", "local")]
     assert [a.partition_key for a in catalog.list("opensearch")] == [f"d{i:02d}" for i in range(8)]
     assert not any(p.name.startswith(".deleting-") for p in catalog.store_dir("opensearch").iterdir())
-    log_lines = retention.deletions_log(catalog.root).read_text().splitlines()
+    log_lines = deletions_log(catalog.root).read_text().splitlines()
     assert [json.loads(line)["partition"] for line in log_lines] == ["d09", "d08"]
     assert json.loads(log_lines[0]) == {"store": "opensearch", "partition": "d09", "where": "local",
                                         "reason": dict(result.delete)["d09"], "deleted_at": "2025-06-15T12:00:00+00:00"}
-    assert retention.read_deletions(catalog.root, "opensearch") == records
-    assert oct(retention.deletions_log(catalog.root).stat().st_mode & 0o777) == "0o600"
+    assert read_deletions(catalog.root, "opensearch") == records
+    assert oct(deletions_log(catalog.root).stat().st_mode & 0o777) == "0o600"
 
 
 def test_apply_local_failing_cleanup_keeps_the_backup(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "backups")
     _fill(catalog, "qdrant", 10)
-    result = plan(retention.local_backups(catalog, "qdrant"), RetentionPolicy(keep_days=7), NOW,
+    result = plan(local_backups(catalog, "qdrant"), RetentionPolicy(keep_days=7), NOW,
                   offsite_enabled=False)
 
     def deleter(artifact: Artifact) -> None:
         if artifact.partition_key == "d09":
             raise ConnectionError("qdrant unreachable")
 
-    with pytest.raises(retention.RetentionIncomplete, match="d09: qdrant unreachable") as caught:
-        retention.apply_local(result, catalog, "qdrant", deleter=deleter, now=NOW)
+    with pytest.raises(RetentionIncomplete, match="d09: qdrant unreachable") as caught:
+        apply_local(result, catalog, "qdrant", deleter=deleter, now=NOW)
     assert [r.partition for r in caught.value.records] == ["d08"]
     assert catalog.get("qdrant", "d09") is not None and catalog.get("qdrant", "d08") is None
 
@@ -309,14 +318,14 @@ def test_apply_local_failing_cleanup_keeps_the_backup(tmp_path: Path) -> None:
 def test_apply_local_skips_a_slot_being_written(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "backups")
     _fill(catalog, "valkey", 5)
-    result = plan(retention.local_backups(catalog, "valkey"), RetentionPolicy(keep_days=3), NOW,
+    result = plan(local_backups(catalog, "valkey"), RetentionPolicy(keep_days=3), NOW,
                   offsite_enabled=False)
     assert result.deleted_keys == ["d04"]
     with catalog.slot_lock("valkey", "d04"):
-        assert retention.apply_local(result, catalog, "valkey") == []
+        assert apply_local(result, catalog, "valkey") == []
     assert catalog.get("valkey", "d04") is not None
     with pytest.raises(ConfigError, match="prune plan"):
-        retention.apply_local(plan([], RetentionPolicy(keep_days=1), NOW, False, where="offsite"), catalog, "valkey")
+        apply_local(plan([], RetentionPolicy(keep_days=1), NOW, False, where="offsite"), catalog, "valkey")
 
 
 def test_apply_offsite_deletes_copies_and_logs(tmp_path: Path, s3_server: SeaweedS3, s3_bucket: str,
@@ -330,8 +339,8 @@ def test_apply_offsite_deletes_copies_and_logs(tmp_path: Path, s3_server: Seawee
     infos = [BackupInfo(a.partition_key, NOW - timedelta(days=i * 10), True, True) for i, a in enumerate(artifacts)]
     result = plan(infos, RetentionPolicy(keep_days=15), NOW, offsite_enabled=True, where="offsite")
     assert result.deleted_keys == ["d03", "d02"]
-    records = retention.apply_offsite(result, target, "neo4j", backup_dir=catalog.root, now=NOW)
+    records = apply_offsite(result, target, "neo4j", backup_dir=catalog.root, now=NOW)
     assert [(r.partition, r.where) for r in records] == [("d03", "offsite"), ("d02", "offsite")]
     assert offsite.list_offsite("neo4j", target) == ["d00", "d01"]
-    assert [r.partition for r in retention.read_deletions(catalog.root)] == ["d03", "d02"]
-    assert retention.apply_offsite(result, target, "neo4j", backup_dir=catalog.root) == []  # already gone
+    assert [r.partition for r in read_deletions(catalog.root)] == ["d03", "d02"]
+    assert apply_offsite(result, target, "neo4j", backup_dir=catalog.root) == []  # already gone

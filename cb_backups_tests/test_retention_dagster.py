@@ -17,13 +17,14 @@ import pytest
 import yaml
 from opensearchpy import OpenSearch
 
-from cb_backups import cli, offsite
-from cb_backups.catalog import Catalog, iso, utcnow
+from cb_backups.cli import app as cli
+from cb_backups.config.settings import OpenSearchSettings, S3Settings
+from cb_backups.core.catalog import Catalog, iso, utcnow
+from cb_backups.core.fileio import HashingWriter
+from cb_backups.core.model import BackupOutput, FileRecord, Verification, no_progress
 from cb_backups.definitions import defs
-from cb_backups.fileio import HashingWriter
-from cb_backups.retention import read_deletions
-from cb_backups.settings import OpenSearchSettings, S3Settings
-from cb_backups.stores.base import BackupOutput, FileRecord, Verification, no_progress
+from cb_backups.offsite import s3 as offsite
+from cb_backups.retention.apply import read_deletions
 from cb_backups.stores.opensearch import OpenSearchStore
 from cb_backups_tests.servers.s3 import SeaweedS3
 

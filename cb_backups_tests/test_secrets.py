@@ -16,9 +16,9 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
-from cb_backups.cli import run_job
-from cb_backups.errors import RestoreRefused
-from cb_backups.specs import spec_for
+from cb_backups.cli.app import run_job
+from cb_backups.core.errors import RestoreRefused
+from cb_backups.core.specs import spec_for
 from cb_backups.stores.volume import extract_tar
 from cb_backups_tests.conftest import PG_PASSWORD, VALKEY_PASSWORD
 from cb_backups_tests.servers.s3 import SeaweedS3
@@ -28,7 +28,7 @@ WRONG = "Wr0ng-dsn-Passw0rd-5e"
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cb_backups.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cb_backups.cli.app", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, env={**os.environ, **(env or {})})
 
 

@@ -23,11 +23,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from cb_backups.catalog import Catalog
-from cb_backups.cli import run_job
-from cb_backups.servers_common import free_port
-from cb_backups.specs import STORES, spec_for
-from cb_backups.verification import FRESHNESS_CHECK, SLOT_CHECKS
+from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS
+from cb_backups.cli.app import run_job
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.net import free_port
+from cb_backups.core.specs import STORES, spec_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from cb_backups.catalog import Catalog
-from cb_backups.embedded import EmbeddedValkey
-from cb_backups.errors import RestoreRefused, StoreUnavailable
-from cb_backups.settings import ValkeySettings, load_settings
-from cb_backups.stores.base import Target
+from cb_backups.config.settings import ValkeySettings, load_settings
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.errors import RestoreRefused, StoreUnavailable
+from cb_backups.core.model import Target
+from cb_backups.demo.embedded import EmbeddedValkey
 from cb_backups.stores.registry import open_store
 from cb_backups.stores.valkey import ValkeyStore
 

@@ -40,8 +40,9 @@ import neo4j
 from neo4j import GraphDatabase
 from neo4j.exceptions import DriverError, Neo4jError
 
-from cb_backups.catalog import checksum_problems
-from cb_backups.errors import (
+from cb_backups.config.settings import Neo4jSettings, VolumeSettings
+from cb_backups.core.catalog import checksum_problems
+from cb_backups.core.errors import (
     BackupFailed,
     CbBackupsError,
     ConfigError,
@@ -49,9 +50,8 @@ from cb_backups.errors import (
     RestoreRefused,
     StoreUnavailable,
 )
-from cb_backups.fileio import CHUNK, HashingWriter, private_dir, sha256_file
-from cb_backups.settings import Neo4jSettings, VolumeSettings
-from cb_backups.stores.base import (
+from cb_backups.core.fileio import CHUNK, HashingWriter, private_dir, sha256_file
+from cb_backups.core.model import (
     Artifact,
     BackupOutput,
     FileRecord,
@@ -60,9 +60,9 @@ from cb_backups.stores.base import (
     Progress,
     Target,
     Verification,
-    disk_space_item,
     no_progress,
 )
+from cb_backups.stores.base import disk_space_item
 from cb_backups.stores.volume import service_stopped
 
 DUMP_FILE = "neo4j.dump"

@@ -28,17 +28,11 @@ from urllib.parse import urlsplit, urlunsplit
 from opensearchpy import OpenSearch
 from opensearchpy import exceptions as os_errors
 
-from cb_backups.catalog import checksum_problems
-from cb_backups.errors import (
-    BackupFailed,
-    ConfigError,
-    RestoreFailed,
-    RestoreRefused,
-    StoreUnavailable,
-)
-from cb_backups.fileio import HashingWriter
-from cb_backups.settings import OpenSearchSettings, VolumeSettings
-from cb_backups.stores.base import (
+from cb_backups.config.settings import OpenSearchSettings, VolumeSettings
+from cb_backups.core.catalog import checksum_problems
+from cb_backups.core.errors import BackupFailed, ConfigError, RestoreFailed, RestoreRefused, StoreUnavailable
+from cb_backups.core.fileio import HashingWriter
+from cb_backups.core.model import (
     Artifact,
     BackupOutput,
     FileRecord,
@@ -47,9 +41,9 @@ from cb_backups.stores.base import (
     Progress,
     Target,
     Verification,
-    disk_space_item,
     no_progress,
 )
+from cb_backups.stores.base import disk_space_item
 from cb_backups.stores.volume import extract_tar, list_tar, service_stopped, tar_directory
 
 STORE = "opensearch"

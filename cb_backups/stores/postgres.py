@@ -29,11 +29,11 @@ import psycopg
 import zstandard
 from psycopg import sql
 
-from cb_backups.catalog import seal_problems
-from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
-from cb_backups.fileio import CHUNK, HashingWriter
-from cb_backups.settings import PostgresSettings, VolumeSettings
-from cb_backups.stores.base import (
+from cb_backups.config.settings import PostgresSettings, VolumeSettings
+from cb_backups.core.catalog import seal_problems
+from cb_backups.core.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.core.fileio import CHUNK, HashingWriter
+from cb_backups.core.model import (
     Artifact,
     BackupOutput,
     FileRecord,
@@ -42,11 +42,9 @@ from cb_backups.stores.base import (
     Progress,
     Target,
     Verification,
-    counts_problems,
-    disk_space_item,
     no_progress,
-    run_tool,
 )
+from cb_backups.stores.base import counts_problems, disk_space_item, run_tool
 
 DUMP_FILE = "postgres.dump"
 ZSTD_FILE = "postgres.dump.zst"

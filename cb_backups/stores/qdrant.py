@@ -36,11 +36,11 @@ import httpx
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from cb_backups.catalog import checksum_problems
-from cb_backups.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
-from cb_backups.fileio import CHUNK, HashingWriter
-from cb_backups.settings import QdrantSettings, VolumeSettings
-from cb_backups.stores.base import (
+from cb_backups.config.settings import QdrantSettings, VolumeSettings
+from cb_backups.core.catalog import checksum_problems
+from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.core.fileio import CHUNK, HashingWriter
+from cb_backups.core.model import (
     Artifact,
     BackupOutput,
     FileRecord,
@@ -49,9 +49,9 @@ from cb_backups.stores.base import (
     Progress,
     Target,
     Verification,
-    disk_space_item,
     no_progress,
 )
+from cb_backups.stores.base import disk_space_item
 from cb_backups.stores.volume import extract_tar, service_stopped, tar_directory
 
 METHODS = ("snapshot", "volume")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from cb_backups.settings import STORE_NAMES, Settings
+from cb_backups.config.settings import Settings
+from cb_backups.core.specs import STORE_NAMES
 from cb_backups.stores.base import Store
 
 _ADAPTERS = {

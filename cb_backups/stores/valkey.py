@@ -22,12 +22,11 @@ from typing import Any
 
 import valkey
 
-from cb_backups.catalog import checksum_problems
-from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
-from cb_backups.fileio import CHUNK, HashingWriter
-from cb_backups.servers_common import free_port, wait_until
-from cb_backups.settings import ValkeySettings, VolumeSettings
-from cb_backups.stores.base import (
+from cb_backups.config.settings import ValkeySettings, VolumeSettings
+from cb_backups.core.catalog import checksum_problems
+from cb_backups.core.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.core.fileio import CHUNK, HashingWriter
+from cb_backups.core.model import (
     Artifact,
     BackupOutput,
     FileRecord,
@@ -36,10 +35,10 @@ from cb_backups.stores.base import (
     Progress,
     Target,
     Verification,
-    disk_space_item,
     no_progress,
-    run_tool,
 )
+from cb_backups.core.net import free_port, wait_until
+from cb_backups.stores.base import disk_space_item, run_tool
 
 RDB_FILE = "dump.rdb"
 AOF_FILE = "appendonly.tar.gz"

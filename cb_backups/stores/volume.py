@@ -13,9 +13,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from cb_backups.errors import BackupFailed, ConfigError, RestoreRefused
-from cb_backups.fileio import HashingWriter
-from cb_backups.stores.base import FileRecord, run_tool
+from cb_backups.core.errors import BackupFailed, ConfigError, RestoreRefused
+from cb_backups.core.fileio import HashingWriter
+from cb_backups.core.model import FileRecord
+from cb_backups.stores.base import run_tool
 
 
 @contextmanager

@@ -1,0 +1,80 @@
+"""The runbook's post-backup verification, as named outcomes (no Dagster here).
+
+Each outcome becomes one asset check in Dagster and one line in `cb-backups verify`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from cb_backups.core.catalog import Catalog, checksum_problems, parse_iso, utcnow
+from cb_backups.core.model import Artifact, Verification
+from cb_backups.stores.base import Store
+
+# name -> what it proves (shown as the check's description)
+SLOT_CHECKS = {
+    "artifact_present": "The backup's files and manifest exist and are not empty.",
+    "integrity": "The store's own integrity check passes (pg_restore --list, valkey-check-rdb, ...).",
+    "checksum": "Every file's sha256 and size equal the manifest's.",
+    "inventory_recorded": "The manifest records the store's counts at backup time.",
+}
+FRESHNESS_CHECK = "freshness"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_slot(store: Store, catalog: Catalog, key: str) -> tuple[Artifact | None, list[Outcome]]:
+    """Run every slot check; records the overall verification beside the backup."""
+    artifact = catalog.get(store.name, key)
+    if artifact is None:
+        missing = f"no complete {store.name} backup for slot {key} (no manifest)"
+        return None, [Outcome(name, False, missing) for name in SLOT_CHECKS]
+    outcomes = []
+    empty = [f.name for f in artifact.manifest.files if f.bytes == 0 or not artifact.path(f.name).is_file()]
+    outcomes.append(Outcome("artifact_present", not empty and bool(artifact.manifest.files),
+                            f"missing or empty: {', '.join(empty)}" if empty else
+                            f"{len(artifact.manifest.files)} file(s), {artifact.manifest.total_bytes} bytes",
+                            {"bytes": artifact.manifest.total_bytes, "path": str(artifact.directory)}))
+    try:
+        integrity = store.verify(artifact)
+    except Exception as exc:
+        integrity = Verification(False, [f"{type(exc).__name__}: {exc}"])
+    outcomes.append(Outcome("integrity", integrity.ok, "; ".join(integrity.problems) or "integrity check passed",
+                            {k: v for k, v in integrity.details.items() if isinstance(v, (int, float, str))}))
+    sums = checksum_problems(artifact)
+    outcomes.append(Outcome("checksum", not sums, "; ".join(sums) or "all sha256 match the manifest",
+                            {f.name: f.sha256 for f in artifact.manifest.files}))
+    inventory = artifact.manifest.inventory
+    recorded = bool(inventory) and all(isinstance(v, dict) for v in inventory.values())
+    total = sum(sum(v.values()) for v in inventory.values() if isinstance(v, dict)) if recorded else 0
+    outcomes.append(Outcome("inventory_recorded", recorded,
+                            f"{len(inventory)} section(s) recorded" if recorded else "no inventory in manifest",
+                            {"sections": ", ".join(sorted(inventory)), "total": total}))
+    ok = all(o.passed for o in outcomes)
+    catalog.record_verification(artifact, Verification(ok, [f"{o.name}: {o.description}" for o in outcomes
+                                                            if not o.passed]))
+    return artifact, outcomes
+
+
+def evaluate_freshness(catalog: Catalog, store: str, rpo: timedelta, now: datetime | None = None) -> Outcome:
+    """Runbook: 'Backup file modified within expected timeframe' -- the newest verified backup within the RPO."""
+    now = now or utcnow()
+    newest = catalog.latest_verified(store)
+    if newest is None:
+        return Outcome(FRESHNESS_CHECK, False, f"no verified {store} backup exists",
+                       {"rpo_hours": rpo / timedelta(hours=1)})
+    age = now - parse_iso(newest.manifest.captured_at)
+    hours = round(age / timedelta(hours=1), 2)
+    passed = age <= rpo
+    return Outcome(FRESHNESS_CHECK, passed,
+                   f"newest verified backup ({newest.partition_key}) is {hours} h old; RPO is "
+                   f"{rpo / timedelta(hours=1):g} h",
+                   {"age_hours": hours, "rpo_hours": rpo / timedelta(hours=1), "partition": newest.partition_key})

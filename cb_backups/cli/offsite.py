@@ -1,0 +1,98 @@
+"""`cb-backups offsite` and `cb-backups offsite-verify`: copy or re-verify one slot off-site now,
+through the Dagster jobs (so the copy and the `offsite_complete` result are recorded like the
+automation's)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+
+from cb_backups.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cb_backups.defs.offsite import OffsiteSource
+
+
+def _source(name: str) -> OffsiteSource:
+    from cb_backups.defs.offsite import BY_STORE
+
+    if name not in BY_STORE:
+        raise ConfigError("store", name, ", ".join(BY_STORE))
+    return BY_STORE[name]
+
+
+def _slot(src: OffsiteSource, key: str | None) -> str:
+    """The given slot (validated), else the newest local backup of the store."""
+    import dagster as dg
+
+    from cb_backups.core.partitions import parse_slot
+    from cb_backups.defs.resources import BackupsResource
+
+    if key is not None:
+        if isinstance(src.partitions, dg.TimeWindowPartitionsDefinition):
+            parse_slot(src.partitions, key)
+        elif not src.partitions.has_partition_key(key):
+            raise ConfigError("partition key", key, f"a {src.store} slot")
+        return key
+    backups = BackupsResource().catalog().list(src.store)
+    if not backups:
+        raise ConfigError("partition key", None, f"--partition KEY: there is no local {src.store} backup to pick")
+    return backups[-1].partition_key
+
+
+def _run(args: argparse.Namespace, verify_only: bool) -> int:
+    from cb_backups.cli.app import (
+        _evaluations,
+        _failure_messages,
+        _instance,
+        check_table,
+        console,
+        err_console,
+        run_job,
+    )
+
+    src = _source(args.store)
+    key = _slot(src, args.partition)
+    config: dict[str, Any] = {"ops": {src.check_op_name: {"config": {"deep": True}}}} if args.deep else {}
+    job = src.verify_job_name if verify_only else src.job_name
+    action = "verifying the off-site copy of" if verify_only else "copying off-site"
+    with console.status(f"{action} {src.store} slot {key} ..."):
+        result = run_job(job, key, _instance(), run_config=config)
+    for message in _failure_messages(result):
+        err_console.print(f"[red]{src.store} {key}: {escape(message)}[/]")
+    if not verify_only and result.success:
+        materialized = result.asset_materializations_for_node(src.name)
+        if materialized:
+            meta = materialized[0].metadata
+            console.print(f"{src.store} {key}: {meta['bytes'].value:,} bytes -> {meta['url'].value} in "
+                          f"{meta['seconds'].value:.1f}s ({meta['throughput_mib_s'].value} MiB/s)"
+                          + (" (identical copy already there)" if meta["already_there"].value else ""))
+    rows = [(src.store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in _evaluations(result)]
+    if rows:
+        console.print(check_table(f"{src.store} off-site {key}" + (" (deep)" if args.deep else ""), rows))
+    return 0 if result.success and rows and all(r[2] for r in rows) else 1
+
+
+def cmd_offsite(args: argparse.Namespace) -> int:
+    return _run(args, verify_only=False)
+
+
+def cmd_offsite_verify(args: argparse.Namespace) -> int:
+    return _run(args, verify_only=True)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    help_store = "postgres, valkey, neo4j, qdrant, opensearch (or full_system)"
+    copy = sub.add_parser("offsite", help="copy one backup slot to S3 now and verify it (through Dagster)")
+    copy.add_argument("store", help=help_store)
+    copy.add_argument("--partition", help="slot key (default: the newest local backup)")
+    copy.add_argument("--deep", action="store_true", help="the check re-reads and hashes every object in S3")
+    copy.set_defaults(func=cmd_offsite)
+
+    verify = sub.add_parser("offsite-verify", help="verify one slot's off-site copy again (through Dagster)")
+    verify.add_argument("store", help=help_store)
+    verify.add_argument("--partition", help="slot key (default: the newest local backup)")
+    verify.add_argument("--deep", action="store_true", help="re-read and hash every object in S3")
+    verify.set_defaults(func=cmd_offsite_verify)

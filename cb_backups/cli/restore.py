@@ -1,0 +1,146 @@
+"""`cb-backups restore STORE|full`: print the plan, confirm, run the restore job through Dagster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cb_backups.core.errors import ConfigError
+
+TARGET_CHOICES = {"scratch": "scratch", "in-place": "in_place", "in_place": "in_place"}
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    restore = sub.add_parser(
+        "restore", help="restore one store (or `full`) from a backup, through Dagster",
+        description="Verify the backup, check versions, take a safety backup of the current data (in place), "
+                    "restore, compare counts with the manifest, and report the measured RTO.")
+    restore.add_argument("store", help="postgres, valkey, neo4j, qdrant, opensearch, or full")
+    restore.add_argument("--backup", default="latest",
+                         help="slot key, `latest` (newest backup that verifies; the default), `safety:<stamp>`, "
+                              "or for `full` a full system backup key")
+    restore.add_argument("--from", dest="source", choices=("local", "offsite"), default="local",
+                         help="restore from the local catalog (default) or the off-site S3 copy")
+    restore.add_argument("--target", choices=("scratch", "in-place"), default="scratch",
+                         help="scratch (default; leaves the live data alone) or in-place (replaces it)")
+    restore.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="target override, e.g. dbname=restored, collections=memories, safety_backup=skip")
+    restore.add_argument("--yes", action="store_true", help="do not ask before an in-place restore")
+    restore.set_defaults(func=cmd_restore)
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", pair, "KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _confirmed(what: str, answer_word: str) -> bool:
+    from cb_backups.cli.app import console
+
+    console.print(f"[bold red]This replaces the live data of {what}.[/] A safety backup is taken first.")
+    try:
+        answer = input(f"Restore {what} in place? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes", answer_word)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from cb_backups.cli.app import _failure_messages, _instance, console, err_console
+    from cb_backups.core.model import Target
+    from cb_backups.defs.resources import BackupsResource
+    from cb_backups.restore import execute as restore_ops
+
+    full = args.store in ("full", "full_system")
+    mode = TARGET_CHOICES[args.target]
+    overrides = _overrides(args.overrides)
+    settings = BackupsResource().settings()
+    target = Target(mode, dict(overrides))
+    # The plan validates the request (exit 2 on bad input) and is printed before anything happens.
+    if full:
+        plan: Any = restore_ops.plan_full_restore(settings, args.backup, args.source, target)
+        job_name, confirm = "full_system_restore", "full_system"
+    else:
+        plan = restore_ops.plan_restore(settings, args.store, args.backup, args.source, target)
+        job_name, confirm = f"restore_{args.store}", args.store
+    console.print("[bold]plan[/]")
+    for line in plan.describe():
+        console.print(escape(line))
+    if mode == "in_place" and not args.yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            err_console.print(f"refused: an in-place restore of {confirm} replaces live data; pass --yes to run "
+                              "it without a terminal to confirm on. Nothing was changed.")
+            return 2
+        if not _confirmed(confirm, confirm):
+            err_console.print("not confirmed; nothing was changed")
+            return 2
+    config = {"backup": args.backup, "source": args.source, "target": mode, "overrides": overrides,
+              "confirm": confirm if mode == "in_place" else ""}
+    result = run_restore_job(job_name, config, _instance())
+    for message in _failure_messages(result):
+        err_console.print(f"[red]{escape(message)}[/]")
+    outputs = _outputs(result)
+    if outputs:
+        console.print(result_table(outputs))
+    return 0 if result.success else 1
+
+
+def run_restore_job(job_name: str, config: dict[str, Any], instance: Any) -> Any:
+    """Execute a restore job in this process against the instance (so the run and its results are recorded)."""
+    from cb_backups.definitions import defs
+    from cb_backups.defs import restore
+
+    job = defs.resolve_job_def(job_name)
+    op_name = "full_system_restore_op" if job_name == "full_system_restore" else f"{job_name}_op"
+    run_config = {"ops": {op_name: {"config": config}},
+                  "loggers": {"console": {"config": {"log_level": os.environ.get("CB_LOG_LEVEL", "WARNING")}}}}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TimeElapsedColumn(), transient=True, disable=not sys.stdout.isatty()) as bar:
+        task = bar.add_task(f"{job_name} ...", total=None)
+
+        def show(message: str, done: int, total: int | None) -> None:
+            bar.update(task, description=escape(message[:100]), completed=done, total=total)
+
+        restore.PROGRESS_LISTENERS.append(show)
+        try:
+            return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        finally:
+            restore.PROGRESS_LISTENERS.remove(show)
+
+
+def _outputs(result: Any) -> list[dict[str, Any]]:
+    """The restore results the op returned (one per store)."""
+    found = []
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_OBSERVATION":
+            observation = event.event_specific_data.asset_observation
+            meta = {k: v.value for k, v in observation.metadata.items()}
+            found.append({"store": observation.asset_key.path[-1].removesuffix("_backup"), **meta})
+    return found
+
+
+def result_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="restore")
+    for col in ("store", "restored", "target", "counts", "RTO", "safety backup"):
+        table.add_column(col)
+    for row in rows:
+        counts = ", ".join(f"{k.split('/')[-1]}={v}" for k, v in row.items() if k.startswith("count/"))
+        rto = f"{row['rto_seconds']:.1f}s / {row['rto_target_seconds']:.0f}s"
+        rto = f"[green]{rto}[/]" if row.get("within_rto") else f"[red]{rto} EXCEEDED[/]"
+        ok = "[green]match[/]" if row.get("counts_match") else "[red]DIFFER[/]"
+        skipped = f"\n[yellow]skipped (failed verification): {escape(str(row['skipped_failed_backups']))}[/]" \
+            if row.get("skipped_failed_backups") else ""
+        table.add_row(row["store"], f"{row.get('backup_kind')} {row.get('restored_partition')}{skipped}",
+                      str(row.get("target")), f"{ok} {escape(counts)}", rto, escape(str(row.get("safety_backup"))))
+    return table

@@ -1,0 +1,340 @@
+"""Typed settings from environment variables and an optional YAML file.
+
+Precedence: environment > YAML file (`CB_CONFIG`) > defaults. Secrets are read
+only from the environment or from files named by `*_FILE` variables, are kept
+out of `repr`, and never appear in errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from cb_backups.config.retention import policies_from_config
+from cb_backups.core.errors import ConfigError
+from cb_backups.core.specs import STORE_NAMES
+
+# Sections of the CB_CONFIG file (feature modules read restore/drills/offsite/retention from Settings.raw).
+TOP_LEVEL_KEYS = ("backup_dir", "timezone", *STORE_NAMES, "volumes", "s3", "webhook_url", "retention", "offsite",
+                  "restore", "drills", "notifications", "report", "full_system")
+
+
+def secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret from `NAME` or from the file named by `NAME_FILE`."""
+    if env.get(name):
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE", path, f"a readable file ({exc.strerror})") from None
+    return None
+
+
+def _positive_int(what: str, value: Any, minimum: int = 1) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(what, value, f"a whole number >= {minimum}") from None
+    if number < minimum:
+        raise ConfigError(what, value, f"a whole number >= {minimum}")
+    return number
+
+
+def redact_url(value: str) -> str:
+    """A URL with any embedded password replaced by ***, safe to show in an error."""
+    return re.sub(r"(//[^/@:]*):[^@/]*@", r"\1:***@", str(value))
+
+
+def _url(what: str, value: str, schemes: tuple[str, ...]) -> str:
+    shown = redact_url(value)
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+    except ValueError:
+        raise ConfigError(what, shown, f"a URL like {schemes[0]}://host:port") from None
+    if parts.scheme not in schemes or not hostname:
+        raise ConfigError(what, shown, f"a URL like {schemes[0]}://host:port (scheme {' or '.join(schemes)})")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(what, shown, "a port from 1 to 65535") from None
+    if port == 0:
+        raise ConfigError(what, shown, "a port from 1 to 65535")
+    return value
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    host: str = "localhost"
+    port: int = 5432
+    user: str = "codingbrain"
+    dbname: str = "codingbrain"
+    password: str | None = field(default=None, repr=False)
+    bin_dir: str | None = None  # where pg_dump/pg_restore live; PATH when None
+    compression: str = "zstd:2"  # >= 5x faster than -Z 6 and smaller (benchmarks/); runbook's -Z 6 is "gzip:6"
+    count_tables: tuple[str, ...] = ("memories", "apps", "users")
+    migrations_query: str | None = None  # returns rows while a migration runs
+    restore_jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
+
+
+@dataclass(frozen=True)
+class ValkeySettings:
+    host: str = "localhost"
+    port: int = 6379
+    password: str | None = field(default=None, repr=False)
+    data_dir: str | None = None  # when readable, RDB/AOF are copied from here; else `--rdb`
+    bin_dir: str | None = None  # where valkey-cli / valkey-server live
+    bgsave_timeout: float = 300.0
+    stop_command: tuple[str, ...] = ()  # in-place restore; default: SHUTDOWN NOSAVE over the wire
+    start_command: tuple[str, ...] = ()  # in-place restore: how to start the server again
+
+
+@dataclass(frozen=True)
+class QdrantSettings:
+    url: str = "http://localhost:6333"
+    api_key: str | None = field(default=None, repr=False)
+    method: str = "snapshot"  # or "volume"
+
+
+@dataclass(frozen=True)
+class OpenSearchSettings:
+    url: str = "http://localhost:9200"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    repository: str = "backups"
+    repository_type: str = "fs"
+    repository_settings: dict[str, Any] = field(default_factory=lambda: {"location": "/mnt/backups", "compress": True})
+    method: str = "snapshot"  # or "volume"
+
+
+@dataclass(frozen=True)
+class Neo4jSettings:
+    uri: str = "bolt://localhost:7687"
+    user: str = "neo4j"
+    password: str | None = field(default=None, repr=False)
+    database: str = "neo4j"
+    admin_command: tuple[str, ...] = ("neo4j-admin",)
+    stop_command: tuple[str, ...] = ()
+    start_command: tuple[str, ...] = ()
+    dump_dir: str | None = None  # where neo4j-admin writes, as seen from this host
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    """The runbook's volume method: stop, tar the data folder, start again."""
+
+    data_dir: str | None = None
+    stop_command: tuple[str, ...] = ()
+    start_command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str | None = None
+    prefix: str = "cb-backups"
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    storage_class: str | None = None
+    sse: str | None = None  # "AES256" | "aws:kms"
+    concurrency: int = 4
+    multipart_chunk_mb: int = 16
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bucket)
+
+
+@dataclass(frozen=True)
+class Settings:
+    backup_dir: Path = Path("backups")
+    timezone: str = "UTC"
+    postgres: PostgresSettings | None = None
+    valkey: ValkeySettings | None = None
+    qdrant: QdrantSettings | None = None
+    opensearch: OpenSearchSettings | None = None
+    neo4j: Neo4jSettings | None = None
+    volumes: dict[str, VolumeSettings] = field(default_factory=dict)
+    s3: S3Settings = field(default_factory=S3Settings)
+    webhook_url: str | None = field(default=None, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def store(self, name: str) -> Any:
+        if name not in STORE_NAMES:
+            raise ConfigError("store", name, ", ".join(STORE_NAMES))
+        configured = getattr(self, name)
+        if configured is None:
+            raise ConfigError(f"{name} connection", "not configured",
+                              f"set {'CB_NEO4J_URI' if name == 'neo4j' else f'CB_{name.upper()}_URL'} "
+                              f"(or the '{name}:' section of the CB_CONFIG file)")
+        return configured
+
+    def configured_stores(self) -> list[str]:
+        return [n for n in STORE_NAMES if getattr(self, n) is not None]
+
+
+def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"'{name}' section", value, "a mapping of settings")
+    return dict(value)
+
+
+def _build(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:  # the key, never its value (a misspelt password key must not echo the password)
+        raise ConfigError(f"setting in the '{section}' section", unknown[0], ", ".join(sorted(allowed)))
+    converted = {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if f.type in ("int",):
+            value = _positive_int(f"{section}.{f.name}", value, 0 if f.name == "port" else 1)
+        elif f.type in ("float",):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{section}.{f.name}", value, "a number of seconds") from None
+        elif f.type.startswith("tuple") and isinstance(value, str):
+            value = tuple(value.split())
+        elif f.type.startswith("tuple"):
+            value = tuple(value)
+        converted[f.name] = value
+    return cls(**converted)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, Any] = {}
+    config_file = env.get("CB_CONFIG")
+    if config_file:
+        try:
+            raw = yaml.safe_load(Path(config_file).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError("CB_CONFIG", config_file, f"a readable YAML file ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError("CB_CONFIG", config_file, f"valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("CB_CONFIG", config_file, "a YAML mapping at the top level")
+        unknown = sorted(str(k) for k in raw if k not in TOP_LEVEL_KEYS)
+        if unknown:
+            raise ConfigError(f"setting in {config_file}", unknown[0], ", ".join(TOP_LEVEL_KEYS))
+
+    backup_dir = Path(env.get("CB_BACKUP_DIR") or raw.get("backup_dir") or "backups")
+    _check_backup_dir(backup_dir)
+    timezone = env.get("CB_TIMEZONE") or raw.get("timezone") or "UTC"
+    _check_timezone(timezone)
+
+    stores: dict[str, Any] = {}
+    pg = _section(raw, "postgres")
+    if env.get("CB_POSTGRES_URL"):
+        parts = urlsplit(_url("CB_POSTGRES_URL", env["CB_POSTGRES_URL"], ("postgresql", "postgres")))
+        pg.update(host=parts.hostname, port=parts.port or 5432)
+        if parts.username:
+            pg["user"] = parts.username
+        if parts.path.strip("/"):
+            pg["dbname"] = parts.path.strip("/")
+        if parts.password:
+            pg["password"] = parts.password
+    for key, var in (("bin_dir", "CB_PG_BIN_DIR"), ("compression", "CB_POSTGRES_COMPRESSION")):
+        if env.get(var):
+            pg[key] = env[var]
+    if pg:
+        pg["password"] = secret(env, "CB_POSTGRES_PASSWORD") or pg.get("password")
+        stores["postgres"] = _build(PostgresSettings, pg, "postgres")
+
+    vk = _section(raw, "valkey")
+    if env.get("CB_VALKEY_URL"):
+        parts = urlsplit(_url("CB_VALKEY_URL", env["CB_VALKEY_URL"], ("valkey", "redis")))
+        vk.update(host=parts.hostname, port=parts.port or 6379)
+        if parts.password:
+            vk["password"] = parts.password
+    for key, var in (("data_dir", "CB_VALKEY_DATA_DIR"), ("bin_dir", "CB_VALKEY_BIN_DIR"),
+                     ("stop_command", "CB_VALKEY_STOP"), ("start_command", "CB_VALKEY_START")):
+        if env.get(var):
+            vk[key] = env[var]
+    if vk:
+        vk["password"] = secret(env, "CB_VALKEY_PASSWORD") or vk.get("password")
+        stores["valkey"] = _build(ValkeySettings, vk, "valkey")
+
+    qd = _section(raw, "qdrant")
+    if env.get("CB_QDRANT_URL"):
+        qd["url"] = _url("CB_QDRANT_URL", env["CB_QDRANT_URL"], ("http", "https"))
+    if qd:
+        qd["api_key"] = secret(env, "CB_QDRANT_API_KEY") or qd.get("api_key")
+        stores["qdrant"] = _build(QdrantSettings, qd, "qdrant")
+
+    os_ = _section(raw, "opensearch")
+    if env.get("CB_OPENSEARCH_URL"):
+        os_["url"] = _url("CB_OPENSEARCH_URL", env["CB_OPENSEARCH_URL"], ("http", "https"))
+    if env.get("CB_OPENSEARCH_USER"):
+        os_["user"] = env["CB_OPENSEARCH_USER"]
+    if os_:
+        os_["password"] = secret(env, "CB_OPENSEARCH_PASSWORD") or os_.get("password")
+        stores["opensearch"] = _build(OpenSearchSettings, os_, "opensearch")
+
+    neo = _section(raw, "neo4j")
+    if env.get("CB_NEO4J_URI"):
+        neo["uri"] = _url("CB_NEO4J_URI", env["CB_NEO4J_URI"], ("bolt", "neo4j", "bolt+s", "neo4j+s"))
+    for key, var in (("admin_command", "CB_NEO4J_ADMIN"), ("stop_command", "CB_NEO4J_STOP"),
+                     ("start_command", "CB_NEO4J_START"), ("dump_dir", "CB_NEO4J_DUMP_DIR"),
+                     ("user", "CB_NEO4J_USER")):
+        if env.get(var):
+            neo[key] = env[var]
+    if neo:
+        neo["password"] = secret(env, "CB_NEO4J_PASSWORD") or neo.get("password")
+        stores["neo4j"] = _build(Neo4jSettings, neo, "neo4j")
+
+    volumes = {name: _build(VolumeSettings, dict(v or {}), f"volumes.{name}")
+               for name, v in _section(raw, "volumes").items()}
+
+    s3 = _section(raw, "s3")
+    for key, var in (("bucket", "CB_S3_BUCKET"), ("prefix", "CB_S3_PREFIX"), ("endpoint_url", "CB_S3_ENDPOINT_URL"),
+                     ("region", "CB_S3_REGION"), ("storage_class", "CB_S3_STORAGE_CLASS"), ("sse", "CB_S3_SSE")):
+        if env.get(var):
+            s3[key] = env[var]
+    if s3.get("endpoint_url"):
+        _url("s3.endpoint_url", s3["endpoint_url"], ("http", "https"))
+
+    if raw.get("retention") is not None:
+        policies_from_config(raw)  # a bad retention policy is bad input for every command
+    return Settings(
+        backup_dir=backup_dir,
+        timezone=timezone,
+        volumes=volumes,
+        s3=_build(S3Settings, s3, "s3"),
+        webhook_url=secret(env, "CB_WEBHOOK_URL") or raw.get("webhook_url"),
+        raw=raw,
+        **stores,
+    )
+
+
+def _check_backup_dir(path: Path) -> None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe == path and not path.is_dir():
+        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), "a folder (this is a file)")
+    if probe != path and not probe.is_dir():
+        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), f"a path under a folder ({probe} is a file)")
+    if not os.access(probe, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), "a folder cb-backups can read and write")
+
+
+def _check_timezone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("timezone", name, "an IANA zone name such as UTC or Europe/Berlin") from None

@@ -1,0 +1,318 @@
+"""The backup catalog: where backups live on disk and when they count as complete.
+
+Layout::
+
+    <root>/<store>/<partition_key>/        one complete backup
+        <artifact files>                   0600
+        manifest.json                      written last; its presence means complete
+        manifest.json.sha256               the manifest's own sha256 (`sha256sum -c` format): a changed
+                                           manifest is detected like a changed file
+        verification.json                  the latest verification result (sidecar)
+    <root>/<store>/_safety/<stamp>/        safety backups taken before a restore
+    <root>/<store>/.staging-*/             a backup being written (never "looks good")
+
+A backup is written into a staging folder, every file fsynced, the manifest
+written last, and then the folder is renamed into place, so a killed backup
+leaves only a `.staging-*` folder that nothing reads and `sweep` removes.
+No Dagster here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError
+from cb_backups.core.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, private_dir, sha256_file
+from cb_backups.core.model import Artifact, BackupOutput, Manifest, Verification
+
+MANIFEST = "manifest.json"
+MANIFEST_SEAL = "manifest.json.sha256"
+VERIFICATION = "verification.json"
+SAFETY = "_safety"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class SlotBusy(CbBackupsError):
+    """Another process holds the lock for this store and slot."""
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    checked_at: str
+    ok: bool
+    problems: list[str]
+
+
+class Staging:
+    """A folder being filled by one backup; becomes an Artifact on `commit`."""
+
+    def __init__(self, catalog: Catalog, store: str, key: str, kind: str, started: datetime) -> None:
+        self.catalog, self.store, self.key, self.kind, self.started = catalog, store, key, kind, started
+        self.path = private_dir(catalog.store_dir(store) / f".staging-{key}-{uuid.uuid4().hex[:8]}")
+
+    def commit(self, output: BackupOutput) -> Artifact:
+        finished = utcnow()
+        names = sorted(f.name for f in output.files)
+        on_disk = sorted(p.name for p in self.path.iterdir())
+        if names != on_disk:
+            raise CbBackupsError(f"{self.store}: adapter reported files {names} but wrote {on_disk}")
+        manifest = Manifest(
+            store=self.store,
+            partition_key=self.key,
+            kind=self.kind,
+            captured_at=output.captured_at or iso(self.started),
+            finished_at=iso(finished),
+            duration_seconds=round((finished - self.started).total_seconds(), 3),
+            files=sorted(output.files, key=lambda f: f.name),
+            method=output.method,
+            options=output.options,
+            versions=output.versions,
+            inventory=output.inventory,
+            markers=output.markers,
+        )
+        atomic_write_json(self.path / MANIFEST, manifest.to_json())
+        seal = sha256_file(self.path / MANIFEST)[0]
+        atomic_write_bytes(self.path / MANIFEST_SEAL, f"{seal}  {MANIFEST}\n".encode())
+        final = self.catalog.slot_dir(self.store, self.key, self.kind)
+        private_dir(final.parent)
+        replaced = None
+        if final.exists():
+            # Swap the old backup of this slot aside first; it is deleted only after
+            # the new one is in place.
+            replaced = final.with_name(f".replaced-{final.name}-{uuid.uuid4().hex[:8]}")
+            os.rename(final, replaced)
+        os.rename(self.path, final)
+        fsync_dir(final.parent)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+        return Artifact(final, manifest)
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Catalog:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # --- layout ------------------------------------------------------------
+    def store_dir(self, store: str) -> Path:
+        _check_name("store name", store)
+        return self.root / store
+
+    def slot_dir(self, store: str, key: str, kind: str = "backup") -> Path:
+        _check_name("partition key", key)
+        if kind == "safety":
+            return self.store_dir(store) / SAFETY / key
+        return self.store_dir(store) / key
+
+    # --- writing -----------------------------------------------------------
+    @contextmanager
+    def slot_lock(self, store: str, key: str) -> Iterator[None]:
+        """One writer per store and slot; a second one is refused, not queued."""
+        lock_dir = private_dir(self.store_dir(store))
+        lock_path = lock_dir / f".lock-{key}"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise SlotBusy(f"{store} slot {key} is being written by another process (pid {holder}); "
+                               "refusing to run a second backup of the same slot") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def staging(self, store: str, key: str, kind: str = "backup") -> Iterator[Staging]:
+        """Yield a staging folder; removed again unless committed."""
+        private_dir(self.root)
+        staging = Staging(self, store, key, kind, utcnow())
+        try:
+            yield staging
+        finally:
+            if staging.path.exists():
+                staging.abandon()
+
+    def write(self, store: str, key: str, backup: Callable[[Path], BackupOutput], kind: str = "backup") -> Artifact:
+        """Run `backup(staging_dir)` under the slot lock and commit the result."""
+        with self.slot_lock(store, key), self.staging(store, key, kind) as staging:
+            try:
+                return staging.commit(backup(staging.path))
+            except OSError as exc:
+                # Disk full, quota, permissions: a clear error; the staging folder is removed on the way out.
+                where = exc.filename or staging.path
+                free = shutil.disk_usage(self.root).free if self.root.is_dir() else 0
+                raise BackupFailed(store, f"cannot write {where}: {exc.strerror or exc} ({free} bytes free in "
+                                          f"{self.root}); the partial backup was removed, other backups are "
+                                          "untouched") from None
+
+    def sweep(self, store: str, older_than_seconds: float = 0) -> list[Path]:
+        """Remove staging/replaced leftovers of killed runs (skipping any slot being written)."""
+        removed: list[Path] = []
+        base = self.store_dir(store)
+        if not base.exists():
+            return removed
+        now = time.time()
+        for child in sorted(base.iterdir()):
+            if not (child.name.startswith(".staging-") or child.name.startswith(".replaced-")):
+                continue
+            if now - child.stat().st_mtime < older_than_seconds:
+                continue
+            key = _key_from_leftover(child.name)
+            try:
+                with self.slot_lock(store, key):
+                    slot = self.slot_dir(store, key)
+                    if child.name.startswith(".replaced-") and not slot.exists() and self.load(child):
+                        # Killed between moving the old backup aside and moving the new one in:
+                        # put the old one back rather than lose the slot's only complete backup.
+                        os.rename(child, slot)
+                        fsync_dir(base)
+                        continue
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed.append(child)
+            except SlotBusy:
+                continue
+        return removed
+
+    # --- reading -----------------------------------------------------------
+    def load(self, directory: Path) -> Artifact | None:
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            return None
+        try:
+            manifest = Manifest.from_json(json.loads(manifest_path.read_text()))
+        except (ValueError, TypeError, KeyError):
+            return None  # an unreadable manifest never counts as a backup
+        return Artifact(directory, manifest)
+
+    def get(self, store: str, key: str, kind: str = "backup") -> Artifact | None:
+        return self.load(self.slot_dir(store, key, kind))
+
+    def require(self, store: str, key: str, kind: str = "backup") -> Artifact:
+        artifact = self.get(store, key, kind)
+        if artifact is None:
+            known = ", ".join(a.partition_key for a in self.list(store)[-5:]) or "none"
+            raise ConfigError(f"{store} backup", key, f"an existing backup; newest are: {known}")
+        return artifact
+
+    def list(self, store: str, kind: str = "backup") -> list[Artifact]:
+        """Complete backups, oldest first."""
+        base = self.store_dir(store) / SAFETY if kind == "safety" else self.store_dir(store)
+        if not base.is_dir():
+            return []
+        found = []
+        for child in sorted(base.iterdir()):
+            if child.name.startswith((".", "_")) or not child.is_dir():
+                continue
+            artifact = self.load(child)
+            if artifact is not None:
+                found.append(artifact)
+        return sorted(found, key=lambda a: (a.partition_key, a.manifest.captured_at))
+
+    def stores(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+    # --- verification ------------------------------------------------------
+    def record_verification(self, artifact: Artifact, verification: Verification) -> VerificationRecord:
+        record = VerificationRecord(iso(utcnow()), verification.ok, list(verification.problems))
+        atomic_write_json(artifact.directory / VERIFICATION, record.__dict__)
+        return record
+
+    def verification_of(self, artifact: Artifact) -> VerificationRecord | None:
+        path = artifact.directory / VERIFICATION
+        try:
+            return VerificationRecord(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def latest_verified(self, store: str, verify: Callable[[Artifact], Verification] | None = None,
+                        on_skip: Callable[[Artifact, list[str]], None] | None = None) -> Artifact | None:
+        """Newest backup that verified. With `verify`, re-verify now and fall back past failures."""
+        for artifact in reversed(self.list(store)):
+            if verify is not None:
+                result = verify(artifact)
+                self.record_verification(artifact, result)
+                if result.ok:
+                    return artifact
+                if on_skip:
+                    on_skip(artifact, result.problems)
+                continue
+            record = self.verification_of(artifact)
+            if record is not None and record.ok:
+                return artifact
+            if on_skip:
+                on_skip(artifact, ["never verified" if record is None else "; ".join(record.problems)])
+        return None
+
+
+def checksum_problems(artifact: Artifact) -> list[str]:
+    """Every file present, of the recorded size, with the recorded sha256; the manifest equal to its seal."""
+    problems = seal_problems(artifact)
+    for record in artifact.manifest.files:
+        path = artifact.path(record.name)
+        if not path.is_file():
+            problems.append(f"{record.name}: missing")
+            continue
+        digest, size = sha256_file(path)
+        if size != record.bytes:
+            problems.append(f"{record.name}: {size} bytes, manifest says {record.bytes}")
+        elif digest != record.sha256:
+            problems.append(f"{record.name}: sha256 {digest[:12]}… differs from manifest {record.sha256[:12]}…")
+    return problems
+
+
+def seal_problems(artifact: Artifact) -> list[str]:
+    """The manifest's sha256 against `manifest.json.sha256` (written with it; absent in copies made before
+    the seal existed and in downloaded off-site copies, which are checked against S3 instead)."""
+    seal = artifact.path(MANIFEST_SEAL)
+    if not seal.is_file():
+        return []
+    try:
+        recorded = seal.read_text(errors="replace").split()[0]
+    except (OSError, IndexError):
+        recorded = ""
+    actual = sha256_file(artifact.path(MANIFEST))[0] if artifact.path(MANIFEST).is_file() else "missing"
+    if recorded != actual:
+        return [f"{MANIFEST}: sha256 {actual[:12]}… differs from its seal {MANIFEST_SEAL} ({recorded[:12]}…): "
+                "the manifest changed after the backup was written"]
+    return []
+
+
+def _check_name(what: str, value: str) -> None:
+    if not isinstance(value, str) or not _SAFE_NAME.match(value) or ".." in value:
+        raise ConfigError(what, value, "letters, digits and _ . : + - (no slashes)")
+
+
+def _key_from_leftover(name: str) -> str:
+    # ".staging-<key>-<hex8>" / ".replaced-<key>-<hex8>"
+    body = name.split("-", 1)[1]
+    return body.rsplit("-", 1)[0]

@@ -1,0 +1,133 @@
+"""The plain data types every layer speaks: manifests, artifacts, inventories, verifications.
+
+No I/O and no Dagster here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+Inventory = dict[str, dict[str, int]]
+
+# progress(message, done_bytes_or_items, total_or_None)
+Progress = Callable[[str, int, int | None], None]
+
+
+def no_progress(message: str, done: int, total: int | None) -> None:
+    """Default progress sink."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    name: str  # relative to the backup folder, no path separators
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class BackupOutput:
+    """What `Store.backup` wrote into the staging folder, and what it saw."""
+
+    files: list[FileRecord]
+    method: str
+    options: dict[str, Any]
+    versions: dict[str, str]
+    inventory: Inventory
+    markers: dict[str, Any] = field(default_factory=dict)  # consistency markers (LSN, LASTSAVE, ...)
+    captured_at: str | None = None  # ISO time the data was captured, when the store knows better
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The record of one complete backup (manifest.json)."""
+
+    store: str
+    partition_key: str
+    kind: str  # "backup" | "safety"
+    captured_at: str
+    finished_at: str
+    duration_seconds: float
+    files: list[FileRecord]
+    method: str
+    options: dict[str, Any]
+    versions: dict[str, str]
+    inventory: Inventory
+    markers: dict[str, Any]
+    format_version: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        fields = dict(data)
+        fields["files"] = [FileRecord(**f) for f in data["files"]]
+        return cls(**fields)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A complete backup on disk: its folder and its manifest."""
+
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def store(self) -> str:
+        return self.manifest.store
+
+    @property
+    def partition_key(self) -> str:
+        return self.manifest.partition_key
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def file(self, name: str) -> FileRecord:
+        for record in self.manifest.files:
+            if record.name == name:
+                return record
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Health:
+    """The runbook's pre-backup checklist, item by item."""
+
+    store: str
+    items: dict[str, str]  # item -> "ok" or what is wrong
+
+    @property
+    def ok(self) -> bool:
+        return all(v == "ok" for v in self.items.values())
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{k}: {v}" for k, v in self.items.items() if v != "ok"]
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a restore goes. `scratch` targets are created and dropped by the caller.
+
+    `options` carries store-specific overrides: a database name, a server URL,
+    a collection suffix, an index rename pattern.
+    """
+
+    mode: str  # "scratch" | "in_place"
+    options: dict[str, Any] = field(default_factory=dict)
+

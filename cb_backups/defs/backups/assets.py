@@ -1,0 +1,95 @@
+"""Factory: one partitioned backup asset per store, built from the StoreSpec table."""
+
+import time
+from datetime import timedelta
+
+import dagster as dg
+
+from cb_backups.core.catalog import utcnow
+from cb_backups.core.errors import CbBackupsError
+from cb_backups.core.model import Artifact, Progress
+from cb_backups.core.partitions import parse_slot
+from cb_backups.core.specs import STORES, StoreSpec
+from cb_backups.defs.resources import BackupsResource
+
+
+def dagster_progress(context: dg.AssetExecutionContext, every: float = 5.0) -> Progress:
+    """Progress into Dagster's log, at most once every `every` seconds."""
+    last = [0.0]
+
+    def report(message: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every or (total is not None and done >= total):
+            last[0] = now
+            context.log.info(message)
+
+    return report
+
+
+def refuse_outside_retention(spec: StoreSpec, key: str) -> None:
+    """A slot whose window ended longer ago than retention would be pruned at once: refuse it."""
+    end = parse_slot(spec.partitions, key)
+    age = utcnow() - end.astimezone(utcnow().tzinfo)
+    if age > timedelta(days=spec.retention_days):
+        raise dg.Failure(description=(
+            f"{spec.name} slot {key} ended {age.days} days ago, beyond the {spec.retention_days}-day retention; "
+            "a backup taken now would be pruned immediately. Pick a slot within retention."))
+
+
+def artifact_metadata(artifact: Artifact) -> dict[str, dg.MetadataValue]:
+    m = artifact.manifest
+    meta: dict[str, dg.MetadataValue] = {
+        "path": dg.MetadataValue.path(str(artifact.directory)),
+        "bytes": dg.MetadataValue.int(m.total_bytes),
+        "duration_seconds": dg.MetadataValue.float(m.duration_seconds),
+        "captured_at": dg.MetadataValue.text(m.captured_at),
+        "method": dg.MetadataValue.text(m.method),
+        "sha256": dg.MetadataValue.json({f.name: f.sha256 for f in m.files}),
+        "versions": dg.MetadataValue.json(m.versions),
+    }
+    # A second record of the manifest itself: someone able to rewrite a file and its
+    # manifest together cannot rewrite Dagster's event log as well.
+    from cb_backups.core.fileio import sha256_file
+
+    meta["manifest_sha256"] = dg.MetadataValue.text(sha256_file(artifact.path("manifest.json"))[0])
+    for section, counts in m.inventory.items():
+        if section == "estimates":
+            continue
+        for name, count in counts.items():
+            meta[f"count/{section}/{name}"] = dg.MetadataValue.int(count)
+    return meta
+
+
+def backup_asset(spec: StoreSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"{spec.name}_backup",
+        partitions_def=spec.partitions,
+        group_name="backups",
+        kinds={spec.name},
+        pool=f"store_{spec.name}",
+        description=f"{spec.title} backup for one slot (RPO {spec.rpo}, retention {spec.retention_days} days).",
+        metadata={"store": spec.name, "priority": spec.priority, "rpo_hours": spec.rpo / timedelta(hours=1)},
+        tags={"store": spec.name},
+    )
+    def _backup(context: dg.AssetExecutionContext, backups: BackupsResource) -> dg.MaterializeResult:
+        key = context.partition_key
+        refuse_outside_retention(spec, key)
+        try:
+            store = backups.store(spec.name)
+            catalog = backups.catalog()
+            catalog.sweep(spec.name)  # leftovers of killed runs; slots being written are locked
+            health = store.health(catalog.root)
+            if not health.ok:
+                raise dg.Failure(description=f"{spec.name} pre-backup checklist failed: {'; '.join(health.problems)}")
+            context.log.info(f"backing up {spec.name} slot {key} into {catalog.store_dir(spec.name)}")
+            artifact = catalog.write(spec.name, key, lambda into: store.backup(into, dagster_progress(context)))
+        except CbBackupsError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        context.log.info(f"{spec.name} slot {key}: {artifact.manifest.total_bytes} bytes in "
+                         f"{artifact.manifest.duration_seconds}s")
+        return dg.MaterializeResult(metadata=artifact_metadata(artifact))
+
+    return _backup
+
+
+backup_assets = [backup_asset(spec) for spec in STORES]

@@ -1,0 +1,45 @@
+"""Jobs and schedules on the runbook's crontab."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS
+from cb_backups.core.partitions import TIMEZONE
+from cb_backups.core.specs import STORES, StoreSpec
+
+
+def slot_check_selection(spec: StoreSpec) -> dg.AssetSelection:
+    return dg.AssetSelection.checks(*[dg.AssetCheckKey(spec.asset_key, name) for name in SLOT_CHECKS])
+
+
+def backup_job(spec: StoreSpec) -> dg.UnresolvedAssetJobDefinition:
+    selection = dg.AssetSelection.assets(spec.asset_key).without_checks() | slot_check_selection(spec)
+    return dg.define_asset_job(f"{spec.name}_backup_job", selection=selection, partitions_def=spec.partitions,
+                               tags={"store": spec.name},
+                               description=f"Back up {spec.title} for one slot and verify it.")
+
+
+def verify_job(spec: StoreSpec) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(f"{spec.name}_verify_job", selection=slot_check_selection(spec),
+                               partitions_def=spec.partitions, tags={"store": spec.name},
+                               description=f"Run {spec.title}'s post-backup checks again for one slot.")
+
+
+backup_jobs = {spec.name: backup_job(spec) for spec in STORES}
+verify_jobs = {spec.name: verify_job(spec) for spec in STORES}
+
+backup_schedules = [
+    dg.build_schedule_from_partitioned_job(job, name=f"{name}_backup_schedule",
+                                           default_status=dg.DefaultScheduleStatus.RUNNING)
+    for name, job in backup_jobs.items()
+]
+
+freshness_job = dg.define_asset_job(
+    "freshness_checks_job",
+    selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(s.asset_key, FRESHNESS_CHECK) for s in STORES]),
+    description="Is every store's newest verified backup within its RPO?",
+)
+freshness_schedule = dg.ScheduleDefinition(name="freshness_checks_schedule", job=freshness_job,
+                                           cron_schedule="15 * * * *", execution_timezone=TIMEZONE,
+                                           default_status=dg.DefaultScheduleStatus.RUNNING)

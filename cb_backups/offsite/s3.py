@@ -1,0 +1,702 @@
+"""Off-site copies of backups in S3 (or any S3-compatible store). No Dagster here.
+
+Layout: ``s3://<bucket>/<prefix>/<store>/<partition_key>/<file>``, with the
+backup's ``manifest.json`` beside its files. As on local disk, the manifest is
+the completeness marker: it is uploaded LAST and deleted FIRST, so a copy that
+was interrupted (upload) or half pruned (delete) never looks complete.
+
+Why there is never a truncated or wrong object under a final key
+-----------------------------------------------------------------
+S3 makes an object visible under its key only when the request that writes it
+completes: a single PutObject is atomic, and a multipart upload shows nothing
+under the key until CompleteMultipartUpload. So files are uploaded straight to
+their final keys, without a temporary key and a server-side copy (which would
+write every byte twice on the server). What remains is to make sure the
+request never completes with the wrong bytes:
+
+* Each file is read through `VerifyingReader`, a non-seekable reader that
+  feeds the boto3 transfer manager and hashes in the same pass (every byte is
+  read from disk once; retries of a part re-send the in-memory part). It knows
+  the size and sha256 from the local manifest and raises as soon as the file
+  is longer, at EOF when it is shorter, and at the last byte when the sha256
+  differs. The transfer manager reads the whole file before it sends the
+  single PutObject (files below one chunk) or before CompleteMultipartUpload
+  (larger files), so a mismatch fails the request that would commit the
+  object and the multipart upload is aborted.
+* A dropped connection or a server that dies mid-upload fails the request the
+  same way; the whole file is retried (tenacity, connection errors and 5xx
+  only) after botocore's own per-request retries. Incomplete multipart
+  uploads are aborted on failure, and any left by a killed process are
+  aborted before the next copy of the same partition.
+
+Where the server supports S3 additional checksums, objects are also uploaded
+with ``ChecksumAlgorithm=SHA256`` (the server verifies each request body);
+servers that refuse it are detected once and the copy falls back to
+``x-amz-meta-sha256`` alone, which is always written. Credentials come from
+the standard AWS chain (environment, profile, instance role) and never appear
+in messages: every client error is translated into an `OffsiteError` with the
+secret redacted, raised `from None`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions as bex
+import tenacity
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from cb_backups.config.settings import S3Settings
+from cb_backups.core.catalog import MANIFEST
+from cb_backups.core.errors import CbBackupsError, ConfigError, VerificationFailed
+from cb_backups.core.fileio import CHUNK, HashingWriter, atomic_write_bytes, fsync_dir, private_dir, sha256_file
+from cb_backups.core.model import Artifact, Manifest, Progress, Verification, no_progress
+
+log = logging.getLogger(__name__)
+
+SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
+STORAGE_CLASSES = ("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                   "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE")
+SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
+CHECKSUM_ALGORITHMS = ("SHA256", "SHA1", "CRC32", "CRC32C", "CRC64NVME")
+MIN_PART_MB = 5  # S3's minimum multipart part size
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500", "502", "504"}
+_CHECKSUM_REFUSALS = {"NotImplemented", "InvalidRequest", "InvalidArgument", "BadRequest", "InvalidChecksum"}
+
+
+class OffsiteError(CbBackupsError):
+    """An S3 operation failed; the message names the object and the cause, never a credential."""
+
+
+class LocalFileMismatch(VerificationFailed):
+    """The local file no longer matches its manifest; nothing was committed under the final key."""
+
+
+# --- the target ------------------------------------------------------------------
+
+
+class S3Target:
+    """Where off-site copies go, built from `S3Settings`; credentials from the standard AWS chain.
+
+    `max_attempts` is botocore's per-request budget (retry mode "standard" or
+    "adaptive"); `file_attempts` is how many times a whole file is re-sent after
+    connection errors, waiting up to `retry_wait_max` seconds between attempts.
+    """
+
+    def __init__(self, settings: S3Settings, session: boto3.session.Session | None = None, *,
+                 retry_mode: str = "standard", max_attempts: int = 5, file_attempts: int = 4,
+                 retry_wait_max: float = 30.0, connect_timeout: float = 10.0, read_timeout: float = 120.0,
+                 checksum_algorithm: str | None = "SHA256") -> None:
+        if not settings.bucket:
+            raise ConfigError("s3.bucket", settings.bucket, "a bucket name (set CB_S3_BUCKET)")
+        if retry_mode not in ("standard", "adaptive"):
+            raise ConfigError("s3 retry mode", retry_mode, "standard, adaptive")
+        _at_least("s3.concurrency", settings.concurrency, 1)
+        _at_least("s3.multipart_chunk_mb", settings.multipart_chunk_mb, MIN_PART_MB)
+        _at_least("s3 max_attempts", max_attempts, 1)
+        _at_least("s3 file_attempts", file_attempts, 1)
+        if settings.storage_class is not None and settings.storage_class not in STORAGE_CLASSES:
+            raise ConfigError("s3.storage_class", settings.storage_class, ", ".join(STORAGE_CLASSES))
+        if settings.sse is not None and settings.sse not in SSE_MODES:
+            raise ConfigError("s3.sse", settings.sse, ", ".join(SSE_MODES))
+        if checksum_algorithm is not None and checksum_algorithm not in CHECKSUM_ALGORITHMS:
+            raise ConfigError("s3 checksum algorithm", checksum_algorithm, ", ".join(CHECKSUM_ALGORITHMS))
+        self.checksum_algorithm = checksum_algorithm
+        self.settings = settings
+        self.bucket: str = settings.bucket
+        self.prefix = settings.prefix.strip("/")
+        self.file_attempts = file_attempts
+        self.retry_wait_max = retry_wait_max
+        self._session = session or boto3.session.Session()
+        self._config = Config(
+            region_name=settings.region,
+            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=max(10, settings.concurrency * 2),
+            s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+            # Checksums are requested explicitly (SHA256) below; no implicit CRC32 on every request.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._client: Any = None
+        self._lock = threading.Lock()
+        # learned on the first upload; no additional checksum at all when checksum_algorithm is None
+        self.checksums_supported: bool | None = None if checksum_algorithm else False
+
+    def __repr__(self) -> str:
+        return f"S3Target(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={self.settings.endpoint_url!r})"
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._session.client("s3", endpoint_url=self.settings.endpoint_url,
+                                                    region_name=self.settings.region, config=self._config)
+            return self._client
+
+    @property
+    def transfer_config(self) -> TransferConfig:
+        chunk = self.settings.multipart_chunk_mb * 1024 * 1024
+        config = TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
+                                max_concurrency=self.settings.concurrency, use_threads=True,
+                                preferred_transfer_client="classic")
+        # Parts of a non-seekable stream are buffered in memory: bound that to a few per worker.
+        config.max_in_memory_upload_chunks = self.settings.concurrency * 2
+        return config
+
+    def folder(self, store: str) -> str:
+        return "/".join(p for p in (self.prefix, store) if p) + "/"
+
+    def key(self, store: str, partition_key: str, name: str) -> str:
+        """`<prefix>/<store>/<partition_key>/<file>`."""
+        return f"{self.folder(store)}{partition_key}/{name}"
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def redact(self, text: str) -> str:
+        """Remove the credentials from `text` (belt and braces: errors should not carry them anyway)."""
+        try:
+            creds = self._session.get_credentials()
+        except Exception:
+            creds = None
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            for value, label in ((frozen.secret_key, "<secret>"), (frozen.token, "<token>"),
+                                 (frozen.access_key, "<access-key>")):
+                if value:
+                    text = text.replace(value, label)
+        return text
+
+    def error(self, action: str, where: str, exc: BaseException) -> OffsiteError:
+        return OffsiteError(self.redact(f"s3: {action} {where} failed: {describe(exc, self.settings.endpoint_url)}"))
+
+
+def _at_least(what: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(what, value, f"a whole number >= {minimum}")
+
+
+def describe(exc: BaseException, endpoint: str | None = None) -> str:
+    """A one-line cause for a boto3/botocore failure (no stack, no request dump)."""
+    if isinstance(exc, bex.ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{err.get('Code', 'error')} (HTTP {status}): {err.get('Message', '').strip() or 'no message'}"
+    if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
+        return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+                "or run with an instance/task role")
+    if isinstance(exc, bex.EndpointConnectionError | bex.ConnectTimeoutError):
+        return f"cannot connect to {endpoint or 'the S3 endpoint'} ({type(exc).__name__})"
+    if isinstance(exc, bex.BotoCoreError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection problems and 5xx/throttling answers: worth re-sending a whole file."""
+    if isinstance(exc, bex.ConnectionError | bex.HTTPClientError | bex.IncompleteReadError | ConnectionError):
+        return True
+    if isinstance(exc, bex.ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return err.get("Code") in _TRANSIENT_CODES or status >= 500
+    return False
+
+
+def _not_found(exc: BaseException) -> bool:
+    if not isinstance(exc, bex.ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code == "NoSuchBucket":  # a missing bucket is a configuration error, not a missing object
+        return False
+    return code in ("404", "NoSuchKey", "NotFound") or status == 404
+
+
+class _RetryWithoutChecksum(Exception):
+    """The server refused S3 additional checksums; send the file again without them."""
+
+
+def _retrying(target: S3Target) -> tenacity.Retrying:
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda exc: is_transient(exc) or isinstance(exc, _RetryWithoutChecksum)),
+        stop=tenacity.stop_after_attempt(target.file_attempts),
+        wait=tenacity.wait_exponential(multiplier=0.5, min=0.5, max=target.retry_wait_max),
+        reraise=True,
+        before_sleep=lambda state: log.warning("s3: attempt %d failed (%s); retrying", state.attempt_number,
+                                               describe(state.outcome.exception(), target.settings.endpoint_url)
+                                               if state.outcome else "?"),
+    )
+
+
+# --- reading local files -----------------------------------------------------------
+
+
+class VerifyingReader:
+    """A non-seekable binary reader that hashes what it hands out and refuses a file that changed.
+
+    It raises `LocalFileMismatch` from `read()` as soon as more than `expected_bytes`
+    come from disk, at EOF when fewer did, and when the last expected byte is read
+    and the sha256 differs: always before the transfer manager can commit the object.
+    """
+
+    def __init__(self, path: Path, expected_bytes: int, expected_sha256: str, store: str) -> None:
+        self.path = path
+        self.expected_bytes = expected_bytes
+        self.expected_sha256 = expected_sha256
+        self.store = store
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, amount: int | None = -1) -> bytes:
+        if amount is None or amount < 0:
+            blocks = []
+            while block := self._read_some(CHUNK):
+                blocks.append(block)
+            return b"".join(blocks)
+        first = self._read_some(amount)
+        if len(first) == amount or not first:
+            return first
+        data = bytearray(first)
+        while len(data) < amount:
+            block = self._read_some(amount - len(data))
+            if not block:
+                break
+            data += block
+        return bytes(data)
+
+    def _read_some(self, amount: int) -> bytes:
+        block = self._file.read(amount)
+        if block:
+            self._hash.update(block)
+            self.bytes += len(block)
+            if self.bytes > self.expected_bytes:
+                raise LocalFileMismatch(self.store, f"{self.path.name}: grew beyond the {self.expected_bytes} bytes "
+                                                    "in the manifest while being copied; nothing was uploaded")
+            if self.bytes == self.expected_bytes and self.sha256 != self.expected_sha256:
+                raise LocalFileMismatch(self.store, f"{self.path.name}: sha256 {self.sha256[:12]}… differs from the "
+                                                    f"manifest's {self.expected_sha256[:12]}…; nothing was uploaded")
+        elif self.bytes < self.expected_bytes:
+            raise LocalFileMismatch(self.store, f"{self.path.name}: {self.bytes} bytes on disk, the manifest says "
+                                                f"{self.expected_bytes}; nothing was uploaded")
+        return block
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# --- records -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    key: str
+    bytes: int
+    sha256: str
+    etag: str | None = None
+    checksum_sha256: str | None = None  # the server's additional checksum (base64; "-N" when composite)
+
+
+@dataclass
+class OffsiteCopy:
+    store: str
+    partition_key: str
+    bucket: str
+    files: list[RemoteFile]
+    manifest_key: str
+    seconds: float
+    checksum_algorithm: str | None
+    skipped: bool = False  # an identical complete copy was already there
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        return [f.key for f in self.files] + [self.manifest_key]
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    @property
+    def throughput_mib_s(self) -> float:
+        return round(self.bytes / 1048576 / self.seconds, 2) if self.seconds > 0 and not self.skipped else 0.0
+
+    def sha256(self) -> dict[str, str]:
+        return {f.name: f.sha256 for f in self.files}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(bytes=self.bytes, throughput_mib_s=self.throughput_mib_s, keys=self.keys)
+        return data
+
+
+# --- upload ------------------------------------------------------------------------
+
+
+def upload_artifact(artifact: Artifact, target: S3Target, progress: Progress = no_progress,
+                    force: bool = False) -> OffsiteCopy:
+    """Copy a complete local backup to S3: files first (verified while streaming), manifest.json last.
+
+    When an identical complete copy is already there (same manifest bytes, every
+    object of the right size and sha256), nothing is sent unless `force`.
+    """
+    store, pk = artifact.store, artifact.partition_key
+    manifest_path = artifact.path(MANIFEST)
+    manifest_sha, manifest_bytes = sha256_file(manifest_path)
+    manifest_key = target.key(store, pk, MANIFEST)
+    started = time.monotonic()
+
+    if not force and _remote_sha256(target, manifest_key) == manifest_sha:
+        check = verify_offsite(artifact, target)
+        if check.ok:
+            files = [RemoteFile(f.name, target.key(store, pk, f.name), f.bytes, f.sha256)
+                     for f in artifact.manifest.files]
+            return OffsiteCopy(store, pk, target.bucket, files, manifest_key, time.monotonic() - started,
+                               None, skipped=True)
+
+    # A previous copy of this partition stops counting as complete before anything is replaced.
+    _delete_key(target, manifest_key)
+    abort_incomplete_uploads(target, target.key(store, pk, ""))
+
+    total = artifact.manifest.total_bytes + manifest_bytes
+    sent = _Counter(progress, total)
+    uploaded: list[RemoteFile] = []
+    for record in artifact.manifest.files:
+        key = target.key(store, pk, record.name)
+        sent.label = f"{store} {pk}: {record.name} -> {target.url(key)}"
+        uploaded.append(_upload_file(target, store, artifact.path(record.name), key, record.bytes,
+                                     record.sha256, sent))
+    sent.label = f"{store} {pk}: {MANIFEST} -> {target.url(manifest_key)}"
+    _upload_file(target, store, manifest_path, manifest_key, manifest_bytes, manifest_sha, sent)
+    seconds = time.monotonic() - started
+    copy = OffsiteCopy(store, pk, target.bucket, uploaded, manifest_key, round(seconds, 3),
+                       target.checksum_algorithm if target.checksums_supported else None)
+    log.info("s3: copied %s %s (%d bytes) to %s in %.1fs (%.1f MiB/s)", store, pk, copy.bytes,
+             target.url(target.key(store, pk, "")), seconds, copy.throughput_mib_s)
+    return copy
+
+
+class _Counter:
+    """Thread-safe progress adapter for the transfer manager's byte callbacks."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.total, self.done, self.label = progress, total, 0, ""
+        self._lock = threading.Lock()
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self.done += amount
+            done = self.done
+        self.progress(self.label, done, self.total)
+
+
+def _extra_args(target: S3Target, sha256: str, checksums: bool) -> dict[str, Any]:
+    extra: dict[str, Any] = {"Metadata": {SHA256_METADATA: sha256}}
+    if target.settings.storage_class:
+        extra["StorageClass"] = target.settings.storage_class
+    if target.settings.sse:
+        extra["ServerSideEncryption"] = target.settings.sse
+    if checksums and target.checksum_algorithm:
+        extra["ChecksumAlgorithm"] = target.checksum_algorithm
+    return extra
+
+
+def _checksum_refused(exc: BaseException) -> bool:
+    if not isinstance(exc, bex.ClientError):
+        return False
+    err = exc.response.get("Error", {})
+    text = f"{err.get('Code', '')} {err.get('Message', '')}".lower()
+    return err.get("Code") in _CHECKSUM_REFUSALS and "checksum" in text
+
+
+def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, sha256: str,
+                 sent: _Counter) -> RemoteFile:
+    client = target.client
+    where = target.url(key)
+    try:
+        for attempt in _retrying(target):
+            with attempt:
+                checksums = target.checksums_supported is not False
+                reader = VerifyingReader(path, size, sha256, store)
+                try:
+                    client.upload_fileobj(reader, target.bucket, key, ExtraArgs=_extra_args(target, sha256, checksums),
+                                          Config=target.transfer_config, Callback=sent)
+                except Exception as exc:
+                    abort_incomplete_uploads(target, key, exact=True, quiet=True)
+                    if checksums and target.checksums_supported is None and _checksum_refused(exc):
+                        log.info("s3: %s refuses additional checksums; using x-amz-meta-sha256 only",
+                                 target.settings.endpoint_url or "the endpoint")
+                        target.checksums_supported = False
+                        raise _RetryWithoutChecksum() from None
+                    raise
+                finally:
+                    reader.close()
+                if checksums:
+                    target.checksums_supported = True
+    except CbBackupsError:
+        raise
+    except Exception as exc:
+        raise target.error("upload to", where, exc) from None
+    head = _head(target, key)
+    if head is None or head.get("ContentLength") != size:
+        raise OffsiteError(f"s3: upload to {where} reported success but the object is "
+                           f"{'missing' if head is None else str(head.get('ContentLength')) + ' bytes'}")
+    return RemoteFile(path.name, key, size, sha256, (head.get("ETag") or "").strip('"') or None,
+                      head.get("ChecksumSHA256"))
+
+
+def abort_incomplete_uploads(target: S3Target, prefix: str, exact: bool = False, quiet: bool = False) -> int:
+    """Abort multipart uploads under `prefix` (or of exactly that key); returns how many."""
+    aborted = 0
+    try:
+        response = target.client.list_multipart_uploads(Bucket=target.bucket, Prefix=prefix)
+        for upload in response.get("Uploads", []) or []:
+            if exact and upload["Key"] != prefix:
+                continue
+            target.client.abort_multipart_upload(Bucket=target.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            aborted += 1
+    except Exception as exc:
+        if not quiet:
+            raise target.error("aborting incomplete uploads under", target.url(prefix), exc) from None
+    return aborted
+
+
+# --- reading remote objects -----------------------------------------------------------
+
+
+def _head(target: S3Target, key: str) -> dict[str, Any] | None:
+    try:
+        return target.client.head_object(Bucket=target.bucket, Key=key, ChecksumMode="ENABLED")
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise target.error("reading", target.url(key), exc) from None
+
+
+def _remote_sha256(target: S3Target, key: str) -> str | None:
+    """sha256 of a small object, by reading it (None when absent)."""
+    body = _get_bytes(target, key)
+    return None if body is None else hashlib.sha256(body).hexdigest()
+
+
+def _get_bytes(target: S3Target, key: str) -> bytes | None:
+    try:
+        return target.client.get_object(Bucket=target.bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise target.error("reading", target.url(key), exc) from None
+
+
+def _stream(target: S3Target, key: str) -> Iterator[bytes]:
+    try:
+        body = target.client.get_object(Bucket=target.bucket, Key=key)["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+    except CbBackupsError:
+        raise
+    except Exception as exc:
+        if _not_found(exc):
+            raise OffsiteError(f"s3: {target.url(key)} is missing") from None
+        raise target.error("reading", target.url(key), exc) from None
+
+
+def _checksum_problem(name: str, head: dict[str, Any], sha256_hex: str) -> str | None:
+    """Compare the server's full-object SHA256 (single-part objects only) with the manifest."""
+    remote = head.get("ChecksumSHA256")
+    if not remote or "-" in remote:  # absent, or composite (multipart: a hash of part hashes)
+        return None
+    expected = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+    if remote != expected:
+        return f"{name}: the server's SHA256 checksum differs from the manifest"
+    return None
+
+
+def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> Verification:
+    """Check the remote copy against the local manifest: manifest present and identical, every
+    file present with the manifest's size and sha256 metadata; `deep` re-reads and hashes every object.
+
+    An unreachable or refusing S3 endpoint is reported as a problem (ok=False), not raised."""
+    store, pk = artifact.store, artifact.partition_key
+    problems: list[str] = []
+    details: dict[str, Any] = {"bucket": target.bucket, "prefix": target.key(store, pk, ""), "deep": deep,
+                               "files_checked": 0, "bytes_read": 0}
+    try:
+        manifest_key = target.key(store, pk, MANIFEST)
+        remote_manifest = _remote_sha256(target, manifest_key)
+        if remote_manifest is None:
+            problems.append(f"{MANIFEST}: missing remotely (the copy is incomplete)")
+        elif remote_manifest != sha256_file(artifact.path(MANIFEST))[0]:
+            problems.append(f"{MANIFEST}: the remote manifest differs from the local one")
+        for record in artifact.manifest.files:
+            key = target.key(store, pk, record.name)
+            details["files_checked"] += 1
+            head = _head(target, key)
+            if head is None:
+                problems.append(f"{record.name}: missing remotely ({target.url(key)})")
+                continue
+            if head.get("ContentLength") != record.bytes:
+                problems.append(f"{record.name}: {head.get('ContentLength')} bytes remotely, manifest says "
+                                f"{record.bytes}")
+            meta = (head.get("Metadata") or {}).get(SHA256_METADATA)
+            if meta != record.sha256:
+                problems.append(f"{record.name}: remote sha256 metadata {str(meta)[:12]}… differs from the "
+                                f"manifest's {record.sha256[:12]}…")
+            checksum = _checksum_problem(record.name, head, record.sha256)
+            if checksum:
+                problems.append(checksum)
+            if deep:
+                digest = hashlib.sha256()
+                size = 0
+                for block in _stream(target, key):
+                    digest.update(block)
+                    size += len(block)
+                details["bytes_read"] += size
+                if size != record.bytes or digest.hexdigest() != record.sha256:
+                    problems.append(f"{record.name}: remote content ({size} bytes, sha256 "
+                                    f"{digest.hexdigest()[:12]}…) differs from the manifest "
+                                    f"({record.bytes} bytes, {record.sha256[:12]}…)")
+    except CbBackupsError as exc:
+        problems.append(str(exc))
+    return Verification(ok=not problems, problems=problems, details=details)
+
+
+# --- download (restore from off-site) ---------------------------------------------------
+
+
+def download_artifact(store: str, partition_key: str, target: S3Target, into_dir: Path,
+                      progress: Progress = no_progress) -> Path:
+    """Download a complete off-site copy into `into_dir` (created 0700), verifying sha256 while
+    streaming. Files land under temporary names and are renamed only once verified; manifest.json
+    is written last. Raises VerificationFailed on a mismatch (the bad file is removed)."""
+    into_dir = Path(into_dir)
+    manifest_key = target.key(store, partition_key, MANIFEST)
+    raw = _get_bytes(target, manifest_key)
+    if raw is None:
+        raise OffsiteError(f"s3: no complete copy of {store} {partition_key}: {target.url(manifest_key)} is missing")
+    try:
+        manifest = Manifest.from_json(json.loads(raw))
+    except (ValueError, TypeError, KeyError):
+        raise VerificationFailed(store, f"{target.url(manifest_key)} is not a readable manifest") from None
+    if manifest.store != store or manifest.partition_key != partition_key:
+        raise VerificationFailed(store, f"{target.url(manifest_key)} describes {manifest.store} "
+                                        f"{manifest.partition_key}, not {store} {partition_key}")
+    private_dir(into_dir)
+    (into_dir / MANIFEST).unlink(missing_ok=True)  # a folder refilled by a failed download never looks complete
+    total, done = manifest.total_bytes, 0
+    for record in manifest.files:
+        if "/" in record.name or record.name in ("", ".", "..") or record.name == MANIFEST:
+            raise VerificationFailed(store, f"manifest names an unsafe file {record.name!r}")
+        key = target.key(store, partition_key, record.name)
+        final = into_dir / record.name
+        partial = into_dir / f".{record.name}.part"
+        try:
+            for attempt in _retrying(target):
+                with attempt, HashingWriter(partial) as out:
+                    for block in _stream_raw(target, key):
+                        out.write(block)
+                        progress(f"{store} {partition_key}: {record.name}", done + out.bytes, total)
+            if out.bytes != record.bytes or out.sha256 != record.sha256:
+                raise VerificationFailed(store, f"{record.name} from {target.url(key)}: {out.bytes} bytes, sha256 "
+                                                f"{out.sha256[:12]}…; the manifest says {record.bytes} bytes, "
+                                                f"{record.sha256[:12]}…")
+        except CbBackupsError:
+            partial.unlink(missing_ok=True)
+            raise
+        except Exception as exc:
+            partial.unlink(missing_ok=True)
+            if _not_found(exc):
+                raise VerificationFailed(store, f"{record.name}: missing remotely ({target.url(key)})") from None
+            raise target.error("downloading", target.url(key), exc) from None
+        os.replace(partial, final)
+        done += record.bytes
+    atomic_write_bytes(into_dir / MANIFEST, raw)
+    fsync_dir(into_dir)
+    return into_dir
+
+
+def _stream_raw(target: S3Target, key: str) -> Iterator[bytes]:
+    """GET body in chunks; client errors propagate untranslated (for the retry loop)."""
+    body = target.client.get_object(Bucket=target.bucket, Key=key)["Body"]
+    try:
+        yield from body.iter_chunks(CHUNK)
+    finally:
+        body.close()
+
+
+# --- listing and deleting ---------------------------------------------------------------
+
+
+def _keys(target: S3Target, prefix: str) -> Iterator[str]:
+    try:
+        pages = target.client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket, Prefix=prefix)
+        for page in pages:
+            for obj in page.get("Contents", []) or []:
+                yield obj["Key"]
+    except Exception as exc:
+        raise target.error("listing", target.url(prefix), exc) from None
+
+
+def list_offsite(store: str, target: S3Target) -> list[str]:
+    """Partition keys of `store` that have a complete copy (a manifest.json), sorted."""
+    folder = target.folder(store)
+    found = []
+    for key in _keys(target, folder):
+        rest = key[len(folder):]
+        parts = rest.split("/")
+        if len(parts) == 2 and parts[1] == MANIFEST:
+            found.append(parts[0])
+    return sorted(found)
+
+
+def _delete_key(target: S3Target, key: str) -> None:
+    try:
+        target.client.delete_object(Bucket=target.bucket, Key=key)
+    except Exception as exc:
+        if not _not_found(exc):
+            raise target.error("deleting", target.url(key), exc) from None
+
+
+def delete_offsite(store: str, partition_key: str, target: S3Target) -> list[str]:
+    """Delete one off-site copy: the manifest FIRST (so a half-deleted copy never looks complete),
+    then every other object under the partition, then incomplete multipart uploads. Returns the keys."""
+    folder = target.key(store, partition_key, "")
+    manifest_key = folder + MANIFEST
+    deleted = []
+    if _head(target, manifest_key) is not None:
+        _delete_key(target, manifest_key)
+        deleted.append(manifest_key)
+    for key in list(_keys(target, folder)):
+        _delete_key(target, key)
+        deleted.append(key)
+    abort_incomplete_uploads(target, folder, quiet=True)
+    return deleted
+
