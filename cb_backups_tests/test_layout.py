@@ -109,7 +109,8 @@ def _source_outside_stores() -> list[tuple[Path, str]]:
 
 
 def test_nothing_outside_stores_branches_on_a_store_name() -> None:
-    branch = re.compile(r"""(==|!=|\bin\b)\s*\(?\s*["'](%s)["']""" % "|".join(STORES))
+    names = "|".join(STORES)
+    branch = re.compile(rf"""(==|!=|\bin\b)\s*\(?\s*["']({names})["']""")
     hits = [f"{p.relative_to(PACKAGE)}:{n}: {line.strip()}"
             for p, text in _source_outside_stores()
             for n, line in enumerate(text.splitlines(), 1) if branch.search(line)]

@@ -11,6 +11,11 @@ _SECRET_ENV = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|WEBHOOK|CREDENTIAL)", 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]+):[^@/\s]+@", re.I)
 
 
+def redact_url(value: str) -> str:
+    """A URL with any embedded password replaced by ***, safe to show in an error or a log line."""
+    return re.sub(r"(//[^/@:]*):[^@/]*@", r"\1:***@", str(value))
+
+
 def secret_values(env: dict[str, str] | None = None) -> list[str]:
     """Values to redact: every secret in the settings and secret-named environment variables."""
     env = dict(os.environ if env is None else env)
@@ -37,8 +42,3 @@ def redactor(env: dict[str, str] | None = None) -> Callable[[str], str]:
         return _URL_PASSWORD.sub(r"\g<head>:<redacted>@", text)
 
     return redact
-
-
-# --- rendering ---------------------------------------------------------------------
-
-

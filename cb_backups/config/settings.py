@@ -8,7 +8,6 @@ out of `repr`, and never appear in errors.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from cb_backups.config.redact import redact_url
 from cb_backups.config.retention import policies_from_config
 from cb_backups.core.errors import ConfigError
 from cb_backups.core.specs import STORE_NAMES
@@ -47,11 +47,6 @@ def _positive_int(what: str, value: Any, minimum: int = 1) -> int:
     if number < minimum:
         raise ConfigError(what, value, f"a whole number >= {minimum}")
     return number
-
-
-def redact_url(value: str) -> str:
-    """A URL with any embedded password replaced by ***, safe to show in an error."""
-    return re.sub(r"(//[^/@:]*):[^@/]*@", r"\1:***@", str(value))
 
 
 def _url(what: str, value: str, schemes: tuple[str, ...]) -> str:
