@@ -36,7 +36,7 @@ def dagster_overhead(bench: Bench) -> Figure:
     """postgres_backup_job (asset + its checks) with gzip:6 / raw `pg_dump -Fc -Z 6`."""
     import dagster as dg
 
-    from cb_backups.cli.app import run_job
+    from cb_backups.cli.runs import run_job
     from cb_backups.core.specs import spec_for
 
     work = bench.scratch("pg-dagster")
@@ -72,7 +72,7 @@ def dagster_overhead(bench: Bench) -> Figure:
     return Figure("pg_dagster_overhead", "PostgreSQL backup through the Dagster asset (gzip:6) / raw pg_dump -Z 6",
                   pairs.ratio, "<=", 1.05, "postgres_backup_job, CB_POSTGRES_COMPRESSION=gzip:6",
                   "pg_dump -Fc -Z 6 -f file", pairs.a_median, pairs.b_median, len(pairs.a),
-                  code_path="cb_backups.cli.app.run_job('postgres_backup_job') in process: asset + 4 slot checks "
+                  code_path="cb_backups.cli.runs.run_job('postgres_backup_job') in process: asset + 4 slot checks "
                             "(pg_restore --list, sha256 re-read, inventory), on-disk sqlite instance",
                   note=f"the asset's own backup step (manifest duration) {statistics.median(steps[1:]):.2f}s; the "
                        "rest is run start-up, event log writes and the 4 checks (a fixed cost, not per byte)",

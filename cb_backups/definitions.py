@@ -1,23 +1,18 @@
-"""The one Definitions object Dagster loads: every feature's Definitions, merged, and the one resource bound.
+"""The one Definitions object Dagster loads: everything in the defs/ folder, and the one resource bound.
 
-Each folder under `defs/` builds its own `defs`; adding a feature is one module there and one line here.
+`load_from_defs_folder` imports every module under `defs/` and takes each module's one `defs`
+(or, in a module without one, its module-level Dagster objects); adding a feature is one module there.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
-from cb_backups.defs import backups, drills, full_system, notifications, offsite, report, restore, retention
 from cb_backups.defs.resources import BackupsResource
 
 defs = dg.Definitions.merge(
-    backups.defs,  # per store: backup asset, slot checks, jobs, schedules, freshness
-    full_system.defs,  # weekly full system backup
-    offsite.defs,  # S3 copies + off-site checks + automation
-    retention.defs,  # daily retention
-    restore.defs,  # restore jobs
-    drills.defs,  # nightly restore drills (asset checks)
-    report.defs,  # weekly auditor report
-    notifications.defs,  # failure webhooks
+    dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
     dg.Definitions(resources={"backups": BackupsResource()}),
 )

@@ -5,7 +5,9 @@ CB_TEST_NEO4J_ADMIN (neo4j-admin prefix, e.g. "docker compose run --rm neo4j neo
 CB_TEST_NEO4J_STOP / CB_TEST_NEO4J_START (e.g. "docker compose stop neo4j"),
 CB_TEST_NEO4J_DUMP_DIR (a folder neo4j-admin writes to, same path on both sides),
 CB_TEST_NEO4J_USER / CB_TEST_NEO4J_PASSWORD. The seeding fixture WIPES that database:
-point it at a disposable test server only.
+point it at a disposable test server only. A second server for scratch restores is
+CB_TEST_NEO4J_SCRATCH_URI (+ _ADMIN, _STOP, _START, _DUMP_DIR), a second emulator otherwise;
+scratch restores overwrite its database.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from neo4j import GraphDatabase
@@ -90,3 +93,32 @@ def neo4j_seeded(neo4j_settings: Neo4jSettings) -> Inventory:
     """Replace the graph with the CODE_* sample (303 nodes, 501 relationships); returns its inventory."""
     run_cypher(neo4j_settings, *SEED_QUERIES)
     return SEED_INVENTORY
+
+
+@pytest.fixture(scope="session")
+def neo4j_scratch_options(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any] | None]:
+    """A separate Neo4j for scratch restores, as the `drills: {neo4j: ...}` config section names it.
+
+    A second emulator, or the server named by CB_TEST_NEO4J_SCRATCH_URI; None when the main server
+    is real and no scratch server is given (Community Edition has one user database per server).
+    """
+    uri = os.environ.get("CB_TEST_NEO4J_SCRATCH_URI")
+    if uri:
+        options: dict[str, Any] = {"uri": uri, "admin_command": list(_split("CB_TEST_NEO4J_SCRATCH_ADMIN")),
+                                   "stop_command": list(_split("CB_TEST_NEO4J_SCRATCH_STOP")),
+                                   "start_command": list(_split("CB_TEST_NEO4J_SCRATCH_START"))}
+        if os.environ.get("CB_TEST_NEO4J_SCRATCH_DUMP_DIR"):
+            options["dump_dir"] = os.environ["CB_TEST_NEO4J_SCRATCH_DUMP_DIR"]
+        yield options
+        return
+    if os.environ.get("CB_TEST_NEO4J_URI"):
+        yield None
+        return
+    from cb_backups_tests.emulators.neo4j import start_neo4j
+
+    emulator = start_neo4j(Path(tmp_path_factory.mktemp("neo4j-scratch-emulator")))
+    try:
+        yield {"uri": emulator.uri, "admin_command": list(emulator.admin_command),
+               "stop_command": list(emulator.stop_command), "start_command": list(emulator.start_command)}
+    finally:
+        emulator.stop()

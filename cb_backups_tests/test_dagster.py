@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups.cli.app import run_job
+from cb_backups.cli.runs import run_job
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.specs import spec_for
 from cb_backups.definitions import defs
@@ -147,6 +147,64 @@ def test_slot_older_than_retention_is_refused(cb_env: dict[str, str]) -> None:
     done = cli("backup", "valkey", "--partition", old)
     assert done.returncode == 1
     assert "beyond the 3-day retention" in done.stderr
+
+
+# Everything the code location defines, pinned: loading the defs/ folder must find each object exactly once.
+ASSET_KEYS = {
+    "audit_report", "full_system_backup", "full_system_backup_offsite", "neo4j_backup", "neo4j_offsite",
+    "opensearch_backup", "opensearch_offsite", "postgres_backup", "postgres_offsite", "qdrant_backup",
+    "qdrant_offsite", "valkey_backup", "valkey_offsite",
+}
+CHECK_KEYS = {
+    "full_system_backup:all_stores_present", "full_system_backup:all_stores_verified",
+    "full_system_backup:checksum", "full_system_backup_offsite:offsite_complete", "neo4j_backup:artifact_present",
+    "neo4j_backup:checksum", "neo4j_backup:freshness", "neo4j_backup:integrity", "neo4j_backup:inventory_recorded",
+    "neo4j_backup:restore_drill", "neo4j_offsite:offsite_complete", "opensearch_backup:artifact_present",
+    "opensearch_backup:checksum", "opensearch_backup:freshness", "opensearch_backup:integrity",
+    "opensearch_backup:inventory_recorded", "opensearch_backup:restore_drill",
+    "opensearch_offsite:offsite_complete", "postgres_backup:artifact_present", "postgres_backup:checksum",
+    "postgres_backup:freshness", "postgres_backup:integrity", "postgres_backup:inventory_recorded",
+    "postgres_backup:restore_drill", "postgres_offsite:offsite_complete", "qdrant_backup:artifact_present",
+    "qdrant_backup:checksum", "qdrant_backup:freshness", "qdrant_backup:integrity",
+    "qdrant_backup:inventory_recorded", "qdrant_backup:restore_drill", "qdrant_offsite:offsite_complete",
+    "valkey_backup:artifact_present", "valkey_backup:checksum", "valkey_backup:freshness",
+    "valkey_backup:integrity", "valkey_backup:inventory_recorded", "valkey_backup:restore_drill",
+    "valkey_offsite:offsite_complete",
+}
+JOB_NAMES = {
+    "audit_report_job", "freshness_checks_job", "full_system_backup_job", "full_system_backup_offsite_job",
+    "full_system_backup_offsite_verify_job", "full_system_restore", "full_system_verify_job", "neo4j_backup_job",
+    "neo4j_offsite_job", "neo4j_offsite_verify_job", "neo4j_verify_job", "opensearch_backup_job",
+    "opensearch_offsite_job", "opensearch_offsite_verify_job", "opensearch_verify_job", "postgres_backup_job",
+    "postgres_offsite_job", "postgres_offsite_verify_job", "postgres_verify_job", "qdrant_backup_job",
+    "qdrant_offsite_job", "qdrant_offsite_verify_job", "qdrant_verify_job", "restore_drills_job", "restore_neo4j",
+    "restore_opensearch", "restore_postgres", "restore_qdrant", "restore_valkey", "retention_job",
+    "valkey_backup_job", "valkey_offsite_job", "valkey_offsite_verify_job", "valkey_verify_job",
+}
+SCHEDULE_NAMES = {
+    "audit_report_schedule", "freshness_checks_schedule", "full_system_backup_schedule", "neo4j_backup_schedule",
+    "opensearch_backup_schedule", "postgres_backup_schedule", "qdrant_backup_schedule", "restore_drills_schedule",
+    "retention_schedule", "valkey_backup_schedule",
+}
+SENSOR_NAMES = {
+    "check_failure_webhook_sensor", "offsite_automation_sensor", "run_failure_webhook_sensor",
+}
+
+
+def test_definitions_hold_every_object_exactly_once() -> None:
+    assets = [key.to_user_string() for a in defs.assets or [] for key in a.keys]
+    checks = [key.to_user_string() for c in defs.asset_checks or [] for key in c.check_keys]
+    jobs = [j.name for j in defs.jobs or []]
+    schedules = [s.name for s in defs.schedules or []]
+    sensors = [s.name for s in defs.sensors or []]
+    for found, expected in ((assets, ASSET_KEYS), (checks, CHECK_KEYS), (jobs, JOB_NAMES),
+                            (schedules, SCHEDULE_NAMES), (sensors, SENSOR_NAMES)):
+        assert len(found) == len(set(found)), sorted(n for n in found if found.count(n) > 1)
+        assert set(found) == expected
+    assert set(defs.resources or {}) == {"backups"}
+    repo = defs.get_repository_def()  # the merged whole resolves (jobs' selections, checks' assets)
+    assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == JOB_NAMES
+    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == ASSET_KEYS
 
 
 def test_schedules_follow_the_runbook_crontab() -> None:

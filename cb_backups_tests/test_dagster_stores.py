@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cb_backups.checks.slot import SLOT_CHECKS
-from cb_backups.cli.app import run_job
+from cb_backups.cli.runs import run_job
 from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, QdrantSettings
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.specs import spec_for

@@ -14,8 +14,11 @@ from cb_backups.definitions import defs
 from cb_backups.defs.drills import DRILL_CHECK, drill_requests
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.demo.embedded import EmbeddedPostgres
-from cb_backups.restore import execute as restore_ops
+from cb_backups.restore.drill import run_drill
+from cb_backups.stores.base import DRILL, Scratch
+from cb_backups.stores.neo4j import scratch_server_options
 from cb_backups.stores.registry import open_store
+from cb_backups.stores.valkey import ValkeyScratch
 from cb_backups_tests.fixtures_qdrant import SeededCollections
 from cb_backups_tests.test_restore import crafted_copy
 
@@ -61,13 +64,14 @@ def test_postgres_drill_passes_and_removes_the_scratch_database(cb_env: dict[str
 def test_drill_fails_when_the_scratch_data_is_tampered_with(cb_env: dict[str, str]) -> None:
     backup("valkey", VK_KEYS[1])
     settings = load_settings()
-    assert restore_ops.run_drill(settings, "valkey", VK_KEYS[1]).passed
+    assert run_drill(settings, "valkey", VK_KEYS[1]).passed
 
-    def tamper(scratch: restore_ops.Scratch) -> None:  # the test hook: between restore and count
-        client = scratch.store.client(port=scratch.port)  # type: ignore[attr-defined]
+    def tamper(scratch: Scratch) -> None:  # the test hook: between restore and count
+        assert isinstance(scratch, ValkeyScratch)
+        client = scratch.client()
         client.mset({f"tampered:{n}": "x" for n in range(5)})
 
-    result = restore_ops.run_drill(settings, "valkey", VK_KEYS[1], between=tamper)
+    result = run_drill(settings, "valkey", VK_KEYS[1], between=tamper)
     assert not result.passed and result.problems and result.problems[0].startswith("db0: expected")
     assert "counts differ" in result.description
 
@@ -102,7 +106,7 @@ def test_qdrant_drill_restores_into_drill_collections_and_drops_them(
     if qdrant_api_key:
         monkeypatch.setenv("CB_QDRANT_API_KEY", qdrant_api_key)
     backup("qdrant", "2026-11-24")
-    result = restore_ops.run_drill(load_settings(), "qdrant")
+    result = run_drill(load_settings(), "qdrant")
     assert result.passed, result.description
     for name, count in qdrant_seeded.counts.items():
         assert result.counts["collections"][name] == count
@@ -112,9 +116,9 @@ def test_qdrant_drill_restores_into_drill_collections_and_drops_them(
 
 def test_neo4j_without_a_scratch_server_is_check_only_and_says_so(cb_env: dict[str, str]) -> None:
     settings = load_settings({**cb_env, "CB_NEO4J_URI": "bolt://127.0.0.1:1"})
-    assert restore_ops.neo4j_scratch_options(settings, {}) == {}
-    assert restore_ops._drill_target("neo4j", settings, None) is None  # type: ignore[arg-type]
-    options = restore_ops.neo4j_scratch_options(settings, {"CB_NEO4J_SCRATCH_URI": "bolt://127.0.0.1:7688"})
+    assert scratch_server_options(settings, {}) == {}
+    assert open_store("neo4j", settings).scratch_target(DRILL) is None
+    options = scratch_server_options(settings, {"CB_NEO4J_SCRATCH_URI": "bolt://127.0.0.1:7688"})
     assert options == {"uri": "bolt://127.0.0.1:7688"}
 
 
@@ -144,6 +148,6 @@ def test_drill_checks_are_per_partition_and_non_blocking() -> None:
 def test_backup_dir_is_untouched_by_a_drill(cb_env: dict[str, str], backup_dir: Path) -> None:
     catalog = backup("valkey", VK_KEYS[1])
     before = sorted(p.relative_to(backup_dir) for p in backup_dir.rglob("*") if p.name != "verification.json")
-    assert restore_ops.run_drill(load_settings(), "valkey").passed
+    assert run_drill(load_settings(), "valkey").passed
     after = sorted(p.relative_to(backup_dir) for p in backup_dir.rglob("*") if p.name != "verification.json")
     assert before == after and catalog.list("valkey", kind="safety") == []

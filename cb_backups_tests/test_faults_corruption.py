@@ -13,7 +13,7 @@ import pytest
 
 from cb_backups.checks.slot import evaluate_slot
 from cb_backups.checks.tamper import cross_check
-from cb_backups.cli.app import run_job
+from cb_backups.cli.runs import run_job
 from cb_backups.config.settings import S3Settings
 from cb_backups.core.catalog import MANIFEST, MANIFEST_SEAL, checksum_problems
 from cb_backups.core.errors import RestoreRefused

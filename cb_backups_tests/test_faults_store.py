@@ -23,7 +23,7 @@ import botocore.exceptions
 import dagster as dg
 import pytest
 
-from cb_backups.cli.app import _failure_messages, run_job
+from cb_backups.cli.runs import failure_messages, run_job
 from cb_backups.config.retention import DEFAULT_POLICIES
 from cb_backups.config.settings import S3Settings
 from cb_backups.core.catalog import MANIFEST, Catalog, utcnow
@@ -216,7 +216,7 @@ def recent(store: str, n: int) -> list[str]:
 def failed_run(store: str, key: str, instance: dg.DagsterInstance) -> str:
     result = run_job(f"{store}_backup_job", key, instance)
     assert not result.success
-    messages = _failure_messages(result)
+    messages = failure_messages(result)
     assert messages
     return " | ".join(messages)
 

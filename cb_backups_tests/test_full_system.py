@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups.cli.app import run_job
+from cb_backups.cli.runs import run_job
 from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, QdrantSettings, load_settings
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.model import Artifact, Target

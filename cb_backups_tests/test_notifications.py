@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from cb_backups.cli.app import run_job
+from cb_backups.cli.runs import run_job
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.specs import spec_for
 from cb_backups.definitions import defs

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from cb_backups.cli import app as cli
-from cb_backups.cli.app import run_job
+from cb_backups.cli.runs import run_job
 from cb_backups.config.settings import load_settings
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.specs import spec_for

@@ -17,13 +17,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cb_backups.cli.app import main, run_job
+from cb_backups.cli.app import main
+from cb_backups.cli.runs import run_job
 from cb_backups.config.retention import LOCAL, RetentionPolicy
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.partitions import weekly_sunday_0100
-from cb_backups.core.specs import spec_for
+from cb_backups.core.specs import STORES, spec_for
 from cb_backups.report import history
-from cb_backups.report.build import build_report, expected_slots, period
+from cb_backups.report.build import build_report, expected_slots, period, store_checks
 from cb_backups.report.render import to_csv, to_html, to_json
 from cb_backups.retention.apply import apply_local
 from cb_backups.retention.policy import PrunePlan
@@ -120,6 +121,15 @@ def test_version_guard_warns_once_on_another_dagster() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert history.version_guard("9.9.9") is False  # once per version
+
+
+def test_the_report_reads_every_check_the_definitions_build_on_a_store() -> None:
+    from cb_backups.definitions import defs
+
+    built = defs.resolve_asset_graph().asset_check_keys
+    for spec in STORES:
+        on_store = {k for k in built if k.asset_key in (spec.asset_key, spec.offsite_key)}
+        assert set(store_checks(spec)) == on_store
 
 
 def test_report_has_a_row_for_every_expected_slot(history_env: dict[str, object], module_env: dict[str, str]

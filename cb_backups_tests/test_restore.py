@@ -25,7 +25,9 @@ from cb_backups.core.fileio import HashingWriter
 from cb_backups.core.model import BackupOutput, FileRecord, Target
 from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
 from cb_backups.demo.sample_data import load_postgres
-from cb_backups.restore import execute as restore_ops
+from cb_backups.restore.execute import execute_restore
+from cb_backups.restore.plan import plan_full_restore, plan_restore
+from cb_backups.restore.safety import prune_safety, take_safety_backup
 from cb_backups.stores.registry import open_store
 from cb_backups_tests.fixtures_qdrant import SeededCollections, app_points
 
@@ -115,9 +117,9 @@ def test_postgres_in_place_through_dagster_with_restorable_safety_backup(pg_db: 
     assert safety[0].manifest.kind == "safety" and safety[0].manifest.inventory["tables"]["memories"] == 57
     assert [a.partition_key for a in catalog.list("postgres")] == [PG_KEYS[1]]
     # ... and it restores: the pre-restore state comes back
-    plan = restore_ops.plan_restore(load_settings(), "postgres", f"safety:{safety[0].partition_key}",
+    plan = plan_restore(load_settings(), "postgres", f"safety:{safety[0].partition_key}",
                                     target=Target("in_place"))
-    undo = restore_ops.execute_restore(plan)
+    undo = execute_restore(plan)
     assert undo.ok and undo.kind == "safety" and memories(pg_server, pg_db) == 57
     assert not {d for d in databases(pg_server) if d.startswith(pg_db) and d != pg_db}  # no __incoming leftovers
 
@@ -162,9 +164,9 @@ def test_version_mismatch_is_refused_before_anything_changes(pg_db: str, pg_serv
     store = open_store("postgres", load_settings())
     assert checksum_problems(newer) == [] and store.verify(newer).ok  # only the version is wrong
     add_memories(pg_server, pg_db, 4)
-    plan = restore_ops.plan_restore(load_settings(), "postgres", PG_KEYS[1], target=Target("in_place"))
+    plan = plan_restore(load_settings(), "postgres", PG_KEYS[1], target=Target("in_place"))
     with pytest.raises(RestoreRefused, match="backup is from PostgreSQL 17, target runs 16"):
-        restore_ops.execute_restore(plan)
+        execute_restore(plan)
     assert memories(pg_server, pg_db) == 54
     assert not (backup_dir / "postgres" / "_safety").exists()  # refused before the safety backup
     assert not {d for d in databases(pg_server) if d.startswith(pg_db) and d != pg_db}
@@ -230,8 +232,8 @@ def test_corrupt_newest_backup_falls_back_and_says_so(cb_env: dict[str, str]) ->
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     messages: list[str] = []
-    plan = restore_ops.plan_restore(load_settings(), "valkey", "latest", target=Target("scratch"))
-    result = restore_ops.execute_restore(plan, lambda message, done, total: messages.append(message))
+    plan = plan_restore(load_settings(), "valkey", "latest", target=Target("scratch"))
+    result = execute_restore(plan, lambda message, done, total: messages.append(message))
     assert result.ok and result.partition_key == VK_KEYS[0]
     assert len(result.skipped) == 1 and result.skipped[0].startswith(f"{VK_KEYS[1]}: dump.rdb: sha256")
     assert any(f"fell back to {VK_KEYS[0]}" in n for n in result.notes)
@@ -268,13 +270,13 @@ def test_valkey_in_place_round_trip_and_safety_backup(own_valkey: EmbeddedValkey
     catalog = backup("valkey", VK_KEYS[1])
     client(0).delete(*[f"session:{n}" for n in range(10)])
     client(0).set("only-after", "1")
-    plan = restore_ops.plan_restore(load_settings(), "valkey", "latest", target=Target("in_place"))
-    result = restore_ops.execute_restore(plan)
+    plan = plan_restore(load_settings(), "valkey", "latest", target=Target("in_place"))
+    result = execute_restore(plan)
     assert result.ok and result.safety_backup
     assert client(0).dbsize() == 40 and client(0).get("only-after") is None and client(1).get("dpop:1") == b"x"
     safety = catalog.list("valkey", kind="safety")[0]
     assert safety.manifest.inventory["databases"]["db0"] == 31
-    undo = restore_ops.execute_restore(restore_ops.plan_restore(
+    undo = execute_restore(plan_restore(
         load_settings(), "valkey", f"safety:{safety.partition_key}", target=Target("in_place")))
     assert undo.ok and client(0).dbsize() == 31 and client(0).get("only-after") == b"1"
 
@@ -283,10 +285,10 @@ def test_prune_safety_keeps_recent_ones(cb_env: dict[str, str]) -> None:
     settings = load_settings()
     catalog = Catalog(settings.backup_dir)
     store = open_store("valkey", settings)
-    kept = restore_ops.take_safety_backup(catalog, store)
-    assert restore_ops.prune_safety(catalog, "valkey", 7) == []
-    assert restore_ops.prune_safety(catalog, "valkey", 0, keep={kept.partition_key}) == []
-    assert restore_ops.prune_safety(catalog, "valkey", 0) == [kept.directory]
+    kept = take_safety_backup(catalog, store)
+    assert prune_safety(catalog, "valkey", 7) == []
+    assert prune_safety(catalog, "valkey", 0, keep={kept.partition_key}) == []
+    assert prune_safety(catalog, "valkey", 0) == [kept.directory]
     assert catalog.list("valkey", kind="safety") == [] and not kept.directory.exists()
 
 
@@ -311,7 +313,7 @@ def test_qdrant_in_place_round_trip_and_safety_backup(cb_env: dict[str, str], qd
     assert meta[f"count/collections/{memories_c}"] == 300 and meta["counts_match"] is True
     safety = catalog.list("qdrant", kind="safety")[0]
     assert safety.manifest.inventory["collections"][memories_c] == 325
-    undo = restore_ops.execute_restore(restore_ops.plan_restore(
+    undo = execute_restore(plan_restore(
         load_settings(), "qdrant", f"safety:{safety.partition_key}", target=Target("in_place")))
     assert undo.ok and client.count(memories_c, exact=True).count == 325
 
@@ -329,11 +331,11 @@ def test_full_system_restore_from_a_full_system_backup(pg_db: str, pg_server: Em
     write_full_backup(catalog, "2026-11-22", ["postgres", "valkey"], lambda n: open_store(n, settings),
                       lambda n: no_progress)
     add_memories(pg_server, pg_db, 6)
-    plan = restore_ops.plan_full_restore(settings, "2026-11-22", target=Target("in_place"))
+    plan = plan_full_restore(settings, "2026-11-22", target=Target("in_place"))
     assert [p.store for p in plan.plans] == ["postgres", "valkey"]
     assert "full system backup 2026-11-22" in "\n".join(plan.describe())
     # in place for PostgreSQL only (the session's Valkey cannot be restarted by a test): its part restores
-    result = restore_ops.execute_restore(restore_ops.plan_restore(settings, "postgres", "full_system:2026-11-22",
+    result = execute_restore(plan_restore(settings, "postgres", "full_system:2026-11-22",
                                                                   target=Target("in_place")))
     assert result.ok and result.kind == "full_system" and memories(pg_server, pg_db) == 50
     # the whole job, into scratch targets: every store verified and counted
@@ -358,8 +360,8 @@ def test_restore_from_offsite_after_the_local_copy_is_lost(offsite_env: dict[str
     offsite.upload_artifact(artifact, target)
     expected = artifact.manifest.inventory["databases"]
     shutil.rmtree(Path(offsite_env["CB_BACKUP_DIR"]) / "valkey")  # the local backups are lost
-    plan = restore_ops.plan_restore(settings, "valkey", VK_KEYS[1], source="offsite", target=Target("scratch"))
-    result = restore_ops.execute_restore(plan, lambda *_: None)
+    plan = plan_restore(settings, "valkey", VK_KEYS[1], source="offsite", target=Target("scratch"))
+    result = execute_restore(plan, lambda *_: None)
     assert result.ok and result.partition_key == VK_KEYS[1] and result.source == "offsite"
     assert result.counts["databases"] == expected  # type: ignore[index]
 
@@ -371,8 +373,8 @@ def test_restore_from_offsite_after_the_local_copy_is_lost(offsite_env: dict[str
     head = client.head_object(Bucket=settings.s3.bucket, Key=key)
     client.put_object(Bucket=settings.s3.bucket, Key=key, Body=bytes(body), Metadata=head["Metadata"])
     with pytest.raises((RestoreRefused, VerificationFailed)):
-        restore_ops.execute_restore(
-            restore_ops.plan_restore(settings, "valkey", VK_KEYS[1], source="offsite", target=Target("scratch")),
+        execute_restore(
+            plan_restore(settings, "valkey", VK_KEYS[1], source="offsite", target=Target("scratch")),
             lambda *_: None)
 
 

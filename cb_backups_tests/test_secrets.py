@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
-from cb_backups.cli.app import run_job
+from cb_backups.cli.runs import run_job
 from cb_backups.core.errors import RestoreRefused
 from cb_backups.core.specs import spec_for
 from cb_backups.stores.volume import extract_tar

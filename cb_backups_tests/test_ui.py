@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 
 from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS
-from cb_backups.cli.app import run_job
+from cb_backups.cli.runs import run_job
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.net import free_port
 from cb_backups.core.specs import STORES, spec_for

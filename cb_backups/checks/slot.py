@@ -21,6 +21,9 @@ SLOT_CHECKS = {
     "inventory_recorded": "The manifest records the store's counts at backup time.",
 }
 FRESHNESS_CHECK = "freshness"
+# The other checks of a backup slot, built in defs/ and named here, below both defs/ and the report:
+DRILL_CHECK = "restore_drill"  # on <store>_backup: the backup restored into a scratch target (defs/drills.py)
+OFFSITE_CHECK = "offsite_complete"  # on <store>_offsite: the S3 copy against the manifest (defs/offsite.py)
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,15 @@ the off-site copy together.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 
+from cb_backups.config.settings import load_settings
 from cb_backups.core.catalog import MANIFEST, Catalog
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.fileio import sha256_file
-
-if TYPE_CHECKING:
-    from cb_backups.offsite.s3 import S3Target
+from cb_backups.offsite.s3 import SHA256_METADATA, S3Target, head, remote_sha256
 
 
 def recorded_backup(instance: dg.DagsterInstance, store: str, key: str) -> dict[str, Any] | None:
@@ -43,13 +42,9 @@ def recorded_backup(instance: dg.DagsterInstance, store: str, key: str) -> dict[
 
 
 def _default_target() -> S3Target | None:
-    from cb_backups.config.settings import load_settings
-
     settings = load_settings()
     if not settings.s3.enabled:
         return None
-    from cb_backups.offsite.s3 import S3Target
-
     return S3Target(settings.s3)
 
 
@@ -97,18 +92,16 @@ def cross_check(instance: dg.DagsterInstance, catalog: Catalog, store: str, key:
 
 
 def _offsite_problems(target: S3Target, store: str, key: str, recorded: dict[str, Any]) -> list[str]:
-    from cb_backups.offsite import s3 as offsite
-
     problems = []
     try:
-        remote_manifest = offsite._remote_sha256(target, target.key(store, key, MANIFEST))
+        remote_manifest = remote_sha256(target, target.key(store, key, MANIFEST))
         if remote_manifest is None:
             return []  # not copied off-site (yet): nothing to compare
         if recorded["manifest_sha256"] and remote_manifest != recorded["manifest_sha256"]:
             problems.append(f"{store} {key}: the off-site {MANIFEST} differs from the one recorded in the event log")
         for name, then in sorted(recorded["sha256"].items()):
-            head = offsite._head(target, target.key(store, key, name))
-            remote = ((head or {}).get("Metadata") or {}).get(offsite.SHA256_METADATA)
+            stored = head(target, target.key(store, key, name))
+            remote = ((stored or {}).get("Metadata") or {}).get(SHA256_METADATA)
             if remote != then:
                 problems.append(f"{store} {key}: off-site {name} sha256 metadata {str(remote)[:12]}… differs from "
                                 f"the {then[:12]}… recorded in the event log")

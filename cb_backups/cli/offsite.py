@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
+from cb_backups.cli.args import Subcommands
+from cb_backups.cli.output import check_table, console, err_console
+from cb_backups.cli.runs import evaluations, failure_messages, instance, run_job
 from cb_backups.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,24 +46,14 @@ def _slot(src: OffsiteSource, key: str | None) -> str:
 
 
 def _run(args: argparse.Namespace, verify_only: bool) -> int:
-    from cb_backups.cli.app import (
-        _evaluations,
-        _failure_messages,
-        _instance,
-        check_table,
-        console,
-        err_console,
-        run_job,
-    )
-
     src = _source(args.store)
     key = _slot(src, args.partition)
     config: dict[str, Any] = {"ops": {src.check_op_name: {"config": {"deep": True}}}} if args.deep else {}
     job = src.verify_job_name if verify_only else src.job_name
     action = "verifying the off-site copy of" if verify_only else "copying off-site"
     with console.status(f"{action} {src.store} slot {key} ..."):
-        result = run_job(job, key, _instance(), run_config=config)
-    for message in _failure_messages(result):
+        result = run_job(job, key, instance(), run_config=config)
+    for message in failure_messages(result):
         err_console.print(f"[red]{src.store} {key}: {escape(message)}[/]")
     if not verify_only and result.success:
         materialized = result.asset_materializations_for_node(src.name)
@@ -69,7 +62,7 @@ def _run(args: argparse.Namespace, verify_only: bool) -> int:
             console.print(f"{src.store} {key}: {meta['bytes'].value:,} bytes -> {meta['url'].value} in "
                           f"{meta['seconds'].value:.1f}s ({meta['throughput_mib_s'].value} MiB/s)"
                           + (" (identical copy already there)" if meta["already_there"].value else ""))
-    rows = [(src.store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in _evaluations(result)]
+    rows = [(src.store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]
     if rows:
         console.print(check_table(f"{src.store} off-site {key}" + (" (deep)" if args.deep else ""), rows))
     return 0 if result.success and rows and all(r[2] for r in rows) else 1
@@ -83,7 +76,7 @@ def cmd_offsite_verify(args: argparse.Namespace) -> int:
     return _run(args, verify_only=True)
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     help_store = "postgres, valkey, neo4j, qdrant, opensearch (or full_system)"
     copy = sub.add_parser("offsite", help="copy one backup slot to S3 now and verify it (through Dagster)")
     copy.add_argument("store", help=help_store)

@@ -9,6 +9,9 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from cb_backups.cli.args import Subcommands
+from cb_backups.cli.output import console, err_console
+from cb_backups.cli.runs import failure_messages, instance, run_job
 from cb_backups.core.errors import ConfigError
 
 
@@ -52,7 +55,6 @@ def _plans_from(result: Any) -> list[dict[str, Any]]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from cb_backups.cli.app import _failure_messages, _instance, console, err_console, run_job
     from cb_backups.config.retention import policies_from_config
     from cb_backups.defs.resources import BackupsResource
 
@@ -61,7 +63,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     policies_from_config(settings.raw)  # a bad `retention:` section is bad input (exit 2), before any run
     config = {"ops": {"retention_op": {"config": {"stores": stores, "dry_run": bool(args.dry_run)}}}}
     with console.status("planning retention ..." if args.dry_run else "applying retention ..."):
-        result = run_job("retention_job", None, _instance(), run_config=config)  # not partitioned
+        result = run_job("retention_job", None, instance(), run_config=config)  # not partitioned
     plans = _plans_from(result)
     if not any((e.get(w) or {}).get("keep") or (e.get(w) or {}).get("delete")
                for e in plans for w in ("local", "offsite")):
@@ -75,12 +77,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         console.print(f"{planned} backup(s) would be deleted; run without --dry-run to apply")
     else:
         console.print(f"{deleted} backup(s) deleted (logged in _retention/deletions.jsonl)")
-    for message in _failure_messages(result):
+    for message in failure_messages(result):
         err_console.print(f"[red]retention: {escape(message)}[/]")
     return 0 if result.success else 1
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def register(sub: Subcommands) -> None:
     prune = sub.add_parser("prune", help="apply the retention policy (local and off-site); --dry-run shows the plan")
     prune.add_argument("store", nargs="?", help="postgres, valkey, neo4j, qdrant, opensearch, full_system "
                                                 "(default: all)")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cb_backups.cli.args import Subcommands
+from cb_backups.cli.output import console
+from cb_backups.cli.runs import instance
 from cb_backups.core.errors import ConfigError
 
 FORMATS = ("html", "csv", "json")
@@ -13,7 +16,6 @@ FORMATS = ("html", "csv", "json")
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from cb_backups.cli.app import _instance, console
     from cb_backups.core.specs import spec_for
     from cb_backups.defs.resources import BackupsResource
     from cb_backups.report.build import build_report, parse_day, period
@@ -27,7 +29,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if output.is_dir():
         raise ConfigError("--output", str(output), "a file path, not a folder")
     settings = BackupsResource().settings()
-    report = build_report(_instance(), settings.backup_dir, start, end, stores)
+    report = build_report(instance(), settings.backup_dir, start, end, stores)
     digest = write_report(report, args.format, output)
 
     table = Table(title=f"backups {args.start} to {args.end}")
@@ -48,7 +50,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subcommands) -> None:
     report = sub.add_parser("report", help="auditor report: every expected slot, its checks, off-site copy, drill, "
                                            "retention; RPO/RTO compliance per store")
     report.add_argument("--from", dest="start", required=True, metavar="DATE", help="first day, YYYY-MM-DD")

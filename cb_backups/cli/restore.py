@@ -11,12 +11,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cb_backups.cli.args import Subcommands
+from cb_backups.cli.output import console, err_console
+from cb_backups.cli.runs import failure_messages, instance
 from cb_backups.core.errors import ConfigError
 
 TARGET_CHOICES = {"scratch": "scratch", "in-place": "in_place", "in_place": "in_place"}
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subcommands) -> None:
     restore = sub.add_parser(
         "restore", help="restore one store (or `full`) from a backup, through Dagster",
         description="Verify the backup, check versions, take a safety backup of the current data (in place), "
@@ -46,8 +49,6 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def _confirmed(what: str, answer_word: str) -> bool:
-    from cb_backups.cli.app import console
-
     console.print(f"[bold red]This replaces the live data of {what}.[/] A safety backup is taken first.")
     try:
         answer = input(f"Restore {what} in place? [y/N] ")
@@ -57,10 +58,9 @@ def _confirmed(what: str, answer_word: str) -> bool:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from cb_backups.cli.app import _failure_messages, _instance, console, err_console
     from cb_backups.core.model import Target
     from cb_backups.defs.resources import BackupsResource
-    from cb_backups.restore import execute as restore_ops
+    from cb_backups.restore.plan import plan_full_restore, plan_restore
 
     full = args.store in ("full", "full_system")
     mode = TARGET_CHOICES[args.target]
@@ -69,10 +69,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     target = Target(mode, dict(overrides))
     # The plan validates the request (exit 2 on bad input) and is printed before anything happens.
     if full:
-        plan: Any = restore_ops.plan_full_restore(settings, args.backup, args.source, target)
+        plan: Any = plan_full_restore(settings, args.backup, args.source, target)
         job_name, confirm = "full_system_restore", "full_system"
     else:
-        plan = restore_ops.plan_restore(settings, args.store, args.backup, args.source, target)
+        plan = plan_restore(settings, args.store, args.backup, args.source, target)
         job_name, confirm = f"restore_{args.store}", args.store
     console.print("[bold]plan[/]")
     for line in plan.describe():
@@ -87,8 +87,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             return 2
     config = {"backup": args.backup, "source": args.source, "target": mode, "overrides": overrides,
               "confirm": confirm if mode == "in_place" else ""}
-    result = run_restore_job(job_name, config, _instance())
-    for message in _failure_messages(result):
+    result = run_restore_job(job_name, config, instance())
+    for message in failure_messages(result):
         err_console.print(f"[red]{escape(message)}[/]")
     outputs = _outputs(result)
     if outputs:

@@ -1,44 +1,49 @@
-"""The one redactor: secrets known to the settings or the environment, and URL passwords.
+"""The one redactor: URL passwords, secret-named environment variables and secrets handed in.
+
+Every text that leaves cb-backups and may carry a credential (errors, reports, notifications,
+S3 error messages) passes through here. The settings name their own secrets
+(`Settings.secrets()`); this module does not read the settings, so settings.py can use it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
+MASK = "<redacted>"
+URL_MASK = "***"  # in a single URL shown back to the user (config errors): short, and still reads as a URL
+MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would blank out ordinary words
 _SECRET_ENV = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|WEBHOOK|CREDENTIAL)", re.I)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]+):[^@/\s]+@", re.I)
+# `//user:password@` (user may be empty), anywhere in a text
+_URL_PASSWORD = re.compile(r"(?P<head>//[^/\s:@]*):[^@/\s]*@")
 
 
 def redact_url(value: str) -> str:
     """A URL with any embedded password replaced by ***, safe to show in an error or a log line."""
-    return re.sub(r"(//[^/@:]*):[^@/]*@", r"\1:***@", str(value))
+    return _URL_PASSWORD.sub(rf"\g<head>:{URL_MASK}@", str(value))
 
 
-def secret_values(env: dict[str, str] | None = None) -> list[str]:
-    """Values to redact: every secret in the settings and secret-named environment variables."""
-    env = dict(os.environ if env is None else env)
-    values: list[str] = [v for k, v in env.items() if _SECRET_ENV.search(k) and not k.endswith("_FILE")]
-    try:
-        from cb_backups.config.settings import load_settings
-
-        settings = load_settings(env)
-        values.append(settings.webhook_url or "")
-        for name in settings.configured_stores():
-            store = getattr(settings, name)
-            values += [getattr(store, attr, None) or "" for attr in ("password", "api_key")]
-    except Exception:  # a broken config file is reported elsewhere
-        pass
-    return sorted({v for v in values if v and len(v) >= 6}, key=len, reverse=True)
+def secret_values(secrets: Iterable[str | None] = (), env: Mapping[str, str] | None = None) -> list[str]:
+    """Values to redact: `secrets` and every secret-named environment variable, longest first."""
+    env = os.environ if env is None else env
+    values = [v for k, v in env.items() if _SECRET_ENV.search(k) and not k.endswith("_FILE")]
+    values += [v for v in secrets if v]
+    return sorted({v for v in values if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
 
 
-def redactor(env: dict[str, str] | None = None) -> Callable[[str], str]:
-    secrets = secret_values(env)
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with each of `secrets` (no environment lookup) and every URL password replaced by <redacted>."""
+    for value in sorted({v for v in secrets if v and len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return _URL_PASSWORD.sub(rf"\g<head>:{MASK}@", text)
 
-    def redact(text: str) -> str:
-        for value in secrets:
-            text = text.replace(value, "<redacted>")
-        return _URL_PASSWORD.sub(r"\g<head>:<redacted>@", text)
 
-    return redact
+def redactor(secrets: Iterable[str | None] = (), env: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    """A `redact` bound to `secrets` plus the secret-named environment variables, read once now."""
+    known = secret_values(secrets, env)
+
+    def bound(text: str) -> str:
+        return redact(text, known)
+
+    return bound

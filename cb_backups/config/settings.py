@@ -11,19 +11,37 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import yaml
 
 from cb_backups.config.redact import redact_url
 from cb_backups.config.retention import policies_from_config
-from cb_backups.core.errors import ConfigError
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.errors import CbBackupsError, ConfigError
 from cb_backups.core.specs import STORE_NAMES
 
 # Sections of the CB_CONFIG file (feature modules read restore/drills/offsite/retention from Settings.raw).
 TOP_LEVEL_KEYS = ("backup_dir", "timezone", *STORE_NAMES, "volumes", "s3", "webhook_url", "retention", "offsite",
                   "restore", "drills", "notifications", "report", "full_system")
+
+
+class Connection(NamedTuple):
+    """The environment variable that connects a store, and the URL schemes it accepts."""
+
+    env: str
+    schemes: tuple[str, ...]
+
+
+CONNECTIONS = {
+    "postgres": Connection("CB_POSTGRES_URL", ("postgresql", "postgres")),
+    "valkey": Connection("CB_VALKEY_URL", ("valkey", "redis")),
+    "qdrant": Connection("CB_QDRANT_URL", ("http", "https")),
+    "opensearch": Connection("CB_OPENSEARCH_URL", ("http", "https")),
+    "neo4j": Connection("CB_NEO4J_URI", ("bolt", "neo4j", "bolt+s", "neo4j+s")),  # a bolt URI, not a URL
+}
+SECRET_FIELDS = ("password", "api_key")  # the store settings' fields that hold a secret
 
 
 def secret(env: Mapping[str, str], name: str) -> str | None:
@@ -65,6 +83,12 @@ def _url(what: str, value: str, schemes: tuple[str, ...]) -> str:
     if port == 0:
         raise ConfigError(what, shown, "a port from 1 to 65535")
     return value
+
+
+def _connection_url(env: Mapping[str, str], store: str) -> str | None:
+    """The store's connection URL from the environment, checked; None when the variable is unset or empty."""
+    variable, schemes = CONNECTIONS[store]
+    return _url(variable, env[variable], schemes) if env.get(variable) else None
 
 
 @dataclass(frozen=True)
@@ -168,12 +192,23 @@ class Settings:
         configured = getattr(self, name)
         if configured is None:
             raise ConfigError(f"{name} connection", "not configured",
-                              f"set {'CB_NEO4J_URI' if name == 'neo4j' else f'CB_{name.upper()}_URL'} "
-                              f"(or the '{name}:' section of the CB_CONFIG file)")
+                              f"set {CONNECTIONS[name].env} (or the '{name}:' section of the CB_CONFIG file)")
         return configured
 
     def configured_stores(self) -> list[str]:
         return [n for n in STORE_NAMES if getattr(self, n) is not None]
+
+    def catalog(self) -> Catalog:
+        """The backup catalog under `backup_dir`: the one way to reach what is stored there."""
+        return Catalog(self.backup_dir)
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold (for the redactor): the webhook URL, store passwords and API keys."""
+        values = [self.webhook_url]
+        for name in self.configured_stores():
+            store = getattr(self, name)
+            values += [getattr(store, attr, None) for attr in SECRET_FIELDS]
+        return [v for v in values if v]
 
 
 def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -232,8 +267,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     stores: dict[str, Any] = {}
     pg = _section(raw, "postgres")
-    if env.get("CB_POSTGRES_URL"):
-        parts = urlsplit(_url("CB_POSTGRES_URL", env["CB_POSTGRES_URL"], ("postgresql", "postgres")))
+    if url := _connection_url(env, "postgres"):
+        parts = urlsplit(url)
         pg.update(host=parts.hostname, port=parts.port or 5432)
         if parts.username:
             pg["user"] = parts.username
@@ -249,8 +284,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stores["postgres"] = _build(PostgresSettings, pg, "postgres")
 
     vk = _section(raw, "valkey")
-    if env.get("CB_VALKEY_URL"):
-        parts = urlsplit(_url("CB_VALKEY_URL", env["CB_VALKEY_URL"], ("valkey", "redis")))
+    if url := _connection_url(env, "valkey"):
+        parts = urlsplit(url)
         vk.update(host=parts.hostname, port=parts.port or 6379)
         if parts.password:
             vk["password"] = parts.password
@@ -263,15 +298,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stores["valkey"] = _build(ValkeySettings, vk, "valkey")
 
     qd = _section(raw, "qdrant")
-    if env.get("CB_QDRANT_URL"):
-        qd["url"] = _url("CB_QDRANT_URL", env["CB_QDRANT_URL"], ("http", "https"))
+    if url := _connection_url(env, "qdrant"):
+        qd["url"] = url
     if qd:
         qd["api_key"] = secret(env, "CB_QDRANT_API_KEY") or qd.get("api_key")
         stores["qdrant"] = _build(QdrantSettings, qd, "qdrant")
 
     os_ = _section(raw, "opensearch")
-    if env.get("CB_OPENSEARCH_URL"):
-        os_["url"] = _url("CB_OPENSEARCH_URL", env["CB_OPENSEARCH_URL"], ("http", "https"))
+    if url := _connection_url(env, "opensearch"):
+        os_["url"] = url
     if env.get("CB_OPENSEARCH_USER"):
         os_["user"] = env["CB_OPENSEARCH_USER"]
     if os_:
@@ -279,8 +314,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stores["opensearch"] = _build(OpenSearchSettings, os_, "opensearch")
 
     neo = _section(raw, "neo4j")
-    if env.get("CB_NEO4J_URI"):
-        neo["uri"] = _url("CB_NEO4J_URI", env["CB_NEO4J_URI"], ("bolt", "neo4j", "bolt+s", "neo4j+s"))
+    if url := _connection_url(env, "neo4j"):
+        neo["uri"] = url
     for key, var in (("admin_command", "CB_NEO4J_ADMIN"), ("stop_command", "CB_NEO4J_STOP"),
                      ("start_command", "CB_NEO4J_START"), ("dump_dir", "CB_NEO4J_DUMP_DIR"),
                      ("user", "CB_NEO4J_USER")):
@@ -312,6 +347,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raw=raw,
         **stores,
     )
+
+
+def configured_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """The secrets of the settings as configured now, for the redactor; none when the settings do not
+    load (whatever needs them reports that error)."""
+    try:
+        return load_settings(env).secrets()
+    except CbBackupsError:
+        return []
 
 
 def _check_backup_dir(path: Path) -> None:

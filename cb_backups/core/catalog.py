@@ -10,6 +10,11 @@ Layout::
         verification.json                  the latest verification result (sidecar)
     <root>/<store>/_safety/<stamp>/        safety backups taken before a restore
     <root>/<store>/.staging-*/             a backup being written (never "looks good")
+    <root>/.restore-<store>-*/<key>/       an off-site copy downloaded for a restore (removed afterwards)
+    <root>/_retention/deletions.jsonl      every deletion made by retention (for the auditor report)
+    <root>/_reports/                       the auditor reports
+
+Names starting with "." or "_" are never stores or backups: `list` and `stores` skip them.
 
 A backup is written into a staging folder, every file fsynced, the manifest
 written last, and then the folder is renamed into place, so a killed backup
@@ -24,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +46,9 @@ MANIFEST = "manifest.json"
 MANIFEST_SEAL = "manifest.json.sha256"
 VERIFICATION = "verification.json"
 SAFETY = "_safety"
+RETENTION_LOG = ("_retention", "deletions.jsonl")
+REPORTS = "_reports"
+DOWNLOAD_PREFIX = ".restore-"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 
 
@@ -126,8 +135,33 @@ class Catalog:
     def slot_dir(self, store: str, key: str, kind: str = "backup") -> Path:
         _check_name("partition key", key)
         if kind == "safety":
-            return self.store_dir(store) / SAFETY / key
+            return self.safety_dir(store) / key
         return self.store_dir(store) / key
+
+    def safety_dir(self, store: str) -> Path:
+        """Where the safety backups taken before an in-place restore of `store` go."""
+        return self.store_dir(store) / SAFETY
+
+    @property
+    def deletions_log(self) -> Path:
+        """The append-only log of every deletion retention made."""
+        return self.root.joinpath(*RETENTION_LOG)
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / REPORTS
+
+    @contextmanager
+    def download_dir(self, store: str, key: str) -> Iterator[Path]:
+        """A private folder on the backup disk, hidden from the catalog, to download `store` `key` into
+        (the yielded path does not exist yet); removed with everything in it afterwards."""
+        _check_name("partition key", key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        parent = Path(tempfile.mkdtemp(prefix=f"{DOWNLOAD_PREFIX}{store}-", dir=self.root))
+        try:
+            yield parent / key
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
 
     # --- writing -----------------------------------------------------------
     @contextmanager
@@ -224,7 +258,7 @@ class Catalog:
 
     def list(self, store: str, kind: str = "backup") -> list[Artifact]:
         """Complete backups, oldest first."""
-        base = self.store_dir(store) / SAFETY if kind == "safety" else self.store_dir(store)
+        base = self.safety_dir(store) if kind == "safety" else self.store_dir(store)
         if not base.is_dir():
             return []
         found = []

@@ -27,6 +27,11 @@ class StoreSpec:
     def asset_key(self) -> dg.AssetKey:
         return dg.AssetKey(f"{self.name}_backup")
 
+    @property
+    def offsite_key(self) -> dg.AssetKey:
+        """The asset of this store's off-site copies (defs/offsite.py)."""
+        return dg.AssetKey(f"{self.name}_offsite")
+
 
 STORES: tuple[StoreSpec, ...] = (
     StoreSpec("postgres", "PostgreSQL 16", partitions.six_hourly, timedelta(hours=6), timedelta(hours=1), 7,

@@ -15,13 +15,13 @@ import warnings
 
 import dagster as dg
 
+from cb_backups.checks.slot import DRILL_CHECK
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.partitions import TIMEZONE
 from cb_backups.core.specs import STORES, StoreSpec
 from cb_backups.defs.resources import BackupsResource
-from cb_backups.restore import execute as restore_ops
+from cb_backups.restore.drill import DrillResult, run_drill
 
-DRILL_CHECK = "restore_drill"
 SEVERITIES = {"WARN": dg.AssetCheckSeverity.WARN, "ERROR": dg.AssetCheckSeverity.ERROR}
 
 
@@ -49,10 +49,10 @@ def drill_check(spec: StoreSpec) -> dg.AssetChecksDefinition:
         severity = drill_severity()
         key = context.partition_key if context.has_partition_key else None
         try:
-            result = restore_ops.run_drill(backups.settings(), spec.name, key,
-                                           progress=lambda message, done, total: None)
+            result = run_drill(backups.settings(), spec.name, key,
+                               progress=lambda message, done, total: None)
         except CbBackupsError as exc:
-            result = restore_ops.DrillResult(spec.name, key, False, str(exc), "restore")
+            result = DrillResult(spec.name, key, False, str(exc), "restore")
         (context.log.info if result.passed else context.log.warning)(f"{spec.name} drill: {result.description}")
         yield dg.AssetCheckResult(asset_key=spec.asset_key, check_name=DRILL_CHECK, passed=result.passed,
                                   description=result.description, metadata=result.metadata(), severity=severity)

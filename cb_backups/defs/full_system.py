@@ -1,22 +1,23 @@
 """The weekly full system backup as a Dagster asset with its checks, job and schedule.
 """
-import threading
 import warnings
-from collections.abc import Callable
 from datetime import UTC, timedelta
 
 import dagster as dg
 
 from cb_backups.core.catalog import utcnow
 from cb_backups.core.errors import CbBackupsError
-from cb_backups.core.model import Artifact, Progress
+from cb_backups.core.model import Artifact
 from cb_backups.core.partitions import parse_slot, weekly_sunday_0100
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
-from cb_backups.defs.backups.assets import artifact_metadata, dagster_progress
+from cb_backups.defs.backups.assets import artifact_metadata
+from cb_backups.defs.progress import per_store_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.full_system.backup import FULL_CHECKS, RETENTION_DAYS, evaluate_full, stores_in, write_full_backup
 
 ASSET_KEY = dg.AssetKey("full_system_backup")
+
+
 def _refuse_outside_retention(key: str) -> None:
     end = parse_slot(weekly_sunday_0100, key)
     age = utcnow() - end.astimezone(UTC)
@@ -24,21 +25,6 @@ def _refuse_outside_retention(key: str) -> None:
         raise dg.Failure(description=(
             f"full system slot {key} ended {age.days} days ago, beyond the {RETENTION_DAYS}-day retention; "
             "a backup taken now would be pruned immediately. Pick a slot within retention."))
-
-
-def _threadsafe_progress(context: dg.AssetExecutionContext) -> Callable[[str], Progress]:
-    lock = threading.Lock()
-
-    def for_store(name: str) -> Progress:
-        inner = dagster_progress(context)
-
-        def report(message: str, done: int, total: int | None) -> None:
-            with lock:
-                inner(message if message.startswith(name) else f"{name}: {message}", done, total)
-
-        return report
-
-    return for_store
 
 
 def full_metadata(artifact: Artifact) -> dict[str, dg.MetadataValue]:
@@ -83,7 +69,7 @@ def full_system_backup(context: dg.AssetExecutionContext, backups: BackupsResour
         skipped = [n for n in STORE_NAMES if n not in configured]
         context.log.info(f"full system slot {key}: backing up {', '.join(configured)} at once"
                          + (f"; skipped (not configured): {', '.join(skipped)}" if skipped else ""))
-        artifact = write_full_backup(catalog, key, configured, backups.store, _threadsafe_progress(context))
+        artifact = write_full_backup(catalog, key, configured, backups.store, per_store_progress(context))
     except CbBackupsError as exc:
         raise dg.Failure(description=str(exc)) from None
     markers = artifact.manifest.markers

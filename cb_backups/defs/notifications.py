@@ -13,7 +13,7 @@
 
 Nothing is sent when no webhook is configured (the sensors skip, saying so). The
 webhook URL is a secret: it never appears in messages or logs, and every text sent
-passes through the report's redactor.
+passes through the one redactor (config/redact.py).
 """
 
 import json
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 
 from cb_backups.config.redact import redactor
-from cb_backups.config.settings import load_settings
+from cb_backups.config.settings import configured_secrets, load_settings
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.specs import STORES
 from cb_backups.report import history
@@ -76,7 +76,7 @@ def _run_link(run_id: str) -> list[dict[str, Any]]:
 
 
 def _clean(payload: dict[str, Any]) -> dict[str, Any]:
-    redact = redactor()
+    redact = redactor(configured_secrets())
     return json.loads(redact(json.dumps(payload)))
 
 

@@ -34,22 +34,22 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from cb_backups.checks.slot import OFFSITE_CHECK
 from cb_backups.config.retention import DEFAULT_POLICIES
 from cb_backups.config.settings import Settings, load_settings
-from cb_backups.core.catalog import MANIFEST, Catalog
+from cb_backups.core.catalog import MANIFEST
 from cb_backups.core.errors import CbBackupsError, VerificationFailed
 from cb_backups.core.model import Artifact, Manifest
 from cb_backups.core.partitions import TIMEZONE, weekly_sunday_0100
 from cb_backups.core.specs import FULL_SYSTEM, STORES
-from cb_backups.defs.backups.assets import dagster_progress
 from cb_backups.defs.full_system import full_system_backup
+from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.offsite import s3 as offsite
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-OFFSITE_CHECK = "offsite_complete"
 GROUP = "offsite"
 RETRY_CRON = "0 5 * * *"  # failed copies are tried again daily, before retention runs (05:30)
 DEEP_ENV = "CB_OFFSITE_DEEP_VERIFY"
@@ -86,14 +86,13 @@ class OffsiteSource:
         return dg.AssetCheckKey(self.key, OFFSITE_CHECK)
 
 
-def source(backup_key: dg.AssetKey, store: str, partitions: dg.PartitionsDefinition,
-           name: str | None = None) -> OffsiteSource:
+def source(backup_key: dg.AssetKey, store: str, partitions: dg.PartitionsDefinition, name: str) -> OffsiteSource:
     days = DEFAULT_POLICIES[store].keep_days if store in DEFAULT_POLICIES else None
-    return OffsiteSource(backup_key, store, partitions, name or f"{store}_offsite", timedelta(days=days or 7))
+    return OffsiteSource(backup_key, store, partitions, name, timedelta(days=days or 7))
 
 
 SOURCES: tuple[OffsiteSource, ...] = (
-    *(source(spec.asset_key, spec.name, spec.partitions) for spec in STORES),
+    *(source(spec.asset_key, spec.name, spec.partitions, spec.offsite_key.to_user_string()) for spec in STORES),
     source(full_system_backup.key, FULL_SYSTEM, weekly_sunday_0100, name="full_system_backup_offsite"),
 )
 BY_STORE = {s.store: s for s in SOURCES}
@@ -140,7 +139,7 @@ def deep_default(settings: Settings) -> bool:
 
 def remote_artifact(target: offsite.S3Target, store: str, key: str, into: Path) -> Artifact | None:
     """The off-site copy's own manifest as an Artifact in `into` (for a slot pruned locally)."""
-    raw = offsite._get_bytes(target, target.key(store, key, MANIFEST))
+    raw = offsite.get_bytes(target, target.key(store, key, MANIFEST))
     if raw is None:
         return None
     try:
@@ -190,7 +189,7 @@ def offsite_asset(src: OffsiteSource) -> dg.AssetsDefinition:
         try:
             settings = backups.settings()
             target = offsite_target(settings, what)
-            catalog = Catalog(settings.backup_dir)
+            catalog = settings.catalog()
             artifact = catalog.get(src.store, key)
             if artifact is None:
                 raise dg.Failure(description=f"no complete local {what} backup to copy (no manifest in "
@@ -221,7 +220,7 @@ def evaluate_offsite(settings: Settings, store: str, key: str, deep: bool) -> tu
     """(passed, description, metadata) for one slot's off-site copy. Compares with the local manifest,
     or with the copy's own manifest when the slot was pruned locally."""
     target = offsite_target(settings, f"{store} slot {key}")
-    artifact = Catalog(settings.backup_dir).get(store, key)
+    artifact = settings.catalog().get(store, key)
     against = "local manifest"
     with tempfile.TemporaryDirectory(prefix="cb-offsite-") as tmp:
         if artifact is None:

@@ -6,7 +6,8 @@ from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.partitions import weekly_sunday_0100
 from cb_backups.core.specs import STORES
 from cb_backups.defs.resources import BackupsResource
-from cb_backups.report.build import REPORTS_DIR, build_report
+from cb_backups.offsite.s3 import SHA256_METADATA, S3Target
+from cb_backups.report.build import build_report
 from cb_backups.report.render import write_all
 
 
@@ -22,8 +23,9 @@ from cb_backups.report.render import write_all
 def audit_report(context: dg.AssetExecutionContext, backups: BackupsResource) -> dg.MaterializeResult:
     window = context.partition_time_window
     settings = backups.settings()
-    report = build_report(context.instance, settings.backup_dir, window.start, window.end)
-    directory = settings.backup_dir / REPORTS_DIR
+    catalog = settings.catalog()
+    report = build_report(context.instance, catalog.root, window.start, window.end)
+    directory = catalog.reports_dir
     written = write_all(report, ("html", "json"), directory, f"audit_{context.partition_key}")
     metadata: dict[str, dg.MetadataValue] = {
         "html": dg.MetadataValue.path(str(written["html"][0])),
@@ -35,16 +37,14 @@ def audit_report(context: dg.AssetExecutionContext, backups: BackupsResource) ->
         if s.rpo_compliance is not None:
             metadata[f"rpo_compliance/{s.store}"] = dg.MetadataValue.float(s.rpo_compliance)
     if settings.s3.enabled:
-        from cb_backups.offsite.s3 import S3Target
-
         try:
             target = S3Target(settings.s3)
             for fmt, (path, digest) in written.items():
-                key = target.folder(REPORTS_DIR) + path.name
+                key = target.folder(directory.name) + path.name  # the same folder name as beside the backups
                 content_type = "text/html" if fmt == "html" else "application/json"
                 try:
                     target.client.upload_file(str(path), target.bucket, key, ExtraArgs={
-                        "Metadata": {"sha256": digest}, "ContentType": content_type})
+                        "Metadata": {SHA256_METADATA: digest}, "ContentType": content_type})
                 except Exception as exc:
                     raise target.error("upload", target.url(key), exc) from None
                 metadata[f"s3_{fmt}"] = dg.MetadataValue.url(target.url(key))

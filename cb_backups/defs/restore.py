@@ -6,7 +6,6 @@ restore history sits next to the backups in the UI. Runs carry the `store` tag (
 per store at a time) and the ops use the store's pool.
 """
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,11 +13,12 @@ import dagster as dg
 
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Progress, Target
-from cb_backups.core.specs import STORES, StoreSpec, spec_for
+from cb_backups.core.specs import FULL_SYSTEM, STORES, StoreSpec, spec_for
+from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
-from cb_backups.restore import execute as restore_ops
+from cb_backups.restore.execute import RestoreResult, execute_full_restore, execute_restore
+from cb_backups.restore.plan import LATEST, plan_full_restore, plan_restore
 
-FULL = "full_system"
 TARGETS = {"scratch": "scratch", "in_place": "in_place", "in-place": "in_place"}
 
 # Extra progress sinks for in-process runs (the CLI's progress display); empty in the daemon.
@@ -28,26 +28,11 @@ PROGRESS_LISTENERS: list[Progress] = []
 class RestoreConfig(dg.Config):
     """Launchpad config. An in-place restore needs `confirm` set to the store's name."""
 
-    backup: str = restore_ops.LATEST  # a partition key, "latest-verified" or "safety:<stamp>"
+    backup: str = LATEST  # a partition key, "latest-verified" or "safety:<stamp>"
     source: str = "local"  # "local" | "offsite"
     target: str = "scratch"  # "scratch" | "in_place"
     overrides: dict[str, str] = {}  # noqa: RUF012 (pydantic copies it)  e.g. dbname, suffix, prefix, collections, indices, uri, safety_backup
     confirm: str = ""  # must equal the store name (full_system for the full restore) for in_place
-
-
-def _progress(context: dg.OpExecutionContext, every: float = 5.0) -> Progress:
-    last = [0.0]
-
-    def report(message: str, done: int, total: int | None) -> None:
-        for listener in PROGRESS_LISTENERS:
-            listener(message, done, total)
-        now = time.monotonic()
-        important = total is None and done == 0  # step messages, not byte counters
-        if important or now - last[0] >= every or (total is not None and done >= total):
-            last[0] = now
-            context.log.info(message)
-
-    return report
 
 
 def _target(config: RestoreConfig, expected_confirm: str) -> Target:
@@ -61,7 +46,7 @@ def _target(config: RestoreConfig, expected_confirm: str) -> Target:
     return Target(mode, dict(config.overrides))
 
 
-def result_metadata(result: restore_ops.RestoreResult) -> dict[str, Any]:
+def result_metadata(result: RestoreResult) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "restored_partition": result.partition_key,
         "backup_kind": result.kind,
@@ -87,7 +72,7 @@ def result_metadata(result: restore_ops.RestoreResult) -> dict[str, Any]:
     return meta
 
 
-def _observation(spec: StoreSpec, result: restore_ops.RestoreResult) -> dg.AssetObservation:
+def _observation(spec: StoreSpec, result: RestoreResult) -> dg.AssetObservation:
     partition = result.partition_key if result.kind == "backup" else None  # safety stamps, full system keys: no slot
     return dg.AssetObservation(asset_key=spec.asset_key, partition=partition,
                                description=f"restore: {result.summary()}", metadata=result_metadata(result),
@@ -101,10 +86,10 @@ def restore_job(spec: StoreSpec) -> dg.JobDefinition:
                  backups: BackupsResource) -> Iterator[dg.AssetObservation | dg.Output[dict[str, Any]]]:
         target = _target(config, spec.name)
         try:
-            plan = restore_ops.plan_restore(backups.settings(), spec.name, config.backup, config.source, target)
+            plan = plan_restore(backups.settings(), spec.name, config.backup, config.source, target)
             for line in plan.describe():
                 context.log.info(line)
-            result = restore_ops.execute_restore(plan, _progress(context))
+            result = execute_restore(plan, dagster_progress(context, listeners=PROGRESS_LISTENERS))
         except CbBackupsError as exc:
             raise dg.Failure(description=str(exc)) from None
         for note in result.notes:
@@ -123,16 +108,16 @@ def restore_job(spec: StoreSpec) -> dg.JobDefinition:
     return _job
 
 
-@dg.op(name="full_system_restore_op", tags={"store": FULL},
+@dg.op(name="full_system_restore_op", tags={"store": FULL_SYSTEM},
        description="Restore every configured store (runbook order) after verifying all their backups.")
 def _full_restore(context: dg.OpExecutionContext, config: RestoreConfig,
                   backups: BackupsResource) -> Iterator[dg.AssetObservation | dg.Output[dict[str, Any]]]:
-    target = _target(config, FULL)
+    target = _target(config, FULL_SYSTEM)
     try:
-        full = restore_ops.plan_full_restore(backups.settings(), config.backup, config.source, target)
+        full = plan_full_restore(backups.settings(), config.backup, config.source, target)
         for line in full.describe():
             context.log.info(line)
-        outcome = restore_ops.execute_full_restore(full, _progress(context))
+        outcome = execute_full_restore(full, dagster_progress(context, listeners=PROGRESS_LISTENERS))
     except CbBackupsError as exc:
         raise dg.Failure(description=str(exc)) from None
     for result in outcome.results:
@@ -150,7 +135,7 @@ def _full_restore(context: dg.OpExecutionContext, config: RestoreConfig,
     yield dg.Output(summary, metadata=meta)
 
 
-@dg.job(name="full_system_restore", tags={"store": FULL},
+@dg.job(name="full_system_restore", tags={"store": FULL_SYSTEM},
         description="Full system recovery (runbook scenario 2): every store from its latest verified backup or "
                     "from one full system backup.")
 def full_system_restore() -> None:

@@ -31,13 +31,14 @@ from cb_backups.core.catalog import Catalog, parse_iso, utcnow
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Artifact
 from cb_backups.core.partitions import TIMEZONE
-from cb_backups.core.specs import FULL_SYSTEM, STORES
+from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES, STORES
 from cb_backups.defs.offsite import BY_STORE, remote_artifact
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.offsite import s3 as offsite
 from cb_backups.retention.apply import DeletionRecord, RetentionIncomplete, apply_local, apply_offsite, local_backups
 from cb_backups.retention.policy import BackupInfo, PrunePlan
 from cb_backups.retention.policy import plan as plan_retention
+from cb_backups.stores.base import Store
 from cb_backups.stores.registry import open_store
 
 RETENTION_CRON = "30 5 * * *"  # daily, after the 05:00 retry of failed off-site copies
@@ -69,18 +70,19 @@ def retention_stores(catalog: Catalog) -> list[str]:
 
 
 def local_deleter(store: str, settings: Settings) -> Callable[[Artifact], None] | None:
-    """Store-specific cleanup before a local backup folder is removed (OpenSearch: its snapshot)."""
-    if store != "opensearch":
-        return None
+    """The adapter's `before_delete`, run before a local backup folder is removed (e.g. OpenSearch deletes the
+    backup's snapshot from its repository). The adapter is opened at the first deletion: a ConfigError (the
+    store is no longer configured) keeps that backup and names the cause."""
+    if store not in STORE_NAMES:
+        return None  # the full system backup keeps everything in its folder
+    opened: list[Store] = []
 
-    def delete_snapshot(artifact: Artifact) -> None:
-        name = artifact.manifest.markers.get("snapshot")
-        if artifact.manifest.method != "snapshot" or not name:
-            return
-        adapter = open_store("opensearch", settings)  # ConfigError when OpenSearch is not configured
-        adapter.delete_snapshot(str(name))  # type: ignore[attr-defined]
+    def before_delete(artifact: Artifact) -> None:
+        if not opened:
+            opened.append(open_store(store, settings))
+        opened[0].before_delete(artifact)
 
-    return delete_snapshot
+    return before_delete
 
 
 def offsite_infos(catalog: Catalog, store: str, target: offsite.S3Target

@@ -45,14 +45,6 @@ from cb_backups.stores.base import Store
 
 SEPARATOR = "__"  # <store>__<file>: FileRecord names carry no path separators
 RETENTION_DAYS = DEFAULT_POLICIES[FULL_SYSTEM].keep_days or 28
-# The marker each adapter records that pins what its artifact holds.
-CONSISTENCY_MARKERS: dict[str, tuple[str, ...]] = {
-    "postgres": ("wal_lsn", "snapshot"),
-    "valkey": ("lastsave",),
-    "neo4j": ("offline",),
-    "qdrant": ("snapshots",),
-    "opensearch": ("snapshot", "uuid", "repository"),
-}
 FULL_CHECKS = {
     "all_stores_present": "Every store configured at backup time has its files in the folder (none failed).",
     "all_stores_verified": "Each store's part passes that store's own integrity check (pg_restore --list, "
@@ -84,6 +76,7 @@ class StoreRun:
     seconds: float
     output: BackupOutput | None = None
     error: str | None = None
+    consistency_markers: tuple[str, ...] = ()  # the adapter's: the markers that pin what the output holds
 
 
 def backup_one(name: str, open_store: OpenStore, into: Path, health_dir: Path, progress: Progress) -> StoreRun:
@@ -91,9 +84,11 @@ def backup_one(name: str, open_store: OpenStore, into: Path, health_dir: Path, p
     started, t0 = utcnow(), time.monotonic()
     output: BackupOutput | None = None
     error: str | None = None
+    markers: tuple[str, ...] = ()
     try:
         private_dir(into)
         store = open_store(name)
+        markers = store.consistency_markers
         health = store.health(health_dir)
         if not health.ok:
             raise CbBackupsError(f"{name}: pre-backup checklist failed: {'; '.join(health.problems)}")
@@ -103,7 +98,8 @@ def backup_one(name: str, open_store: OpenStore, into: Path, health_dir: Path, p
     except Exception as exc:  # an adapter bug must not lose the other stores' artifacts
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"{name}: unexpected {type(exc).__name__}: {first[:300]}"
-    return StoreRun(name, _stamp(started), _stamp(utcnow()), round(time.monotonic() - t0, 3), output, error)
+    return StoreRun(name, _stamp(started), _stamp(utcnow()), round(time.monotonic() - t0, 3), output, error,
+                    markers)
 
 
 def backup_all(names: list[str], open_store: OpenStore, into: Path, health_dir: Path,
@@ -151,7 +147,7 @@ def _take(parts: _Parts, into: Path, run: StoreRun) -> None:
                           "started_at": run.started_at, "finished_at": run.finished_at, "seconds": run.seconds,
                           "files": mapping, "markers": output.markers}
     parts.services[name] = sorted(mapping.values())
-    parts.consistency[name] = {k: output.markers[k] for k in CONSISTENCY_MARKERS.get(name, ()) if k in output.markers}
+    parts.consistency[name] = {k: output.markers[k] for k in run.consistency_markers if k in output.markers}
 
 
 def assemble(into: Path, runs: dict[str, StoreRun], skipped: dict[str, str], started: datetime,

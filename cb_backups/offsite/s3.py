@@ -58,6 +58,7 @@ import tenacity
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from cb_backups.config.redact import redact
 from cb_backups.config.settings import S3Settings
 from cb_backups.core.catalog import MANIFEST
 from cb_backups.core.errors import CbBackupsError, ConfigError, VerificationFailed
@@ -167,22 +168,21 @@ class S3Target:
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def redact(self, text: str) -> str:
-        """Remove the credentials from `text` (belt and braces: errors should not carry them anyway)."""
+    def credentials(self) -> list[str]:
+        """The session's AWS credentials (secret key, token, access key), for the redactor; none when unknown."""
         try:
             creds = self._session.get_credentials()
         except Exception:
             creds = None
-        if creds is not None:
-            frozen = creds.get_frozen_credentials()
-            for value, label in ((frozen.secret_key, "<secret>"), (frozen.token, "<token>"),
-                                 (frozen.access_key, "<access-key>")):
-                if value:
-                    text = text.replace(value, label)
-        return text
+        if creds is None:
+            return []
+        frozen = creds.get_frozen_credentials()
+        return [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v]
 
     def error(self, action: str, where: str, exc: BaseException) -> OffsiteError:
-        return OffsiteError(self.redact(f"s3: {action} {where} failed: {describe(exc, self.settings.endpoint_url)}"))
+        # belt and braces: botocore's messages should not carry credentials anyway
+        message = f"s3: {action} {where} failed: {describe(exc, self.settings.endpoint_url)}"
+        return OffsiteError(redact(message, self.credentials()))
 
 
 def _at_least(what: str, value: object, minimum: int) -> None:
@@ -372,7 +372,7 @@ def upload_artifact(artifact: Artifact, target: S3Target, progress: Progress = n
     manifest_key = target.key(store, pk, MANIFEST)
     started = time.monotonic()
 
-    if not force and _remote_sha256(target, manifest_key) == manifest_sha:
+    if not force and remote_sha256(target, manifest_key) == manifest_sha:
         check = verify_offsite(artifact, target)
         if check.ok:
             files = [RemoteFile(f.name, target.key(store, pk, f.name), f.bytes, f.sha256)
@@ -463,12 +463,12 @@ def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, 
         raise
     except Exception as exc:
         raise target.error("upload to", where, exc) from None
-    head = _head(target, key)
-    if head is None or head.get("ContentLength") != size:
+    stored = head(target, key)
+    if stored is None or stored.get("ContentLength") != size:
         raise OffsiteError(f"s3: upload to {where} reported success but the object is "
-                           f"{'missing' if head is None else str(head.get('ContentLength')) + ' bytes'}")
-    return RemoteFile(path.name, key, size, sha256, (head.get("ETag") or "").strip('"') or None,
-                      head.get("ChecksumSHA256"))
+                           f"{'missing' if stored is None else str(stored.get('ContentLength')) + ' bytes'}")
+    return RemoteFile(path.name, key, size, sha256, (stored.get("ETag") or "").strip('"') or None,
+                      stored.get("ChecksumSHA256"))
 
 
 def abort_incomplete_uploads(target: S3Target, prefix: str, exact: bool = False, quiet: bool = False) -> int:
@@ -490,7 +490,8 @@ def abort_incomplete_uploads(target: S3Target, prefix: str, exact: bool = False,
 # --- reading remote objects -----------------------------------------------------------
 
 
-def _head(target: S3Target, key: str) -> dict[str, Any] | None:
+def head(target: S3Target, key: str) -> dict[str, Any] | None:
+    """The object's HEAD response (size, metadata, checksum), None when absent."""
     try:
         return target.client.head_object(Bucket=target.bucket, Key=key, ChecksumMode="ENABLED")
     except Exception as exc:
@@ -499,13 +500,14 @@ def _head(target: S3Target, key: str) -> dict[str, Any] | None:
         raise target.error("reading", target.url(key), exc) from None
 
 
-def _remote_sha256(target: S3Target, key: str) -> str | None:
+def remote_sha256(target: S3Target, key: str) -> str | None:
     """sha256 of a small object, by reading it (None when absent)."""
-    body = _get_bytes(target, key)
+    body = get_bytes(target, key)
     return None if body is None else hashlib.sha256(body).hexdigest()
 
 
-def _get_bytes(target: S3Target, key: str) -> bytes | None:
+def get_bytes(target: S3Target, key: str) -> bytes | None:
+    """A small object's whole body (a manifest), None when absent."""
     try:
         return target.client.get_object(Bucket=target.bucket, Key=key)["Body"].read()
     except Exception as exc:
@@ -529,9 +531,9 @@ def _stream(target: S3Target, key: str) -> Iterator[bytes]:
         raise target.error("reading", target.url(key), exc) from None
 
 
-def _checksum_problem(name: str, head: dict[str, Any], sha256_hex: str) -> str | None:
+def _checksum_problem(name: str, stored: dict[str, Any], sha256_hex: str) -> str | None:
     """Compare the server's full-object SHA256 (single-part objects only) with the manifest."""
-    remote = head.get("ChecksumSHA256")
+    remote = stored.get("ChecksumSHA256")
     if not remote or "-" in remote:  # absent, or composite (multipart: a hash of part hashes)
         return None
     expected = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
@@ -551,7 +553,7 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> 
                                "files_checked": 0, "bytes_read": 0}
     try:
         manifest_key = target.key(store, pk, MANIFEST)
-        remote_manifest = _remote_sha256(target, manifest_key)
+        remote_manifest = remote_sha256(target, manifest_key)
         if remote_manifest is None:
             problems.append(f"{MANIFEST}: missing remotely (the copy is incomplete)")
         elif remote_manifest != sha256_file(artifact.path(MANIFEST))[0]:
@@ -559,18 +561,18 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> 
         for record in artifact.manifest.files:
             key = target.key(store, pk, record.name)
             details["files_checked"] += 1
-            head = _head(target, key)
-            if head is None:
+            stored = head(target, key)
+            if stored is None:
                 problems.append(f"{record.name}: missing remotely ({target.url(key)})")
                 continue
-            if head.get("ContentLength") != record.bytes:
-                problems.append(f"{record.name}: {head.get('ContentLength')} bytes remotely, manifest says "
+            if stored.get("ContentLength") != record.bytes:
+                problems.append(f"{record.name}: {stored.get('ContentLength')} bytes remotely, manifest says "
                                 f"{record.bytes}")
-            meta = (head.get("Metadata") or {}).get(SHA256_METADATA)
+            meta = (stored.get("Metadata") or {}).get(SHA256_METADATA)
             if meta != record.sha256:
                 problems.append(f"{record.name}: remote sha256 metadata {str(meta)[:12]}… differs from the "
                                 f"manifest's {record.sha256[:12]}…")
-            checksum = _checksum_problem(record.name, head, record.sha256)
+            checksum = _checksum_problem(record.name, stored, record.sha256)
             if checksum:
                 problems.append(checksum)
             if deep:
@@ -599,7 +601,7 @@ def download_artifact(store: str, partition_key: str, target: S3Target, into_dir
     is written last. Raises VerificationFailed on a mismatch (the bad file is removed)."""
     into_dir = Path(into_dir)
     manifest_key = target.key(store, partition_key, MANIFEST)
-    raw = _get_bytes(target, manifest_key)
+    raw = get_bytes(target, manifest_key)
     if raw is None:
         raise OffsiteError(f"s3: no complete copy of {store} {partition_key}: {target.url(manifest_key)} is missing")
     try:
@@ -691,7 +693,7 @@ def delete_offsite(store: str, partition_key: str, target: S3Target) -> list[str
     folder = target.key(store, partition_key, "")
     manifest_key = folder + MANIFEST
     deleted = []
-    if _head(target, manifest_key) is not None:
+    if head(target, manifest_key) is not None:
         _delete_key(target, manifest_key)
         deleted.append(manifest_key)
     for key in list(_keys(target, folder)):

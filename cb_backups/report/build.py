@@ -5,7 +5,7 @@ Sources, all read in bulk (a handful of queries per store, never one per slot):
   (public `fetch_materializations`), every asset check's execution history
   (`cb_backups.history`, the one wrapper of a non-public API), failed runs;
 * the catalog on disk (manifests: captured_at, bytes, sha256);
-* the retention log `<backup_dir>/_retention/deletions.jsonl`.
+* the retention log (`Catalog.deletions_log`).
 
 A slot is "verified" when the latest result of each of its post-backup checks
 passed, "failed" when one failed (or its backup run failed), "unverified" when
@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS
+from cb_backups.checks.slot import DRILL_CHECK, FRESHNESS_CHECK, OFFSITE_CHECK, SLOT_CHECKS
 from cb_backups.core.catalog import Catalog, parse_iso
 from cb_backups.core.errors import ConfigError
 from cb_backups.core.partitions import TIMEZONE
@@ -38,8 +38,6 @@ from cb_backups.report import history
 from cb_backups.retention.apply import read_deletions
 
 FORMATS = ("html", "csv", "json")
-DRILL_CHECK = "restore_drill"
-REPORTS_DIR = "_reports"
 PAGE = 2000
 _RTO_KEYS = ("rto_seconds", "restore_seconds", "duration_seconds", "seconds", "rto")
 _OFFSITE_KEYS = ("url", "s3_url", "location", "prefix", "key", "manifest_key", "keys")
@@ -181,32 +179,20 @@ def latest_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey
         cursor = result.cursor
 
 
-def checks_by_asset(stores: Sequence[StoreSpec], warnings: list[str]) -> dict[str, list[dg.AssetCheckKey]]:
-    """Every asset check on `<store>_backup`, `<store>_offsite` (and any `restore_drill`) per store."""
-    try:
-        from cb_backups.definitions import defs
-
-        keys = list(defs.resolve_asset_graph().asset_check_keys)
-    except Exception as exc:  # the report still runs on the core checks
-        warnings.append(f"could not load the definitions ({type(exc).__name__}: {exc}); using the core checks")
-        keys = [dg.AssetCheckKey(s.asset_key, n) for s in stores for n in (*SLOT_CHECKS, FRESHNESS_CHECK)]
-    found: dict[str, list[dg.AssetCheckKey]] = {}
-    for spec in stores:
-        mine = {f"{spec.name}_backup", f"{spec.name}_offsite"}
-        found[spec.name] = sorted(
-            (k for k in keys if k.asset_key.to_user_string() in mine
-             or (k.name == DRILL_CHECK and k.asset_key.to_user_string().startswith(spec.name))),
-            key=lambda k: (k.asset_key.to_user_string(), k.name))
-    return found
+def store_checks(spec: StoreSpec) -> list[dg.AssetCheckKey]:
+    """Every asset check on a store's slots, sorted: the post-backup checks, freshness and the restore drill on
+    `<store>_backup`, the off-site check on `<store>_offsite` (test_report: the definitions build exactly these)."""
+    keys = [dg.AssetCheckKey(spec.asset_key, name) for name in (*SLOT_CHECKS, FRESHNESS_CHECK, DRILL_CHECK)]
+    keys.append(dg.AssetCheckKey(spec.offsite_key, OFFSITE_CHECK))
+    return sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name))
 
 
 def check_label(spec: StoreSpec, key: dg.AssetCheckKey) -> str:
-    asset = key.asset_key.to_user_string()
-    if asset == f"{spec.name}_backup":
+    if key.asset_key == spec.asset_key:
         return key.name
-    if asset == f"{spec.name}_offsite":
+    if key.asset_key == spec.offsite_key:
         return f"offsite:{key.name}"
-    return f"{asset}:{key.name}"
+    return f"{key.asset_key.to_user_string()}:{key.name}"
 
 
 def failed_runs(instance: dg.DagsterInstance, since: datetime) -> list[dg.DagsterRun]:
@@ -222,7 +208,7 @@ def _is_backup_run(run: dg.DagsterRun, spec: StoreSpec) -> bool:
 # --- building ----------------------------------------------------------------------
 
 
-def _iso(ts: float | datetime | None) -> str:
+def as_iso(ts: float | datetime | None) -> str:
     if ts is None:
         return ""
     moment = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts, UTC)
@@ -274,11 +260,10 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
     since = start.timestamp()
     catalog = Catalog(backup_dir)
     deletions: dict[tuple[str, str], list[str]] = {}
-    for record in read_deletions(backup_dir):
+    for record in read_deletions(catalog.root):
         deletions.setdefault((record.store, record.partition), []).append(
             f"deleted {record.where} {record.deleted_at} ({record.reason})")
     runs = failed_runs(instance, start)
-    all_checks = checks_by_asset(specs, warnings)
     errors_left = 100  # look up at most this many failed runs' messages
     rows: list[SlotRow] = []
     summaries: list[StoreSummary] = []
@@ -287,11 +272,11 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
         slots = expected_slots(spec, start, end, now)
         slot_keys = {key for key, _, _ in slots}
         backups = latest_materializations(instance, spec.asset_key, since)
-        offsite = latest_materializations(instance, dg.AssetKey(f"{spec.name}_offsite"), since)
+        offsite = latest_materializations(instance, spec.offsite_key, since)
         on_disk = {a.partition_key: a for a in catalog.list(spec.name)}
         summary = StoreSummary(spec.name, spec.title, spec.rpo / timedelta(hours=1), spec.rto / timedelta(minutes=1))
         latest: dict[tuple[str, str], history.CheckRun] = {}
-        for key in all_checks[spec.name]:
+        for key in store_checks(spec):
             label = check_label(spec, key)
             runs_of = history.check_history(instance, key, since, details=key.name == DRILL_CHECK)
             passed = total = 0
@@ -329,14 +314,14 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
         verified_times: list[tuple[datetime, str]] = []
         rto_seen: list[float] = []
         for key, _begin, finish in slots:
-            row = SlotRow(spec.name, key, _iso(finish))
+            row = SlotRow(spec.name, key, as_iso(finish))
             for label in summary.pass_rates:
                 run = latest.get((label, key))
                 if run is not None:
                     status = run.status
                     if status == "planned" and run.run_id in failed_run_ids:
                         status = "execution_failed"
-                    row.checks[label] = CheckCell(status, _iso(run.timestamp), run.description)
+                    row.checks[label] = CheckCell(status, as_iso(run.timestamp), run.description)
             mat, artifact = backups.get(key), on_disk.get(key)
             if artifact is not None:
                 m = artifact.manifest
@@ -344,7 +329,7 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
                 row.sha256 = {f.name: f.sha256 for f in m.files}
             if mat is not None:
                 meta = mat.metadata
-                row.captured_at = row.captured_at or str(meta.get("captured_at") or _iso(mat.timestamp))
+                row.captured_at = row.captured_at or str(meta.get("captured_at") or as_iso(mat.timestamp))
                 if row.bytes is None and _number(meta.get("bytes")) is not None:
                     row.bytes = int(meta["bytes"])
                 if row.duration_seconds is None:
@@ -417,7 +402,7 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
             summary.measured_rto_minutes = round(max(rto_seen) / 60, 2)
             summary.rto_met = max(rto_seen) <= spec.rto.total_seconds()
         summaries.append(summary)
-    return Report(_iso(start), _iso(end), _iso(now), summaries, rows, labels, warnings=warnings)
+    return Report(as_iso(start), as_iso(end), as_iso(now), summaries, rows, labels, warnings=warnings)
 
 
 def _longest_gap(verified: list[tuple[datetime, str]], first_due: datetime, end: datetime

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from cb_backups.config.redact import redactor
+from cb_backups.config.settings import configured_secrets
 from cb_backups.core.catalog import parse_iso
 from cb_backups.core.errors import ConfigError
 from cb_backups.core.fileio import atomic_write_bytes, private_dir
-from cb_backups.report.build import FORMATS, Report, SlotRow, _iso
+from cb_backups.report.build import FORMATS, Report, SlotRow, as_iso
 
 
 def artifacts(report: Report) -> list[dict[str, Any]]:
@@ -85,8 +86,8 @@ def _svg_series(title: str, series: dict[str, list[tuple[float, float]]], unit: 
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#999"/>',
              f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" class="a">{_human(y1, unit)}</text>',
              f'<text x="{left - 4}" y="{top + h}" text-anchor="end" class="a">0</text>',
-             f'<text x="{left}" y="{height - 8}" class="a">{_iso(x0)[:16]}</text>',
-             f'<text x="{left + w}" y="{height - 8}" text-anchor="end" class="a">{_iso(x1)[:16]}</text>']
+             f'<text x="{left}" y="{height - 8}" class="a">{as_iso(x0)[:16]}</text>',
+             f'<text x="{left + w}" y="{height - 8}" text-anchor="end" class="a">{as_iso(x1)[:16]}</text>']
     legend_x = left
     for i, (name, points) in enumerate(sorted(series.items())):
         if not points:
@@ -252,7 +253,7 @@ def render(report: Report, fmt: str, redact: Callable[[str], str] | None = None)
     if fmt not in RENDERERS:
         raise ConfigError("report format", fmt, ", ".join(FORMATS))
     text = RENDERERS[fmt](report)
-    return (redact or redactor())(text).encode()
+    return (redact or redactor(configured_secrets()))(text).encode()
 
 
 def write_report(report: Report, fmt: str, path: Path, redact: Callable[[str], str] | None = None) -> str:
@@ -265,7 +266,7 @@ def write_report(report: Report, fmt: str, path: Path, redact: Callable[[str], s
 
 
 def write_all(report: Report, formats: Iterable[str], directory: Path, stem: str) -> dict[str, tuple[Path, str]]:
-    redact = redactor()
+    redact = redactor(configured_secrets())
     written = {}
     for fmt in formats:
         path = Path(directory) / f"{stem}.{fmt}"

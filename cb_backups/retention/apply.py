@@ -46,8 +46,6 @@ def local_backups(catalog: Catalog, store: str, offsite_verified: Mapping[str, b
     return found
 
 
-RETENTION_DIR = "_retention"
-DELETIONS_LOG = "deletions.jsonl"
 # --- applying --------------------------------------------------------------------------
 
 
@@ -69,7 +67,7 @@ class RetentionIncomplete(CbBackupsError):
 
 
 def deletions_log(backup_dir: Path) -> Path:
-    return Path(backup_dir) / RETENTION_DIR / DELETIONS_LOG
+    return Catalog(backup_dir).deletions_log
 
 
 def _append_log(backup_dir: Path | None, records: Iterable[DeletionRecord]) -> None:

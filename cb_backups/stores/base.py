@@ -1,26 +1,53 @@
-"""The Store protocol and the plain data types every adapter speaks.
+"""The Store contract and the helpers every adapter shares.
 
 An adapter never decides where a backup lives or when it counts as complete:
 it writes its files into the staging folder it is given (through
 `HashingWriter`, so checksums come for free) and returns a `BackupOutput`.
 The catalog turns that into a manifest and renames the folder into place.
+
+Everything restore, drills, retention and the full system backup need to know
+about one store is asked through this contract, so nothing outside `stores/`
+decides per store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from cb_backups.core.errors import BackupFailed
+from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError
 from cb_backups.core.model import Artifact, BackupOutput, Health, Inventory, Progress, Target, Verification, no_progress
+
+RESTORE = "restore"  # Store.scratch_target purposes: a restore job's scratch target ...
+DRILL = "drill"  # ... or a nightly drill's
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A backup restored into a scratch target; alive inside `Store.scratch(...)`."""
+
+    target: Target
+    counter: Callable[[], Inventory]  # counts the scratch target now
+    description: str
+
+    def counts(self) -> Inventory:
+        """What the scratch target holds NOW (not what the restore reported), under the backup's names."""
+        return self.counter()
+
+    def describe(self) -> str:
+        return self.description
 
 
 @runtime_checkable
 class Store(Protocol):
     name: str
+    restore_method: str  # one line for the restore plan
+    consistency_markers: tuple[str, ...]  # the BackupOutput.markers that pin what an artifact holds
 
     def health(self, backup_dir: Path) -> Health: ...
 
@@ -30,7 +57,36 @@ class Store(Protocol):
 
     def verify(self, artifact: Artifact) -> Verification: ...
 
-    def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory: ...
+    def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
+        """Restore and return the counts under the backup's names (a scratch copy's renames undone)."""
+        ...
+
+    def describe_target(self, target: Target) -> str:
+        """Where a restore to `target` goes, for the plan (URLs without passwords)."""
+        ...
+
+    def scratch_target(self, purpose: str) -> Target | None:
+        """The scratch Target of a restore job (RESTORE) or a drill (DRILL); None when there is none."""
+        ...
+
+    def compatibility(self, artifact: Artifact, target: Target) -> list[str]:
+        """Why `target` cannot load `artifact` (versions, extensions); empty when it can. Touches nothing;
+        an unreachable server is a problem ("cannot check versions: ..."), not an exception."""
+        ...
+
+    def scratch(self, artifact: Artifact, target: Target,
+                progress: Progress = no_progress) -> contextlib.AbstractContextManager[Scratch]:
+        """Restore into the scratch `target` and yield it; leftovers of an interrupted earlier run are
+        removed first, and the scratch target is dropped on exit, also on error."""
+        ...
+
+    def compare_counts(self, expected: Inventory, actual: Inventory, target: Target) -> list[str]:
+        """Post-restore verification with this store's tolerance; empty when the counts agree."""
+        ...
+
+    def before_delete(self, artifact: Artifact) -> None:
+        """Release what the backup keeps outside its folder, before the folder is deleted."""
+        ...
 
 
 # --- helpers shared by adapters -------------------------------------------------
@@ -80,3 +136,38 @@ def counts_problems(expected: Inventory, actual: Inventory, sections: Sequence[s
         for name in sorted(set(got) - set(names)):
             problems.append(f"{section}/{name}: not in the backup, found {got[name]}")
     return problems
+
+
+def named_counts_problems(expected: Inventory, actual: Inventory, target: Target, section: str,
+                          option: str) -> list[str]:
+    """counts_problems for stores of named collections/indices: only the names requested in `option` are
+    expected, and in place only the backup's names count (the live server may hold others)."""
+    wanted = target.options.get(option)
+    expected = {s: {k: v for k, v in names.items() if not wanted or k in wanted} for s, names in expected.items()}
+    if target.mode == "in_place":
+        actual = {s: {k: v for k, v in names.items() if k in expected.get(s, {})} for s, names in actual.items()}
+    return counts_problems(expected, actual, sections=(section,))
+
+
+def version_problems(check: Callable[[], list[str]]) -> list[str]:
+    """`check()`; when the server cannot be asked, that is the problem (a restore must not start blind)."""
+    try:
+        return check()
+    except CbBackupsError as exc:
+        return [f"cannot check versions: {exc}"]
+
+
+def require_scratch(store: str, target: Target) -> None:
+    """Refuse a non-scratch target where the target is dropped afterwards."""
+    if target.mode != "scratch":
+        raise ConfigError(f"{store} scratch target mode", target.mode, "scratch")
+
+
+@contextlib.contextmanager
+def dropped_afterwards(drop: Callable[[], object]) -> Iterator[None]:
+    """Run `drop` however the block ends; a failing drop must not hide the block's own error."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(CbBackupsError):
+            drop()

@@ -28,19 +28,19 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import neo4j
 from neo4j import GraphDatabase
 from neo4j.exceptions import DriverError, Neo4jError
 
-from cb_backups.config.settings import Neo4jSettings, VolumeSettings
+from cb_backups.config.redact import redact_url
+from cb_backups.config.settings import Neo4jSettings, Settings, VolumeSettings
 from cb_backups.core.catalog import checksum_problems
 from cb_backups.core.errors import (
     BackupFailed,
@@ -62,7 +62,7 @@ from cb_backups.core.model import (
     Verification,
     no_progress,
 )
-from cb_backups.stores.base import disk_space_item
+from cb_backups.stores.base import Scratch, counts_problems, disk_space_item, require_scratch, version_problems
 from cb_backups.stores.volume import service_stopped
 
 DUMP_FILE = "neo4j.dump"
@@ -77,14 +77,19 @@ _UNKNOWN_COMMAND = re.compile(r"unknown (sub)?command|unmatched argument|unknown
 _OVERRIDABLE = ("uri", "database", "admin_command", "stop_command", "start_command", "dump_dir")
 
 
-def safe_uri(uri: str) -> str:
-    """The URI without any user:password part, for messages."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return uri
+def scratch_server_options(settings: Settings | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A separate scratch Neo4j server for scratch restores and drills: the `drills: {neo4j: {uri,
+    admin_command, stop_command, start_command, dump_dir}}` section of the config file, overridden by
+    CB_NEO4J_SCRATCH_URI (+ _ADMIN/_STOP/_START/_DUMP_DIR)."""
+    env = dict(os.environ if env is None else env)
+    raw = settings.raw if settings is not None else {}
+    options = dict((raw.get("drills") or {}).get("neo4j") or {})
+    for key, var in (("uri", "CB_NEO4J_SCRATCH_URI"), ("admin_command", "CB_NEO4J_SCRATCH_ADMIN"),
+                     ("stop_command", "CB_NEO4J_SCRATCH_STOP"), ("start_command", "CB_NEO4J_SCRATCH_START"),
+                     ("dump_dir", "CB_NEO4J_SCRATCH_DUMP_DIR")):
+        if env.get(var):
+            options[key] = env[var]
+    return options
 
 
 def _command(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -98,10 +103,15 @@ def _short(exc: BaseException) -> str:
 
 class Neo4jStore:
     name = "neo4j"
+    restore_method = "stop, neo4j-admin database load --overwrite-destination, start"
+    consistency_markers = ("offline",)
 
-    def __init__(self, settings: Neo4jSettings, volume: VolumeSettings | None = None) -> None:
+    def __init__(self, settings: Neo4jSettings, volume: VolumeSettings | None = None,
+                 scratch_server: Mapping[str, Any] | None = None) -> None:
         self.settings = settings
         self.volume = volume  # unused: the dump is the method the runbook gives Neo4j
+        # Community has one user database per server: a scratch restore needs a server of its own
+        self.scratch_server = dict(scratch_server_options() if scratch_server is None else scratch_server)
 
     # --- Bolt ----------------------------------------------------------------------------
     def _auth(self) -> tuple[str, str] | None:
@@ -118,7 +128,7 @@ class Neo4jStore:
                     driver.session(database=self.settings.database) as session:
                 return list(session.run(cypher))
         except (Neo4jError, DriverError, OSError, ValueError) as exc:
-            raise StoreUnavailable(self.name, f"Bolt at {safe_uri(uri)} (database '{self.settings.database}') "
+            raise StoreUnavailable(self.name, f"Bolt at {redact_url(uri)} (database '{self.settings.database}') "
                                               f"did not answer: {type(exc).__name__}: {_short(exc)}") from None
 
     def bolt_problem(self) -> str | None:
@@ -233,7 +243,7 @@ class Neo4jStore:
         have, source = store.server_version()
         if have is None:
             raise RestoreRefused(self.name, f"cannot tell the target's Neo4j version (Bolt at "
-                                            f"{safe_uri(store.settings.uri)} and `neo4j-admin --version` gave none)")
+                                            f"{redact_url(store.settings.uri)} and `neo4j-admin --version` gave none)")
         if wanted != have:
             raise RestoreRefused(self.name, f"the backup was taken from Neo4j {wanted}, the target runs {have} "
                                             f"(from {source}); load it into a {wanted} server")
@@ -250,6 +260,41 @@ class Neo4jStore:
                 raise RestoreFailed(self.name, str(exc).split(": ", 2)[-1]) from None
         return store.inventory()
 
+    def compatibility(self, artifact: Artifact, target: Target) -> list[str]:
+        """Neo4j loads a dump only into the exact version it came from."""
+        def check() -> list[str]:
+            wanted = artifact.manifest.versions.get("neo4j")
+            have, source = self._for_target(target).server_version()
+            if have is None:
+                return ["cannot tell the target's Neo4j version"]
+            return [] if wanted == have else [f"the backup is from Neo4j {wanted}, the target runs {have} "
+                                              f"({source}); Neo4j needs the exact same version"]
+        return version_problems(check)
+
+    def describe_target(self, target: Target) -> str:
+        if target.mode == "scratch" and "uri" not in target.options:
+            return "no scratch Neo4j server is configured (CB_NEO4J_SCRATCH_URI)"
+        database = target.options.get("database", self.settings.database)
+        return f"database {database} at {redact_url(str(target.options.get('uri', self.settings.uri)))}"
+
+    def scratch_target(self, purpose: str) -> Target | None:
+        return Target("scratch", dict(self.scratch_server)) if self.scratch_server.get("uri") else None
+
+    @contextmanager
+    def scratch(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Iterator[Scratch]:
+        """Load into the scratch server. Its one database cannot be dropped in Community Edition; the next
+        load overwrites it (--overwrite-destination), so nothing accumulates."""
+        require_scratch(self.name, target)
+        server = self._for_target(target)
+        self.restore(artifact, target, progress)
+        yield Scratch(target, server.inventory, f"scratch Neo4j at {redact_url(server.settings.uri)}")
+
+    def compare_counts(self, expected: Inventory, actual: Inventory, target: Target) -> list[str]:
+        return counts_problems(expected, actual, sections=("labels", "relationships"))
+
+    def before_delete(self, artifact: Artifact) -> None:
+        """A dump keeps nothing outside its folder."""
+
     # --- helpers -----------------------------------------------------------------------------------
     def _for_target(self, target: Target) -> Neo4jStore:
         if target.mode not in ("in_place", "scratch"):
@@ -262,7 +307,7 @@ class Neo4jStore:
                                             "restore needs a separate scratch server: pass its 'uri' (and its "
                                             "admin_command, stop_command, start_command) in the target options")
         overrides = {k: _command(v) if k.endswith("_command") else v for k, v in target.options.items()}
-        return Neo4jStore(replace(self.settings, **overrides), self.volume) if overrides else self
+        return Neo4jStore(replace(self.settings, **overrides), self.volume, self.scratch_server) if overrides else self
 
     def _offline(self, admin_argv: Sequence[str], what: str) -> str:
         """stop; run neo4j-admin; ALWAYS start again; wait for Bolt. Returns when the data was frozen."""

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from opensearchpy import OpenSearch
 from opensearchpy import exceptions as os_errors
 
+from cb_backups.config.redact import redact_url
 from cb_backups.config.settings import OpenSearchSettings, VolumeSettings
 from cb_backups.core.catalog import checksum_problems
 from cb_backups.core.errors import BackupFailed, ConfigError, RestoreFailed, RestoreRefused, StoreUnavailable
@@ -43,7 +44,15 @@ from cb_backups.core.model import (
     Verification,
     no_progress,
 )
-from cb_backups.stores.base import disk_space_item
+from cb_backups.stores.base import (
+    DRILL,
+    Scratch,
+    disk_space_item,
+    dropped_afterwards,
+    named_counts_problems,
+    require_scratch,
+    version_problems,
+)
 from cb_backups.stores.volume import extract_tar, list_tar, service_stopped, tar_directory
 
 STORE = "opensearch"
@@ -56,6 +65,8 @@ HEALTH_TIMEOUT = 120  # seconds to wait for restored indices to become yellow
 _SNAPSHOT_KEYS = ("repository", "snapshot", "uuid", "indices", "state", "shards")
 _SECRET_WORDS = ("key", "secret", "password", "token", "credential")
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
+DRILL_PREFIX = "drill_"
+SCRATCH_PREFIX = "scratch_"  # a restore job's scratch copies (a drill's are DRILL_PREFIX, dropped afterwards)
 T = TypeVar("T")
 
 
@@ -65,6 +76,14 @@ def _public_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def _describe(exc: Exception) -> str:
@@ -111,6 +130,8 @@ class OpenSearchStore:
     """The OpenSearch adapter. `settings.method` is "snapshot" (runbook default) or "volume"."""
 
     name = STORE
+    restore_method = "close the indices, _restore from the snapshot repository (scratch: renamed copies)"
+    consistency_markers = ("snapshot", "uuid", "repository")
 
     def __init__(self, settings: OpenSearchSettings, volume: VolumeSettings | None = None) -> None:
         if settings.method not in METHODS:
@@ -407,7 +428,7 @@ class OpenSearchStore:
         return {"indices": {i: counts[renamed[i]] for i in indices}}
 
     def _scratch_names(self, indices: list[str], target: Target) -> dict[str, Any]:
-        prefix = str(target.options.get("prefix", "drill_"))
+        prefix = str(target.options.get("prefix", DRILL_PREFIX))
         if not prefix or not _INDEX_NAME.match(prefix + "x") or "$" in prefix or "\\" in prefix:
             raise ConfigError("scratch index prefix", prefix, "lowercase letters, digits, _ . + - (not empty)")
         renamed = {i: prefix + i for i in indices}
@@ -438,6 +459,61 @@ class OpenSearchStore:
                                        f"(status {health.get('status')})")
         progress(f"restored {len(renamed)} indices from {name}", len(renamed), len(renamed))
 
+    def compatibility(self, artifact: Artifact, target: Target) -> list[str]:
+        """OpenSearch reads snapshots of its own or the previous major version, never of a newer one."""
+        backed_up = artifact.manifest.versions.get("opensearch")
+        if not backed_up:  # the volume method records none
+            return []
+
+        def check() -> list[str]:
+            have = self.server_version()
+            src, dst = _version_tuple(backed_up), _version_tuple(have)
+            if dst < src:
+                return [f"the snapshot is from OpenSearch {backed_up}, the target runs {have} (older)"]
+            if dst[0] > src[0] + 1:
+                return [f"the snapshot is from OpenSearch {backed_up}; {have} reads snapshots of the previous "
+                        "major version at most"]
+            return []
+        return version_problems(check)
+
+    def describe_target(self, target: Target) -> str:
+        if target.mode == "scratch":
+            return f"indices {target.options.get('prefix', DRILL_PREFIX)}<name> at {redact_url(self.settings.url)}"
+        return f"the indices at {redact_url(self.settings.url)}"
+
+    def scratch_target(self, purpose: str) -> Target:
+        return Target("scratch", {"prefix": DRILL_PREFIX if purpose == DRILL else SCRATCH_PREFIX})
+
+    @contextmanager
+    def scratch(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Iterator[Scratch]:
+        """Renamed copies `<prefix><index>` on the same cluster, dropped before (leftovers) and after."""
+        require_scratch(STORE, target)
+        self.drop_scratch(artifact, target)  # leftovers of an interrupted drill
+        with dropped_afterwards(lambda: self.drop_scratch(artifact, target)):
+            names = list(self.restore(artifact, target, progress).get("indices", {}))
+            prefix = str(target.options.get("prefix", DRILL_PREFIX))
+
+            def counts() -> Inventory:
+                found = self._counts([prefix + n for n in names])
+                return {"indices": {n: found[prefix + n] for n in names}}
+
+            yield Scratch(target, counts, f"indices {prefix}*")
+
+    def compare_counts(self, expected: Inventory, actual: Inventory, target: Target) -> list[str]:
+        return named_counts_problems(expected, actual, target, "indices", "indices")
+
+    def before_delete(self, artifact: Artifact) -> None:
+        """The documents live in the snapshot repository: delete the backup's snapshot there (already gone
+        is fine). A volume backup keeps nothing outside its folder."""
+        if artifact.manifest.method != "snapshot":
+            return
+        name = artifact.manifest.markers.get("snapshot")
+        path = artifact.path(SNAPSHOT_FILE)
+        if not name and path.is_file():
+            name = json.loads(path.read_text()).get("snapshot")
+        if name:
+            self.delete_snapshot(str(name))
+
     # --- retention and drills -----------------------------------------------------------
     def delete_snapshot(self, name: str) -> bool:
         """Delete a snapshot through the API (never by removing files). False when it was already gone."""
@@ -456,7 +532,7 @@ class OpenSearchStore:
         record, problems = self._read_record(artifact)
         if record is None:
             raise ConfigError("artifact", str(artifact.directory), "; ".join(problems))
-        prefix = str(target.options.get("prefix", "drill_"))
+        prefix = str(target.options.get("prefix", DRILL_PREFIX))
         existing = self._index_states()
         names = [prefix + i for i in record["indices"] if prefix + i in existing]
         if names:

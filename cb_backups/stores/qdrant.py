@@ -30,12 +30,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from cb_backups.config.redact import redact_url
 from cb_backups.config.settings import QdrantSettings, VolumeSettings
 from cb_backups.core.catalog import checksum_problems
 from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
@@ -51,13 +52,22 @@ from cb_backups.core.model import (
     Verification,
     no_progress,
 )
-from cb_backups.stores.base import disk_space_item
+from cb_backups.stores.base import (
+    DRILL,
+    Scratch,
+    disk_space_item,
+    dropped_afterwards,
+    named_counts_problems,
+    require_scratch,
+    version_problems,
+)
 from cb_backups.stores.volume import extract_tar, service_stopped, tar_directory
 
 METHODS = ("snapshot", "volume")
 SNAPSHOT_EXT = ".snapshot"
 VOLUME_FILE = "qdrant-volume.tar.gz"
 DEFAULT_SUFFIX = "__drill"
+SCRATCH_SUFFIX = "__scratch"  # a restore job's scratch copies (a drill's are DEFAULT_SUFFIX, dropped afterwards)
 ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
 QUICK_TIMEOUT = 30  # seconds: listing, counting, version
 SLOW_TIMEOUT = 3600  # seconds: creating, downloading, uploading snapshots
@@ -66,16 +76,6 @@ SLOW_TIMEOUT = 3600  # seconds: creating, downloading, uploading snapshots
 def snapshot_file_name(collection: str) -> str:
     """The artifact file for a collection: no path separators, reversible."""
     return quote(collection, safe="") + SNAPSHOT_EXT
-
-
-def redact_url(url: str) -> str:
-    """The URL without any user:password part (safe to show)."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
 
 
 def major_minor(version: str) -> tuple[int, int] | None:
@@ -129,6 +129,8 @@ def scan_archive(path: Path) -> tuple[str, int, int]:
 
 class QdrantStore:
     name = "qdrant"
+    restore_method = "upload each collection snapshot (priority snapshot)"
+    consistency_markers = ("snapshots",)
 
     def __init__(self, settings: QdrantSettings, volume: VolumeSettings | None = None) -> None:
         if settings.method not in METHODS:
@@ -435,7 +437,11 @@ class QdrantStore:
             progress(f"qdrant: uploading {collection} -> {destination}", index, len(plan))
             self._upload(artifact.path(markers["files"][collection]), destination, markers["checksums"][collection])
         progress("qdrant: snapshots uploaded", len(plan), len(plan))
-        return {"collections": {destination: self.count(destination) for destination in plan.values()}}
+        return self._count_plan(plan)
+
+    def _count_plan(self, plan: dict[str, str]) -> Inventory:
+        """The restored collections counted now, under the backup's names."""
+        return {"collections": {collection: self.count(destination) for collection, destination in plan.items()}}
 
     def _restore_plan(self, artifact: Artifact, target: Target) -> dict[str, str]:
         """Backup collection -> target collection."""
@@ -450,6 +456,44 @@ class QdrantStore:
         if not isinstance(suffix, str) or not suffix:
             raise ConfigError("qdrant scratch suffix", suffix, "a non-empty text such as '__drill'")
         return {c: f"{c}{suffix}" for c in wanted}
+
+    def compatibility(self, artifact: Artifact, target: Target) -> list[str]:
+        """Qdrant loads snapshots of its own or an older minor version."""
+        def check() -> list[str]:
+            have = self.server_version()
+            backed_up = artifact.manifest.versions.get("qdrant", "")
+            source, dest = major_minor(backed_up), major_minor(have)
+            if source and dest and dest < source:
+                return [f"the backup is from Qdrant {backed_up}, the target runs {have}, which cannot load newer "
+                        "snapshots"]
+            return []
+        return version_problems(check)
+
+    def describe_target(self, target: Target) -> str:
+        if target.mode == "scratch":
+            return f"collections <name>{target.options.get('suffix', DEFAULT_SUFFIX)} at {self.where}"
+        return f"the collections at {self.where}"
+
+    def scratch_target(self, purpose: str) -> Target:
+        return Target("scratch", {"suffix": DEFAULT_SUFFIX if purpose == DRILL else SCRATCH_SUFFIX})
+
+    @contextmanager
+    def scratch(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Iterator[Scratch]:
+        """Copies `<collection><suffix>` on the same server, dropped before (leftovers) and after."""
+        require_scratch(self.name, target)
+        plan = self._restore_plan(artifact, target)
+        copies = list(plan.values())
+        self.drop_collections(copies)  # leftovers of an interrupted drill
+        with dropped_afterwards(lambda: self.drop_collections(copies)):
+            self.restore(artifact, target, progress)
+            suffix = target.options.get("suffix", DEFAULT_SUFFIX)
+            yield Scratch(target, lambda: self._count_plan(plan), f"collections *{suffix}")
+
+    def compare_counts(self, expected: Inventory, actual: Inventory, target: Target) -> list[str]:
+        return named_counts_problems(expected, actual, target, "collections", "collections")
+
+    def before_delete(self, artifact: Artifact) -> None:
+        """Nothing to release: the server-side snapshots were deleted once downloaded."""
 
     def _check_versions(self, backed_up: str | None, server: str) -> None:
         source, dest = major_minor(backed_up or ""), major_minor(server)

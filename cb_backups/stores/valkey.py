@@ -15,7 +15,8 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from cb_backups.core.model import (
     no_progress,
 )
 from cb_backups.core.net import free_port, wait_until
-from cb_backups.stores.base import disk_space_item, run_tool
+from cb_backups.stores.base import Scratch, disk_space_item, require_scratch, run_tool, version_problems
 
 RDB_FILE = "dump.rdb"
 AOF_FILE = "appendonly.tar.gz"
@@ -58,8 +59,18 @@ def rdb_header(path: Path) -> tuple[str, int]:
     raise ValueError(f"not an RDB file (starts with {head[:9]!r})")
 
 
+@dataclass(frozen=True)
+class ValkeyScratch(Scratch):
+    """A throwaway valkey-server loaded from the backup's RDB."""
+
+    port: int
+    client: Callable[[], valkey.Valkey]  # a client of the scratch server
+
+
 class ValkeyStore:
     name = "valkey"
+    restore_method = "stop, place the RDB, start; scratch: a throwaway valkey-server loads the RDB"
+    consistency_markers = ("lastsave",)
 
     def __init__(self, settings: ValkeySettings, volume: VolumeSettings | None = None) -> None:
         self.settings = settings
@@ -245,6 +256,48 @@ class ValkeyStore:
             return [f"RDB version {rdb_version} cannot be loaded by Valkey {version} "
                     f"(loads up to {MAX_RDB_VERSION.get(major, 0)})"]
         return []
+
+    def compatibility(self, artifact: Artifact, target: Target) -> list[str]:
+        if target.mode == "in_place":
+            return version_problems(lambda: self.check_compatible(artifact, self.client()))
+        return self._scratch_server_problems(artifact)
+
+    def _scratch_server_problems(self, artifact: Artifact) -> list[str]:
+        """A scratch restore is loaded by the valkey-server next to the configured tools."""
+        server = self._tool("valkey-server")
+        try:
+            out = subprocess.run([server, "--version"], capture_output=True, timeout=30, check=False).stdout.decode()
+        except (OSError, subprocess.TimeoutExpired):
+            return [f"{server} not found (set CB_VALKEY_BIN_DIR)"]
+        version = next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), "0")
+        major = int(version.split(".")[0] or 0)
+        _, rdb = rdb_header(artifact.path(RDB_FILE))
+        if rdb > MAX_RDB_VERSION.get(major, 0):
+            return [f"RDB version {rdb} cannot be loaded by Valkey {version}"]
+        return []
+
+    def describe_target(self, target: Target) -> str:
+        if target.mode == "scratch":
+            return "a throwaway valkey-server on a free loopback port (loaded, counted, stopped)"
+        return f"the server at {self.settings.host}:{self.settings.port} (data folder {self.settings.data_dir})"
+
+    def scratch_target(self, purpose: str) -> Target:
+        return Target("scratch")  # always a throwaway server of its own
+
+    @contextlib.contextmanager
+    def scratch(self, artifact: Artifact, target: Target,
+                progress: Progress = no_progress) -> Iterator[ValkeyScratch]:
+        """The throwaway server lives in a temporary folder: nothing is left over, before or after."""
+        require_scratch(self.name, target)
+        with self.scratch_server(artifact) as port:
+            yield ValkeyScratch(target, lambda: self._inventory(self.client(port=port)),
+                                f"scratch valkey-server (port {port})", port, lambda: self.client(port=port))
+
+    def compare_counts(self, expected: Inventory, actual: Inventory, target: Target) -> list[str]:
+        return keys_problems(expected, actual)
+
+    def before_delete(self, artifact: Artifact) -> None:
+        """An RDB keeps nothing outside its folder."""
 
     def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
         changed = checksum_problems(artifact)  # a file or the manifest changed since the backup: refuse

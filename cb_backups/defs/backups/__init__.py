@@ -1,22 +1,39 @@
-"""Per store, from one factory: the partitioned backup asset, its slot checks, jobs, schedules and freshness."""
+"""Per store, from one factory: the partitioned backup asset, its slot checks, jobs and schedule; and freshness.
+
+This package's `defs` is the only Dagster object it holds at module level: `load_from_defs_folder`
+also scans assets.py, checks.py and automation.py, which therefore only hold factories.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 
-from cb_backups.defs.backups.assets import backup_assets
+from cb_backups.core.specs import STORES, StoreSpec
+from cb_backups.defs.backups.assets import backup_asset
 from cb_backups.defs.backups.automation import (
-    backup_jobs,
-    backup_schedules,
+    backup_job,
+    backup_schedule,
     freshness_job,
     freshness_schedule,
-    verify_jobs,
+    verify_job,
 )
-from cb_backups.defs.backups.checks import backup_checks, freshness_checks
+from cb_backups.defs.backups.checks import freshness_check, slot_checks
 
-defs = dg.Definitions(
-    assets=backup_assets,
-    asset_checks=[*backup_checks, *freshness_checks],
-    jobs=[*backup_jobs.values(), *verify_jobs.values(), freshness_job],
-    schedules=[*backup_schedules, freshness_schedule],
-)
+
+def build_store_defs(spec: StoreSpec) -> dg.Definitions:
+    """One store's backup asset, slot checks, backup and verify jobs, and schedule."""
+    backup = backup_job(spec)
+    return dg.Definitions(assets=[backup_asset(spec)], asset_checks=[slot_checks(spec)],
+                          jobs=[backup, verify_job(spec)], schedules=[backup_schedule(spec, backup)])
+
+
+def build_freshness_defs(specs: Sequence[StoreSpec]) -> dg.Definitions:
+    """Each store's freshness check (newest verified backup within the RPO), run hourly by one job."""
+    job = freshness_job(specs)
+    return dg.Definitions(asset_checks=[freshness_check(spec) for spec in specs], jobs=[job],
+                          schedules=[freshness_schedule(job)])
+
+
+defs = dg.Definitions.merge(*(build_store_defs(spec) for spec in STORES), build_freshness_defs(STORES))

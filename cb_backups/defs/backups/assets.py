@@ -1,29 +1,16 @@
 """Factory: one partitioned backup asset per store, built from the StoreSpec table."""
 
-import time
 from datetime import timedelta
 
 import dagster as dg
 
 from cb_backups.core.catalog import utcnow
 from cb_backups.core.errors import CbBackupsError
-from cb_backups.core.model import Artifact, Progress
+from cb_backups.core.model import Artifact
 from cb_backups.core.partitions import parse_slot
-from cb_backups.core.specs import STORES, StoreSpec
+from cb_backups.core.specs import StoreSpec
+from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
-
-
-def dagster_progress(context: dg.AssetExecutionContext, every: float = 5.0) -> Progress:
-    """Progress into Dagster's log, at most once every `every` seconds."""
-    last = [0.0]
-
-    def report(message: str, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - last[0] >= every or (total is not None and done >= total):
-            last[0] = now
-            context.log.info(message)
-
-    return report
 
 
 def refuse_outside_retention(spec: StoreSpec, key: str) -> None:
@@ -91,5 +78,3 @@ def backup_asset(spec: StoreSpec) -> dg.AssetsDefinition:
 
     return _backup
 
-
-backup_assets = [backup_asset(spec) for spec in STORES]

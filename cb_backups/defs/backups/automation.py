@@ -1,12 +1,14 @@
-"""Jobs and schedules on the runbook's crontab."""
+"""Factories: a store's backup and verify jobs, its schedule on the runbook's crontab, and the freshness job."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import dagster as dg
 
 from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS
 from cb_backups.core.partitions import TIMEZONE
-from cb_backups.core.specs import STORES, StoreSpec
+from cb_backups.core.specs import StoreSpec
 
 
 def slot_check_selection(spec: StoreSpec) -> dg.AssetSelection:
@@ -26,20 +28,20 @@ def verify_job(spec: StoreSpec) -> dg.UnresolvedAssetJobDefinition:
                                description=f"Run {spec.title}'s post-backup checks again for one slot.")
 
 
-backup_jobs = {spec.name: backup_job(spec) for spec in STORES}
-verify_jobs = {spec.name: verify_job(spec) for spec in STORES}
+def backup_schedule(spec: StoreSpec, job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    """On the store's partitions' cron (the runbook's crontab), running from the start."""
+    return dg.build_schedule_from_partitioned_job(job, name=f"{spec.name}_backup_schedule",
+                                                  default_status=dg.DefaultScheduleStatus.RUNNING)
 
-backup_schedules = [
-    dg.build_schedule_from_partitioned_job(job, name=f"{name}_backup_schedule",
-                                           default_status=dg.DefaultScheduleStatus.RUNNING)
-    for name, job in backup_jobs.items()
-]
 
-freshness_job = dg.define_asset_job(
-    "freshness_checks_job",
-    selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(s.asset_key, FRESHNESS_CHECK) for s in STORES]),
-    description="Is every store's newest verified backup within its RPO?",
-)
-freshness_schedule = dg.ScheduleDefinition(name="freshness_checks_schedule", job=freshness_job,
-                                           cron_schedule="15 * * * *", execution_timezone=TIMEZONE,
-                                           default_status=dg.DefaultScheduleStatus.RUNNING)
+def freshness_job(specs: Sequence[StoreSpec]) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "freshness_checks_job",
+        selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(s.asset_key, FRESHNESS_CHECK) for s in specs]),
+        description="Is every store's newest verified backup within its RPO?",
+    )
+
+
+def freshness_schedule(job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(name="freshness_checks_schedule", job=job, cron_schedule="15 * * * *",
+                                 execution_timezone=TIMEZONE, default_status=dg.DefaultScheduleStatus.RUNNING)

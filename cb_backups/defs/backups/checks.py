@@ -6,7 +6,7 @@ import dagster as dg
 
 from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS, evaluate_freshness, evaluate_slot
 from cb_backups.core.errors import CbBackupsError
-from cb_backups.core.specs import STORES, StoreSpec
+from cb_backups.core.specs import StoreSpec
 from cb_backups.defs.resources import BackupsResource
 
 
@@ -49,6 +49,3 @@ def freshness_check(spec: StoreSpec) -> dg.AssetChecksDefinition:
 
     return _freshness
 
-
-backup_checks = [slot_checks(spec) for spec in STORES]
-freshness_checks = [freshness_check(spec) for spec in STORES]

@@ -1,31 +1,46 @@
-"""`cb-backups demo`: real PostgreSQL and Valkey with sample data, backed up through Dagster."""
+"""`cb-backups demo`: real PostgreSQL and Valkey with sample data, backed up through Dagster, verified.
+
+The servers and the sample data come from `cb_backups.demo`; this command drives them through the
+same Dagster jobs as `cb-backups backup`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import signal
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from cb_backups.cli.args import Subcommands
+from cb_backups.cli.output import console
+from cb_backups.cli.runs import instance, run_job
 from cb_backups.core.fileio import atomic_write_bytes
 from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
 from cb_backups.demo.sample_data import load_postgres, load_valkey
 
-console = Console(highlight=False)
+DEMO_STORES = ("postgres", "valkey")  # the two stores with embedded servers
+
+
+def register(sub: Subcommands) -> None:
+    demo = sub.add_parser("demo", help="start embedded PostgreSQL and Valkey, back both up through Dagster, verify")
+    demo.add_argument("--dir", default="cb-demo", help="where the demo keeps backups and its Dagster instance")
+    demo.add_argument("--keep", action="store_true", help="leave the servers running (Ctrl-C stops them)")
+    demo.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(Path(args.dir), keep_servers=args.keep)
 
 
 def run_demo(root: Path, keep_servers: bool = False, scale: int = 300) -> int:
-    from cb_backups.cli.app import run_job  # late: the CLI owns the Dagster instance handling
-
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     os.environ["CB_BACKUP_DIR"] = str(root / "backups")
     os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
-    from cb_backups.cli.app import _instance
 
     pg = EmbeddedPostgres(root=root / "postgres")
     vk = EmbeddedValkey(root=root / "valkey")
@@ -47,15 +62,15 @@ def run_demo(root: Path, keep_servers: bool = False, scale: int = 300) -> int:
             load_valkey(vk.client, scale=scale)
         from cb_backups.core.specs import spec_for
 
-        instance = _instance()
+        dagster = instance()
         summary = Table(title="cb-backups demo")
         for col in ("store", "slot", "bytes", "checks", "path"):
             summary.add_column(col)
-        for store in ("postgres", "valkey"):
+        for store in DEMO_STORES:
             key = spec_for(store).partitions.get_last_partition_key()
             assert key is not None
             with console.status(f"materializing {store}_backup for slot {key} through Dagster ..."):
-                result = run_job(f"{store}_backup_job", key, instance)
+                result = run_job(f"{store}_backup_job", key, dagster)
             checks = list(result.get_asset_check_evaluations())
             passed = sum(e.passed for e in checks)
             ok = result.success and checks and passed == len(checks)
@@ -64,12 +79,12 @@ def run_demo(root: Path, keep_servers: bool = False, scale: int = 300) -> int:
             size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else 0
             summary.add_row(store, key, f"{size:,}", f"{passed}/{len(checks)} passed", str(path))
         console.print(summary)
-        for store in ("postgres", "valkey"):
+        for store in DEMO_STORES:
             for manifest in sorted((root / "backups" / store).glob("*/manifest.json")):
                 console.print(f"{store}: {manifest}")
-        console.print("\nOpen the Dagster UI on these backups (the servers must be up for new "
-                      "materializations: add --keep):", soft_wrap=True)
-        console.print(f"  set -a; . {env_file}; set +a; dagster dev -w workspace.yaml\n", soft_wrap=True)
+        console.print("\nOpen the Dagster UI on these backups, from the repository root (the servers must be up "
+                      "for new materializations: add --keep):", soft_wrap=True)
+        console.print(f"  set -a; . {env_file}; set +a; dg dev\n", soft_wrap=True)
         if keep_servers:
             console.print("servers keep running; Ctrl-C stops them.")
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

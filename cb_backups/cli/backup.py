@@ -1,0 +1,36 @@
+"""`cb-backups backup [STORE] [--partition KEY]`: back up one store (or all) for one slot, through Dagster."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.markup import escape
+
+from cb_backups.cli.args import Subcommands, check_store_settings, partition, store_names
+from cb_backups.cli.output import check_table, console, err_console
+from cb_backups.cli.runs import evaluations, failure_messages, instance, run_job
+
+
+def register(sub: Subcommands) -> None:
+    backup = sub.add_parser("backup", help="back up one store (or all) for one slot, through Dagster")
+    backup.add_argument("store", nargs="?", help="postgres, valkey, neo4j, qdrant or opensearch (default: all)")
+    backup.add_argument("--partition", help="slot key, e.g. 2026-11-24-06:00 (six-hourly) or 2026-11-24 (daily)")
+    backup.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    slots = [(store, partition(store, args.partition)) for store in store_names(args.store)]
+    check_store_settings(args.store)
+    dagster = instance()
+    status = 0
+    for store, key in slots:
+        with console.status(f"backing up {store} slot {key} ..."):
+            result = run_job(f"{store}_backup_job", key, dagster)
+        rows = [(store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]
+        if not result.success or not rows or not all(r[2] for r in rows):
+            status = 1
+        for message in failure_messages(result):
+            err_console.print(f"[red]{store} {key}: {escape(message)}[/]")
+        if rows:
+            console.print(check_table(f"{store} backup {key}", rows))
+    return status
