@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from opensearchpy import OpenSearch
+from psycopg import sql
 
 from cb_backups.config.settings import Neo4jSettings, Settings, load_settings
 from cb_backups.core.catalog import Catalog, checksum_problems
@@ -56,6 +57,15 @@ def slot_key(store: str, when: datetime) -> str:
 
 
 @dataclass
+class ScratchRun:
+    target: Target
+    described: str
+    during: set[str]  # scratch things while the context was open
+    counts: Inventory  # Scratch.counts() inside the context
+    after: set[str] = field(default_factory=set)  # scratch things after it closed
+
+
+@dataclass
 class Subject:
     """One store under test: its settings, adapter, the shared backup and the probes the suite needs."""
 
@@ -68,7 +78,8 @@ class Subject:
     impossible_versions: dict[str, str]  # merged into manifest.versions: no server here can load that
     scratch_things: Callable[[], set[str]]  # what could be a scratch target, listed through the client
     secrets: tuple[str, ...] = ()
-    scratch_runs: dict[str, Any] = field(default_factory=dict)  # the scratch restore, run once per store
+    has_scratch: bool = True  # False: a store configured without a scratch target (a real Neo4j without a second)
+    scratch_result: ScratchRun | None = None  # the scratch restore, run once per store
 
     def verify(self, artifact: Artifact) -> Verification:
         """Every file's sha256 against the manifest, then the store's own check (as the restore path does)."""
@@ -86,12 +97,14 @@ def write_config(root: Path, sections: dict[str, Any]) -> dict[str, str]:
 
 
 def make_subject(name: str, env: dict[str, str], root: Path, seeded: Inventory, impossible: dict[str, str],
-                 scratch_things: Callable[[], set[str]], secrets: tuple[str, ...] = ()) -> Subject:
+                 scratch_things: Callable[[], set[str]], secrets: tuple[str, ...] = (),
+                 has_scratch: bool = True) -> Subject:
     settings = load_settings({"CB_BACKUP_DIR": str(root / "backups"), **env})
     store = open_store(name, settings)
     catalog = Catalog(settings.backup_dir)
     artifact = catalog.write(name, slot_key(name, SLOT), store.backup)
-    return Subject(name, settings, store, catalog, artifact, seeded, impossible, scratch_things, secrets)
+    return Subject(name, settings, store, catalog, artifact, seeded, impossible, scratch_things, secrets,
+                   has_scratch)
 
 
 @contextlib.contextmanager
@@ -114,7 +127,7 @@ def postgres_subject(request: pytest.FixtureRequest, root: Path) -> Iterator[Sub
         with pg.connect("postgres") as conn:
             for name in databases() - before:  # leftovers of a failed stage
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def child_valkey_servers() -> set[str]:
@@ -173,7 +186,7 @@ def neo4j_subject(request: pytest.FixtureRequest, root: Path) -> Iterator[Subjec
                                                                           "RETURN DISTINCT l")}
 
     yield make_subject("neo4j", write_config(root, config), root, SEED_INVENTORY, {"neo4j": "9.9.9"},
-                       scratch_labels, secrets=tuple(s for s in (neo.password,) if s))
+                       scratch_labels, secrets=tuple(s for s in (neo.password,) if s), has_scratch=bool(scratch))
 
 
 @contextlib.contextmanager
@@ -243,30 +256,29 @@ def subject(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def scratch_target(subject: Subject) -> Target:
     target = subject.store.scratch_target("restore")
+    if target is None and not subject.has_scratch:
+        pytest.skip(f"no scratch target configured for {subject.name} (CB_TEST_NEO4J_SCRATCH_URI)")
     assert target is not None, f"{subject.name}: no scratch target although one is configured"
     assert target.mode == "scratch"
     return target
 
 
-@dataclass
-class ScratchRun:
-    target: Target
-    described: str
-    during: set[str]  # scratch things while the context was open
-    counts: Inventory
-    after: set[str]  # ... and after it closed
+def targets(subject: Subject) -> Iterator[Target]:
+    """In place, then the store's scratch target (skipping the rest of the test when it has none)."""
+    yield Target("in_place")
+    yield scratch_target(subject)
 
 
 def scratch_run(subject: Subject) -> ScratchRun:
     """Restore the shared backup into the store's scratch target once; count inside, look again after."""
-    if "run" not in subject.scratch_runs:
+    if subject.scratch_result is None:
         before = subject.scratch_things()
         assert not before, f"leftover scratch targets before the restore: {before}"
         with subject.store.scratch(subject.artifact, scratch_target(subject)) as scratch:
-            run = ScratchRun(scratch.target, scratch.describe(), subject.scratch_things(), scratch.counts(), set())
+            run = ScratchRun(scratch.target, scratch.describe(), subject.scratch_things(), scratch.counts())
         run.after = subject.scratch_things()
-        subject.scratch_runs["run"] = run
-    return subject.scratch_runs["run"]  # type: ignore[no-any-return]
+        subject.scratch_result = run
+    return subject.scratch_result
 
 
 def flipped_copy(artifact: Artifact, into: Path) -> Artifact:
@@ -306,13 +318,13 @@ def test_backup_is_complete_and_holds_the_sample(subject: Subject) -> None:
     for section, names in subject.seeded.items():
         for name, count in names.items():
             assert manifest.inventory[section][name] == count, f"{section}/{name}"
-    assert subject.catalog.list(subject.name) == [subject.artifact]
+    assert subject.catalog.get(subject.name, manifest.partition_key) == subject.artifact
 
 
 def test_store_describes_itself_and_its_targets(subject: Subject) -> None:
     store = subject.store
     assert isinstance(store.restore_method, str) and store.restore_method
-    for target in (Target("in_place"), scratch_target(subject)):
+    for target in targets(subject):
         text = store.describe_target(target)
         assert isinstance(text, str) and text
         assert not [s for s in subject.secrets if s in text], text
@@ -332,6 +344,7 @@ def test_restore_into_scratch_counts_equal(subject: Subject) -> None:
     run = scratch_run(subject)
     assert run.during, "the scratch restore created nothing the client can see"
     assert run.target.mode == "scratch" and run.described
+    assert not [s for s in subject.secrets if s in run.described], run.described
     assert subject.store.compare_counts(subject.artifact.manifest.inventory, run.counts, run.target) == []
     for section, names in subject.seeded.items():  # under the backup's names, not the scratch copies'
         assert set(names) <= set(run.counts.get(section, {})), (section, run.counts)
@@ -347,7 +360,7 @@ def test_a_flipped_byte_fails_verify(subject: Subject, tmp_path: Path) -> None:
 def test_an_incompatible_backup_is_refused_by_compatibility(subject: Subject) -> None:
     crafted = incompatible_copy(subject)
     assert subject.verify(crafted).ok, "only the version is wrong"
-    for target in (Target("in_place"), scratch_target(subject)):
+    for target in targets(subject):
         assert subject.store.compatibility(subject.artifact, target) == [], target
         problems = subject.store.compatibility(crafted, target)
         assert problems and all(isinstance(p, str) and p for p in problems), target
@@ -355,16 +368,18 @@ def test_an_incompatible_backup_is_refused_by_compatibility(subject: Subject) ->
 
 def test_an_incompatible_backup_is_refused_by_the_restore_path_before_anything_changes(subject: Subject) -> None:
     crafted = incompatible_copy(subject)
-    reason = subject.store.compatibility(crafted, Target("in_place"))
-    assert reason
-    live, scratch = subject.store.inventory(), subject.scratch_things()
-    plan = plan_restore(subject.settings, subject.name, crafted.partition_key, target=Target("in_place"))
-    with pytest.raises(RestoreRefused) as refused:
-        execute_restore(plan)
-    assert reason[0] in str(refused.value)
-    assert subject.store.inventory() == live
-    assert subject.scratch_things() == scratch
-    assert subject.catalog.list(subject.name, kind="safety") == []  # refused before the safety backup
+    for checked in targets(subject):
+        requested = Target(checked.mode)  # the restore path fills in the scratch target's options itself
+        reason = subject.store.compatibility(crafted, checked)
+        assert reason, checked
+        live, scratch = subject.store.inventory(), subject.scratch_things()
+        plan = plan_restore(subject.settings, subject.name, crafted.partition_key, target=requested)
+        with pytest.raises(RestoreRefused) as refused:
+            execute_restore(plan)
+        assert reason[0] in str(refused.value), requested
+        assert subject.store.inventory() == live
+        assert subject.scratch_things() == scratch
+        assert subject.catalog.list(subject.name, kind="safety") == []  # refused before the safety backup
 
 
 def test_the_scratch_target_is_dropped(subject: Subject) -> None:

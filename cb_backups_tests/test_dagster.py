@@ -220,3 +220,11 @@ def test_definitions_validate_with_the_dagster_cli() -> None:
     done = subprocess.run(["dagster", "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_dg_check_defs_passes_in_the_repository_root(tmp_path: Path) -> None:
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    done = subprocess.run(["dg", "check", "defs"], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "DAGSTER_HOME": str(tmp_path)})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    assert "All definitions loaded successfully." in done.stdout + done.stderr

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import time
+import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +99,47 @@ def test_compose_file_runs_the_runbook_images_and_dagster() -> None:
     assert grpc["host"] == "cb-backups-code" and str(grpc["port"]) in services["cb-backups-code"]["command"]
     assert (DEPLOY / "Dockerfile").is_file()
 
+
+
+@pytest.mark.timeout(420)
+def test_wheel_holds_cb_backups_only_and_loads_its_definitions(tmp_path: Path) -> None:
+    """Built from what the Dockerfile copies, plus test and benchmark packages to leave out; installed
+    without pyproject.toml beside it, the package still loads the whole code location."""
+    packaged = tomllib.loads((ROOT / "cb_backups" / "dg.toml").read_text())["project"]
+    checkout = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dg"]["project"]
+    assert {k: checkout[k] for k in packaged} == packaged  # the two dg configs say the same
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "cb_backups", src / "cb_backups", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for package in ("cb_backups_tests", "benchmarks"):
+        (src / package).mkdir()
+        (src / package / "__init__.py").write_text("")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
+                            str(src)], capture_output=True, text=True, timeout=400)
+    assert built.returncode == 0, built.stderr[-2000:]
+    [wheel] = (tmp_path / "dist").glob("cb_backups-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist()}
+        assert "cb_backups/dg.toml" in archive.namelist()  # definitions.py reads it at load time
+    assert tops == {"cb_backups", wheel.name.split("-py3")[0] + ".dist-info"}
+    site = tmp_path / "site"
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                                str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    probe = ("import cb_backups, cb_backups.definitions as d; print(cb_backups.__file__); "
+             "print(sorted(j.name for j in d.defs.jobs))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            cwd=home, env={**os.environ, "PYTHONPATH": str(site), "DAGSTER_HOME": str(home)})
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    where, jobs = loaded.stdout.splitlines()[-2:]
+    assert where.startswith(str(site))  # the installed copy, not the checkout
+    from cb_backups.definitions import defs
+
+    assert jobs == str(sorted(j.name for j in defs.jobs))
 
 DAEMON_QUERY = """{ instance { runLauncher { name } runQueuingSupported
   daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"""

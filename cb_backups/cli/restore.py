@@ -59,10 +59,11 @@ def _confirmed(what: str, answer_word: str) -> bool:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from cb_backups.core.model import Target
+    from cb_backups.core.specs import FULL_SYSTEM
     from cb_backups.defs.resources import BackupsResource
     from cb_backups.restore.plan import plan_full_restore, plan_restore
 
-    full = args.store in ("full", "full_system")
+    full = args.store in ("full", FULL_SYSTEM)
     mode = TARGET_CHOICES[args.target]
     overrides = _overrides(args.overrides)
     settings = BackupsResource().settings()
@@ -70,7 +71,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     # The plan validates the request (exit 2 on bad input) and is printed before anything happens.
     if full:
         plan: Any = plan_full_restore(settings, args.backup, args.source, target)
-        job_name, confirm = "full_system_restore", "full_system"
+        job_name, confirm = "full_system_restore", FULL_SYSTEM
     else:
         plan = plan_restore(settings, args.store, args.backup, args.source, target)
         job_name, confirm = f"restore_{args.store}", args.store

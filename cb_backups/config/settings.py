@@ -20,11 +20,11 @@ from cb_backups.config.redact import redact_url
 from cb_backups.config.retention import policies_from_config
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.errors import CbBackupsError, ConfigError
-from cb_backups.core.specs import STORE_NAMES
+from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
 
 # Sections of the CB_CONFIG file (feature modules read restore/drills/offsite/retention from Settings.raw).
 TOP_LEVEL_KEYS = ("backup_dir", "timezone", *STORE_NAMES, "volumes", "s3", "webhook_url", "retention", "offsite",
-                  "restore", "drills", "notifications", "report", "full_system")
+                  "restore", "drills", "notifications", "report", FULL_SYSTEM)
 
 
 class Connection(NamedTuple):

@@ -49,7 +49,7 @@ def full_metadata(artifact: Artifact) -> dict[str, dg.MetadataValue]:
     name="full_system_backup",
     partitions_def=weekly_sunday_0100,
     group_name="backups",
-    pool="full_system",
+    pool=FULL_SYSTEM,
     description="Weekly full system backup (Sunday 01:00): every configured store backed up at once into "
                 f"one folder with one manifest (retention {RETENTION_DAYS} days).",
     metadata={"store": FULL_SYSTEM, "retention_days": RETENTION_DAYS},
@@ -90,7 +90,7 @@ with warnings.catch_warnings():
                     for name, text in FULL_CHECKS.items()]
 
 
-@dg.multi_asset_check(specs=_CHECK_SPECS, name="full_system_backup_checks", pool="full_system")
+@dg.multi_asset_check(specs=_CHECK_SPECS, name="full_system_backup_checks", pool=FULL_SYSTEM)
 def full_system_checks(context: dg.AssetCheckExecutionContext, backups: BackupsResource):  # type: ignore[no-untyped-def]
     key = context.partition_key
     _, outcomes = evaluate_full(backups.catalog(), key, backups.store)

@@ -28,7 +28,7 @@ class BackupsResource(dg.ConfigurableResource):
         return settings
 
     def catalog(self) -> Catalog:
-        return Catalog(self.settings().backup_dir)
+        return self.settings().catalog()
 
     def store(self, name: str) -> Store:
         return open_store(name, self.settings())

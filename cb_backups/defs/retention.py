@@ -110,7 +110,7 @@ def run_retention(settings: Settings, stores: list[str] | None = None, dry_run: 
     """Plan (and unless `dry_run`, apply) retention for `stores` (default: all with backups)."""
     now = now or utcnow()
     policies = policies_from_config(settings.raw)
-    catalog = Catalog(settings.backup_dir)
+    catalog = settings.catalog()
     target = offsite.S3Target(settings.s3) if settings.s3.enabled else None
     tz = ZoneInfo(settings.timezone)
     results = []

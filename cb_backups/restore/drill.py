@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from cb_backups.config.settings import Settings
-from cb_backups.core.catalog import Catalog
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Inventory, Progress, Target, no_progress
 from cb_backups.core.specs import spec_for
@@ -68,7 +67,7 @@ def run_drill(settings: Settings, store_name: str, partition_key: str | None = N
     rto_target = spec.rto / timedelta(seconds=1)
     started = time.monotonic()
     store = open_store(store_name, settings)
-    catalog = Catalog(settings.backup_dir)
+    catalog = settings.catalog()
     artifact = catalog.get(store_name, partition_key) if partition_key else (catalog.list(store_name) or [None])[-1]
     if artifact is None:
         what = f"slot {partition_key}" if partition_key else "any slot"

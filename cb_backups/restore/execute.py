@@ -17,12 +17,9 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cb_backups.core.catalog import Catalog, checksum_problems
@@ -171,7 +168,7 @@ def _prepare(plan: RestorePlan, progress: Progress, stack: contextlib.ExitStack,
 
 def _apply(prepared: _Prepared, progress: Progress, started: float) -> RestoreResult:
     plan, store, artifact = prepared.plan, prepared.store, prepared.artifact
-    catalog = Catalog(plan.settings.backup_dir)
+    catalog = plan.settings.catalog()
     safety: Artifact | None = None
     if plan.target.mode == "in_place" and plan.safety_backup:
         progress(f"{plan.store}: safety backup of the current data", 0, None)
@@ -221,7 +218,7 @@ def _apply(prepared: _Prepared, progress: Progress, started: float) -> RestoreRe
 
 def _resolve(plan: RestorePlan, store: Store, progress: Progress, stack: contextlib.ExitStack,
              skipped: list[str]) -> Artifact:
-    catalog = Catalog(plan.settings.backup_dir)
+    catalog = plan.settings.catalog()
 
     def skip(artifact: Artifact, problems: list[str]) -> None:
         skipped.append(f"{artifact.partition_key}: {'; '.join(problems)}")
@@ -258,7 +255,7 @@ def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack:
         raise RestoreRefused(plan.store, f"no off-site copy in s3://{target.bucket}/{target.folder(plan.store)}")
     tried: list[str] = []
     for key in keys:
-        folder = stack.enter_context(_download_dir(plan.settings.backup_dir, plan.store, key))
+        folder = stack.enter_context(plan.settings.catalog().download_dir(plan.store, key))
         progress(f"{plan.store}: downloading the off-site copy of {key}", 0, None)
         try:
             offsite.download_artifact(plan.store, key, target, folder, progress)
@@ -288,7 +285,7 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
     full = cache.get(key)
     if full is None:
         if plan.source == "offsite":
-            folder = stack.enter_context(_download_dir(plan.settings.backup_dir, FULL_SYSTEM, key))
+            folder = stack.enter_context(plan.settings.catalog().download_dir(FULL_SYSTEM, key))
             progress(f"downloading the off-site copy of full system backup {key}", 0, None)
             try:
                 offsite.download_artifact(FULL_SYSTEM, key, offsite.S3Target(plan.settings.s3), folder, progress)
@@ -298,7 +295,7 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
             assert loaded is not None
             full = loaded
         else:
-            full = Catalog(plan.settings.backup_dir).require(FULL_SYSTEM, key)
+            full = plan.settings.catalog().require(FULL_SYSTEM, key)
         cache[key] = full
     if plan.store not in stores_in(full):
         raise RestoreRefused(plan.store, f"full system backup {key} holds no {plan.store} backup "
@@ -309,15 +306,3 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
         raise RestoreRefused(plan.store, f"the {plan.store} part of full system backup {key} failed verification: "
                                          + "; ".join(verification.problems))
     return full, view
-
-
-@contextlib.contextmanager
-def _download_dir(backup_dir: Path, store: str, key: str) -> Iterator[Path]:
-    """A private folder on the backup disk (hidden from the catalog), removed afterwards."""
-    base = Path(backup_dir)
-    base.mkdir(parents=True, exist_ok=True)
-    parent = Path(tempfile.mkdtemp(prefix=f".restore-{store}-", dir=base))
-    try:
-        yield parent / key
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)

@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 from cb_backups.config.settings import Settings
-from cb_backups.core.catalog import Catalog
 from cb_backups.core.errors import ConfigError
 from cb_backups.core.model import Target
 from cb_backups.core.partitions import parse_slot, weekly_sunday_0100
@@ -76,7 +75,7 @@ class RestorePlan:
         if self.target.mode == "in_place":
             if self.safety_backup:
                 lines.append(f"  {step}. SAFETY BACKUP of the current {self.store} data into "
-                             f"{Catalog(self.settings.backup_dir).store_dir(self.store) / '_safety'}/<stamp> "
+                             f"{self.settings.catalog().safety_dir(self.store)}/<stamp> "
                              f"(kept {self.safety_keep_days} days)")
             else:
                 lines.append(f"  {step}. NO safety backup (override safety_backup=skip): the current data is lost")
@@ -119,7 +118,7 @@ def plan_restore(settings: Settings, store: str, backup: str = LATEST, source: s
     if target.mode == "scratch":
         defaults = adapter.scratch_target(RESTORE)
         options = {**(defaults.options if defaults is not None else {}), **options}
-    catalog = Catalog(settings.backup_dir)
+    catalog = settings.catalog()
     backup = LATEST if backup in LATEST_ALIASES else backup
     candidates: tuple[str, ...] = ()
     if backup == LATEST:
@@ -175,7 +174,7 @@ def full_system_stores(settings: Settings, key: str, source: str = "local") -> l
     """The stores a full system backup (`<backup_dir>/full_system/<key>`, cb_backups.full_system) holds."""
     if source != "local":
         return list(FULL_ORDER)  # read from the downloaded manifest when the restore runs
-    catalog = Catalog(settings.backup_dir)
+    catalog = settings.catalog()
     artifact = catalog.get(FULL_SYSTEM, key)
     if artifact is None:
         known = ", ".join(a.partition_key for a in catalog.list(FULL_SYSTEM)[-5:]) or "none"

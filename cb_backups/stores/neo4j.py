@@ -62,7 +62,14 @@ from cb_backups.core.model import (
     Verification,
     no_progress,
 )
-from cb_backups.stores.base import Scratch, counts_problems, disk_space_item, require_scratch, version_problems
+from cb_backups.stores.base import (
+    Scratch,
+    counts_problems,
+    disk_space_item,
+    dropped_afterwards,
+    require_scratch,
+    version_problems,
+)
 from cb_backups.stores.volume import service_stopped
 
 DUMP_FILE = "neo4j.dump"
@@ -72,6 +79,8 @@ BOLT_WAIT_SECONDS = 120.0
 LABELS_QUERY = "MATCH (n) UNWIND labels(n) AS label RETURN label, count(*) AS c"
 RELATIONSHIPS_QUERY = "MATCH ()-[r]->() RETURN type(r) AS type, count(*) AS c"
 COMPONENTS_QUERY = "CALL dbms.components() YIELD name, versions, edition RETURN name, versions, edition"
+# one batch per transaction: emptying a large scratch graph must not need one huge transaction
+EMPTY_BATCH_QUERY = "MATCH (n) WITH n LIMIT 10000 DETACH DELETE n RETURN count(*) AS c"
 _VERSION = re.compile(r"\b(\d+\.\d+\.\d+)\b")
 _UNKNOWN_COMMAND = re.compile(r"unknown (sub)?command|unmatched argument|unknown option|did you mean", re.IGNORECASE)
 _OVERRIDABLE = ("uri", "database", "admin_command", "stop_command", "start_command", "dump_dir")
@@ -120,7 +129,7 @@ class Neo4jStore:
         return None
 
     def _query(self, cypher: str) -> list[neo4j.Record]:
-        """Run one read query; any driver failure becomes StoreUnavailable naming the server."""
+        """Run one query (auto-commit); any driver failure becomes StoreUnavailable naming the server."""
         uri = self.settings.uri
         try:
             with GraphDatabase.driver(uri, auth=self._auth(), connection_timeout=5.0,
@@ -282,12 +291,18 @@ class Neo4jStore:
 
     @contextmanager
     def scratch(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Iterator[Scratch]:
-        """Load into the scratch server. Its one database cannot be dropped in Community Edition; the next
-        load overwrites it (--overwrite-destination), so nothing accumulates."""
+        """Load into the scratch server (--overwrite-destination replaces any leftover). Community Edition
+        cannot drop its one database, so "dropped" means emptied afterwards."""
         require_scratch(self.name, target)
-        server = self._for_target(target)
-        self.restore(artifact, target, progress)
-        yield Scratch(target, server.inventory, f"scratch Neo4j at {redact_url(server.settings.uri)}")
+        server = self._for_target(target)  # refuses the live server as a scratch target
+        with dropped_afterwards(server._empty_database):
+            self.restore(artifact, target, progress)
+            yield Scratch(target, server.inventory, f"scratch Neo4j at {redact_url(server.settings.uri)}")
+
+    def _empty_database(self) -> None:
+        """Delete every node and relationship, batch by batch (the scratch server's only)."""
+        while int(self._query(EMPTY_BATCH_QUERY)[0]["c"]):
+            pass
 
     def compare_counts(self, expected: Inventory, actual: Inventory, target: Target) -> list[str]:
         return counts_problems(expected, actual, sections=("labels", "relationships"))
@@ -307,7 +322,9 @@ class Neo4jStore:
                                             "restore needs a separate scratch server: pass its 'uri' (and its "
                                             "admin_command, stop_command, start_command) in the target options")
         overrides = {k: _command(v) if k.endswith("_command") else v for k, v in target.options.items()}
-        return Neo4jStore(replace(self.settings, **overrides), self.volume, self.scratch_server) if overrides else self
+        if not overrides:
+            return self
+        return Neo4jStore(replace(self.settings, **overrides), self.volume, self.scratch_server)
 
     def _offline(self, admin_argv: Sequence[str], what: str) -> str:
         """stop; run neo4j-admin; ALWAYS start again; wait for Bolt. Returns when the data was frozen."""

@@ -8,44 +8,45 @@ store should not have to load.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from cb_backups.config.settings import Settings, VolumeSettings
+from cb_backups.config.settings import Settings
 from cb_backups.core.specs import STORE_NAMES
 from cb_backups.stores.base import Store
 
 
-def postgres_store(settings: Any, volume: VolumeSettings | None) -> Store:
+def postgres_store(settings: Settings) -> Store:
     from cb_backups.stores.postgres import PostgresStore
 
-    return PostgresStore(settings, volume=volume)
+    return PostgresStore(settings.store("postgres"), volume=settings.volumes.get("postgres"))
 
 
-def valkey_store(settings: Any, volume: VolumeSettings | None) -> Store:
+def valkey_store(settings: Settings) -> Store:
     from cb_backups.stores.valkey import ValkeyStore
 
-    return ValkeyStore(settings, volume=volume)
+    return ValkeyStore(settings.store("valkey"), volume=settings.volumes.get("valkey"))
 
 
-def neo4j_store(settings: Any, volume: VolumeSettings | None) -> Store:
-    from cb_backups.stores.neo4j import Neo4jStore
+def neo4j_store(settings: Settings) -> Store:
+    from cb_backups.stores.neo4j import Neo4jStore, scratch_server_options
 
-    return Neo4jStore(settings, volume=volume)
+    # the scratch server for drills may be named in the config file's `drills:` section
+    return Neo4jStore(settings.store("neo4j"), volume=settings.volumes.get("neo4j"),
+                      scratch_server=scratch_server_options(settings))
 
 
-def qdrant_store(settings: Any, volume: VolumeSettings | None) -> Store:
+def qdrant_store(settings: Settings) -> Store:
     from cb_backups.stores.qdrant import QdrantStore
 
-    return QdrantStore(settings, volume=volume)
+    return QdrantStore(settings.store("qdrant"), volume=settings.volumes.get("qdrant"))
 
 
-def opensearch_store(settings: Any, volume: VolumeSettings | None) -> Store:
+def opensearch_store(settings: Settings) -> Store:
     from cb_backups.stores.opensearch import OpenSearchStore
 
-    return OpenSearchStore(settings, volume=volume)
+    return OpenSearchStore(settings.store("opensearch"), volume=settings.volumes.get("opensearch"))
 
 
-FACTORIES: dict[str, Callable[[Any, VolumeSettings | None], Store]] = {
+FACTORIES: dict[str, Callable[[Settings], Store]] = {
     "postgres": postgres_store,
     "valkey": valkey_store,
     "neo4j": neo4j_store,
@@ -57,5 +58,6 @@ assert tuple(FACTORIES) == tuple(STORE_NAMES), "one factory per store, in the ST
 
 def open_store(name: str, settings: Settings) -> Store:
     """The adapter for `name`; a ConfigError names the store when it is unknown or unconfigured."""
-    store_settings = settings.store(name)
-    return FACTORIES[name](store_settings, settings.volumes.get(name))
+    if name not in FACTORIES:
+        settings.store(name)  # the ConfigError naming the store and the allowed names
+    return FACTORIES[name](settings)

@@ -59,6 +59,14 @@ def rdb_header(path: Path) -> tuple[str, int]:
     raise ValueError(f"not an RDB file (starts with {head[:9]!r})")
 
 
+def rdb_version(artifact: Artifact) -> int:
+    """The RDB format a server must load for this backup: the file's header, or the manifest's record
+    when that is newer (refusing on either is the safe side)."""
+    _, header = rdb_header(artifact.path(RDB_FILE))
+    recorded = str(artifact.manifest.versions.get("rdb", ""))
+    return max(header, int(recorded)) if recorded.isdigit() else header
+
+
 @dataclass(frozen=True)
 class ValkeyScratch(Scratch):
     """A throwaway valkey-server loaded from the backup's RDB."""
@@ -251,9 +259,9 @@ class ValkeyStore:
     def check_compatible(self, artifact: Artifact, client: valkey.Valkey) -> list[str]:
         version = str(self._call(client.info, "server").get("valkey_version") or "0")
         major = int(version.split(".")[0] or 0)
-        _, rdb_version = rdb_header(artifact.path(RDB_FILE))
-        if rdb_version > MAX_RDB_VERSION.get(major, 0):
-            return [f"RDB version {rdb_version} cannot be loaded by Valkey {version} "
+        needed = rdb_version(artifact)
+        if needed > MAX_RDB_VERSION.get(major, 0):
+            return [f"RDB version {needed} cannot be loaded by Valkey {version} "
                     f"(loads up to {MAX_RDB_VERSION.get(major, 0)})"]
         return []
 
@@ -271,7 +279,7 @@ class ValkeyStore:
             return [f"{server} not found (set CB_VALKEY_BIN_DIR)"]
         version = next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), "0")
         major = int(version.split(".")[0] or 0)
-        _, rdb = rdb_header(artifact.path(RDB_FILE))
+        rdb = rdb_version(artifact)
         if rdb > MAX_RDB_VERSION.get(major, 0):
             return [f"RDB version {rdb} cannot be loaded by Valkey {version}"]
         return []

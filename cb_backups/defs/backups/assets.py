@@ -1,10 +1,9 @@
 """Factory: one partitioned backup asset per store, built from the StoreSpec table."""
-
 from datetime import timedelta
 
 import dagster as dg
 
-from cb_backups.core.catalog import utcnow
+from cb_backups.core.catalog import MANIFEST, utcnow
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Artifact
 from cb_backups.core.partitions import parse_slot
@@ -38,7 +37,7 @@ def artifact_metadata(artifact: Artifact) -> dict[str, dg.MetadataValue]:
     # manifest together cannot rewrite Dagster's event log as well.
     from cb_backups.core.fileio import sha256_file
 
-    meta["manifest_sha256"] = dg.MetadataValue.text(sha256_file(artifact.path("manifest.json"))[0])
+    meta["manifest_sha256"] = dg.MetadataValue.text(sha256_file(artifact.path(MANIFEST))[0])
     for section, counts in m.inventory.items():
         if section == "estimates":
             continue
