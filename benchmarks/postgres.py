@@ -44,7 +44,8 @@ def dagster_overhead(bench: Bench) -> Figure:
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     key = spec_for("postgres").partitions.get_last_partition_key()
-    env = {"CB_BACKUP_DIR": str(backups), "DAGSTER_HOME": str(home), "CB_POSTGRES_URL": bench.pg.url,
+    env = {"CB_BACKUP_DIR": str(backups), "CB_BACKUP_DIR_CREATE": "1", "DAGSTER_HOME": str(home),
+           "CB_POSTGRES_URL": bench.pg.url,
            "CB_POSTGRES_PASSWORD": bench.pg.password, "CB_PG_BIN_DIR": str(bench.pg.bin_dir),
            "CB_POSTGRES_COMPRESSION": "gzip:6", "CB_LOG_LEVEL": "ERROR"}
     outcomes: list[bool] = []

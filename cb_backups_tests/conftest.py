@@ -58,8 +58,8 @@ def backup_dir(tmp_path: Path) -> Path:
 def cb_env(monkeypatch: pytest.MonkeyPatch, backup_dir: Path, pg_server: EmbeddedPostgres,
            valkey_server: EmbeddedValkey, tmp_path: Path) -> dict[str, str]:
     """Point cb-backups (settings, CLI, Dagster) at the test servers and a fresh instance."""
-    env = {"CB_BACKUP_DIR": str(backup_dir), "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-           **pg_server.env(), **valkey_server.env()}
+    env = {"CB_BACKUP_DIR": str(backup_dir), "CB_BACKUP_DIR_CREATE": "1",  # a fresh folder: let cb-backups make it
+           "DAGSTER_HOME": str(tmp_path / "dagster_home"), **pg_server.env(), **valkey_server.env()}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     (tmp_path / "dagster_home").mkdir()

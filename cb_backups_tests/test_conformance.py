@@ -99,7 +99,7 @@ def write_config(root: Path, sections: dict[str, Any]) -> dict[str, str]:
 def make_subject(name: str, env: dict[str, str], root: Path, seeded: Inventory, impossible: dict[str, str],
                  scratch_things: Callable[[], set[str]], secrets: tuple[str, ...] = (),
                  has_scratch: bool = True) -> Subject:
-    settings = load_settings({"CB_BACKUP_DIR": str(root / "backups"), **env})
+    settings = load_settings({"CB_BACKUP_DIR": str(root / "backups"), "CB_BACKUP_DIR_CREATE": "1", **env})
     store = open_store(name, settings)
     catalog = Catalog(settings.backup_dir)
     artifact = catalog.write(name, slot_key(name, SLOT), store.backup)

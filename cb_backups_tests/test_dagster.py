@@ -145,8 +145,8 @@ def test_unreachable_server_fails_the_run_and_names_the_store(cb_env: dict[str, 
 def test_slot_older_than_retention_is_refused(cb_env: dict[str, str]) -> None:
     old = spec_for("valkey").partitions.get_partition_keys()[0]
     done = cli("backup", "valkey", "--partition", old)
-    assert done.returncode == 1
-    assert "beyond the 3-day retention" in done.stderr
+    assert done.returncode == 2  # bad input, refused before a run starts
+    assert "a valkey slot that ended within its 3-day retention" in done.stderr
 
 
 # Everything the code location defines, pinned: loading the defs/ folder must find each object exactly once.
@@ -169,7 +169,8 @@ CHECK_KEYS = {
     "qdrant_backup:inventory_recorded", "qdrant_backup:restore_drill", "qdrant_offsite:offsite_complete",
     "valkey_backup:artifact_present", "valkey_backup:checksum", "valkey_backup:freshness",
     "valkey_backup:integrity", "valkey_backup:inventory_recorded", "valkey_backup:restore_drill",
-    "valkey_offsite:offsite_complete",
+    "valkey_offsite:offsite_complete", "neo4j_offsite:offsite_freshness", "opensearch_offsite:offsite_freshness",
+    "postgres_offsite:offsite_freshness", "qdrant_offsite:offsite_freshness", "valkey_offsite:offsite_freshness",
 }
 JOB_NAMES = {
     "audit_report_job", "freshness_checks_job", "full_system_backup_job", "full_system_backup_offsite_job",
@@ -180,14 +181,15 @@ JOB_NAMES = {
     "qdrant_offsite_job", "qdrant_offsite_verify_job", "qdrant_verify_job", "restore_drills_job", "restore_neo4j",
     "restore_opensearch", "restore_postgres", "restore_qdrant", "restore_valkey", "retention_job",
     "valkey_backup_job", "valkey_offsite_job", "valkey_offsite_verify_job", "valkey_verify_job",
+    "offsite_freshness_job",
 }
 SCHEDULE_NAMES = {
     "audit_report_schedule", "freshness_checks_schedule", "full_system_backup_schedule", "neo4j_backup_schedule",
     "opensearch_backup_schedule", "postgres_backup_schedule", "qdrant_backup_schedule", "restore_drills_schedule",
-    "retention_schedule", "valkey_backup_schedule",
+    "retention_schedule", "valkey_backup_schedule", "offsite_freshness_schedule",
 }
 SENSOR_NAMES = {
-    "check_failure_webhook_sensor", "offsite_automation_sensor", "run_failure_webhook_sensor",
+    "check_failure_webhook_sensor", "dead_runs_sensor", "offsite_automation_sensor", "run_failure_webhook_sensor",
 }
 
 

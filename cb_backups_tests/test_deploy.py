@@ -156,7 +156,8 @@ def running(dagster_db: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     config = production_config()
     del config["run_launcher"]
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, **dagster_db, "DAGSTER_HOME": str(home), "CB_BACKUP_DIR": str(home / "backups")}
+    env = {**os.environ, **dagster_db, "DAGSTER_HOME": str(home), "CB_BACKUP_DIR": str(home / "backups"),
+           "CB_BACKUP_DIR_CREATE": "1"}
     env.pop("CB_WEBHOOK_URL", None)
     daemon = Server([sys.executable, "-m", "dagster._daemon", "run", "-w", str(ROOT / "workspace.yaml")], env,
                     home / "daemon.log")

@@ -14,12 +14,14 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from cb_backups.config.retention import OffsitePolicy, offsite_from_config
 from cb_backups.config.settings import S3Settings
 from cb_backups.core.catalog import MANIFEST, Catalog, checksum_problems
 from cb_backups.core.errors import ConfigError, VerificationFailed
 from cb_backups.core.fileio import HashingWriter
 from cb_backups.core.model import Artifact, BackupOutput, FileRecord
 from cb_backups.offsite import s3 as offsite
+from cb_backups.offsite.state import COPIED, FAILED, STALE, VERIFIED, Attempt, Seen, decide_copy, offsite_state
 from cb_backups_tests.servers.s3 import SeaweedS3
 
 # s3_server, s3_bucket and s3_env come from cb_backups_tests/fixtures_s3.py (loaded by conftest.py)
@@ -381,3 +383,68 @@ def test_checksum_refusal_is_recognised() -> None:
     assert offsite._checksum_refused(refused) and not offsite._checksum_refused(other)
     assert not offsite.is_transient(other)
     assert offsite.is_transient(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"))
+
+
+# --- off-site state and the copy decision (pure) ------------------------------------------
+
+OLD, NEW = "a" * 64, "b" * 64
+
+
+def test_offsite_state_is_verified_only_for_the_current_manifest() -> None:
+    copy, check = Seen(100.0, OLD), Seen(101.0, OLD)
+    assert offsite_state(OLD, copy, check) == VERIFIED
+    assert offsite_state(NEW, copy, check) == STALE  # backed up again after the copy was verified
+    assert offsite_state(NEW, Seen(102.0, NEW), check) == COPIED  # re-copied, not checked yet
+    assert offsite_state(NEW, Seen(102.0, NEW), Seen(103.0, NEW)) == VERIFIED
+    assert offsite_state(NEW, copy, Seen(103.0, None, passed=False)) == FAILED
+    # a check that recorded no manifest (older runs) verified the copy it followed, never a later one
+    assert offsite_state(OLD, copy, Seen(101.0, None)) == VERIFIED
+    assert offsite_state(NEW, Seen(102.0, NEW), Seen(101.0, None)) == COPIED
+    assert offsite_state(NEW, copy, Seen(101.0, None)) == STALE
+    assert offsite_state(None, copy, check) == VERIFIED  # pruned locally: judged against its own manifest
+    assert offsite_state(OLD, None, None) == ""
+
+
+def test_decide_copy_compares_manifests_and_backs_off() -> None:
+    policy = OffsitePolicy()
+    wait = policy.retry_wait_seconds
+    assert decide_copy(NEW, None, None, [], wait, 0.0).copy  # never copied
+    same_second = decide_copy(NEW, Seen(100.0, OLD), Seen(100.0, OLD), [], wait, 100.0)
+    assert same_second.copy and same_second.attempt == 1  # re-taken in the same second: copied again
+    assert not decide_copy(NEW, Seen(100.0, NEW), Seen(101.0, NEW), [], wait, 200.0).copy
+    failed = [Attempt(True, 1000.0, "r1")]
+    assert not decide_copy(NEW, Seen(100.0, OLD), None, failed, wait, 1000.0 + 299).copy  # 5 min
+    retry = decide_copy(NEW, Seen(100.0, OLD), None, failed, wait, 1000.0 + 300)
+    assert retry.copy and retry.attempt == 2 and retry.failures == 1
+    two = [Attempt(True, 2000.0, "r2"), *failed]
+    assert not decide_copy(NEW, None, None, two, wait, 2000.0 + 899).copy  # then 15 min
+    assert decide_copy(NEW, None, None, two, wait, 2000.0 + 900).attempt == 3
+    many = [Attempt(True, 9000.0 - i, f"r{i}") for i in range(6)]
+    assert not decide_copy(NEW, None, None, many, wait, 9000.0 + 3599).copy  # then hourly
+    # a failing offsite_complete of the current copy: re-sent (forced), counted as a failure
+    broken = decide_copy(NEW, Seen(100.0, NEW), Seen(500.0, None, passed=False, run_id="v1"), [], wait, 500.0)
+    assert not broken.copy and broken.failures == 1 and broken.force
+    assert decide_copy(NEW, Seen(100.0, NEW), Seen(500.0, None, passed=False), [], wait, 800.0).force
+    # a success since the failures resets the count
+    assert decide_copy(NEW, None, None, [Attempt(False, 50.0), *failed], wait, 1000.0).failures == 0
+
+
+@pytest.mark.parametrize(("section", "name"), [
+    ({"retry_minutes": []}, "offsite.retry_minutes"), ({"retry_minutes": [5, "x"]}, "offsite.retry_minutes"),
+    ({"retry_minutes": 5}, "offsite.retry_minutes"), ({"notify_after": 0}, "offsite.notify_after"),
+    ({"notify_after": True}, "offsite.notify_after"), ({"rpo_lag_hours": -1}, "offsite.rpo_lag_hours"),
+    ({"sensor_interval_seconds": 0}, "offsite.sensor_interval_seconds"),
+    ({"deep_verify": "yes"}, "offsite.deep_verify"),
+    ({"retries": 3}, "setting in the 'offsite' section"),
+])
+def test_bad_offsite_settings_are_named(section: dict, name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        offsite_from_config({"offsite": section})
+    assert name in str(caught.value)
+
+
+def test_offsite_settings_defaults_and_overrides() -> None:
+    assert offsite_from_config({}) == OffsitePolicy((5.0, 15.0, 60.0), 3, 1.0, 30, False)
+    custom = offsite_from_config({"offsite": {"retry_minutes": [1, 2], "notify_after": 5, "rpo_lag_hours": 0.5}})
+    assert custom.retry_wait_seconds(1) == 60 and custom.retry_wait_seconds(9) == 120
+    assert custom.notify_after == 5 and custom.rpo_lag_hours == 0.5

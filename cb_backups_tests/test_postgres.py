@@ -84,6 +84,11 @@ def test_in_place_restore_swaps_only_after_success(store: PostgresStore, backup_
     with pg_server.connect("postgres") as conn:
         names = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
     assert not {"cb_inplace__incoming", "cb_inplace__previous"} & names
+    kept = [n for n in names if n.startswith("cb_inplace__replaced_")]  # the old database, kept, not dropped
+    assert len(kept) == 1 and any(kept[0] in line for line in inplace.replaced())
+    with pg_server.connect(kept[0]) as conn:
+        assert conn.execute("SELECT count(*) FROM apps WHERE name = 'added-after-backup'").fetchone()[0] == 1
+    assert inplace.prune_replaced(keep_days=1) == [] and inplace.prune_replaced(keep_days=0) == kept
     store.drop_database("cb_inplace")
 
 

@@ -24,7 +24,7 @@ from cb_backups.core.catalog import Catalog
 from cb_backups.core.partitions import weekly_sunday_0100
 from cb_backups.core.specs import STORES, spec_for
 from cb_backups.report import history
-from cb_backups.report.build import build_report, expected_slots, period, store_checks
+from cb_backups.report.build import SlotRow, StoreSummary, build_report, expected_slots, period, store_checks
 from cb_backups.report.render import to_csv, to_html, to_json
 from cb_backups.retention.apply import apply_local
 from cb_backups.retention.policy import PrunePlan
@@ -48,8 +48,8 @@ def module_env(pg_server: object, valkey_server: object, tmp_path_factory: pytes
                ) -> Iterator[dict[str, str]]:
     """Like `cb_env`, once for the module: the runs below are shared by the report tests."""
     base = tmp_path_factory.mktemp("report")
-    env = {"CB_BACKUP_DIR": str(base / "backups"), "DAGSTER_HOME": str(base / "dagster_home"),
-           **pg_server.env(), **valkey_server.env()}  # type: ignore[attr-defined]
+    env = {"CB_BACKUP_DIR": str(base / "backups"), "CB_BACKUP_DIR_CREATE": "1",
+           "DAGSTER_HOME": str(base / "dagster_home"), **pg_server.env(), **valkey_server.env()}  # type: ignore[attr-defined]
     (base / "dagster_home").mkdir()
     (base / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with pytest.MonkeyPatch.context() as mp:
@@ -283,3 +283,38 @@ def test_audit_report_asset_writes_beside_the_backups_and_to_s3(cb_env: dict[str
     assert head["Metadata"]["sha256"] == hashlib.sha256(json_path.read_bytes()).hexdigest()
     body = target.client.get_object(Bucket=s3_bucket, Key=f"cb-backups/_reports/{html_path.name}")["Body"].read()
     assert body == html_path.read_bytes()
+
+
+def test_report_shows_stale_copies_failed_offsite_runs_and_offsite_rpo(offsite_env: dict[str, str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    instance = dg.DagsterInstance.get()
+    keys = spec_for("valkey").partitions.get_partition_keys()
+    stale_key, failed_key = keys[-3], keys[-4]
+    for key in (stale_key, failed_key):
+        assert run_job("valkey_backup_job", key, instance).success
+    assert run_job("valkey_offsite_job", stale_key, instance).success
+    now = datetime.now(UTC)
+    start, end = period((now - timedelta(days=2)).date(), now.date())
+
+    def rows() -> tuple[dict[str, SlotRow], StoreSummary]:
+        report = build_report(instance, Path(offsite_env["CB_BACKUP_DIR"]), start, end, ["valkey"], now=now)
+        return {r.slot: r for r in report.rows}, report.stores[0]
+
+    by_slot, summary = rows()
+    assert by_slot[stale_key].offsite_verification == "verified"
+    assert summary.offsite_rpo_ok is True and summary.offsite_newest_verified == stale_key
+
+    assert run_job("valkey_backup_job", stale_key, instance).success  # re-taken: S3 holds the older manifest
+    monkeypatch.setenv("CB_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # S3 down for this copy
+    assert not run_job("valkey_offsite_job", failed_key, instance).success
+    by_slot, summary = rows()
+    stale = by_slot[stale_key]
+    assert stale.offsite_verification == "stale" and "stale" in stale.offsite_error
+    failed = by_slot[failed_key]
+    assert len(failed.offsite_failed_runs) == 1 and "127.0.0.1:9" in failed.offsite_error
+    assert failed.failed_runs == []  # a backup run did not fail
+    assert summary.offsite_failed_runs == 1 and summary.offsite_rpo_ok is False
+    report = build_report(instance, Path(offsite_env["CB_BACKUP_DIR"]), start, end, ["valkey"], now=now)
+    assert "stale" in to_html(report) and "failed off-site runs" in to_html(report)
+    header = next(csv.reader(io.StringIO(to_csv(report))))
+    assert {"offsite_verification", "offsite_failed_runs", "offsite_error"} <= set(header)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -247,6 +248,54 @@ def test_plan_invariants(backups: list[BackupInfo], policy: RetentionPolicy, off
 
     # deterministic
     assert plan(list(reversed(backups)), policy, NOW, offsite_enabled=offsite_enabled, where=where) == result
+
+
+@st.composite
+def histories_with_stale_copies(draw: st.DrawFn) -> list[BackupInfo]:
+    """Slots with a manifest, and an off-site verification that verified this manifest, an OLDER one of the slot
+    (the slot was backed up again after its copy: stale), or none."""
+    hours = draw(st.lists(st.integers(min_value=-48, max_value=24 * 60), max_size=40, unique=True))
+    found = []
+    for i, h in enumerate(hours):
+        sha = f"{i:03d}" + "a" * 61
+        copy = draw(st.sampled_from(["current", "stale", "unknown", "none"]))
+        held = {"current": sha, "stale": f"{i:03d}" + "b" * 61, "unknown": None, "none": None}[copy]
+        found.append(BackupInfo(f"k{i:03d}", NOW - timedelta(hours=h), draw(st.booleans()),
+                                None if copy == "none" else draw(st.booleans()) or copy == "stale",
+                                manifest_sha256=sha, offsite_sha256=held))
+    return found
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(backups=histories_with_stale_copies(), policy=policies())
+def test_a_stale_offsite_copy_never_counts_as_verified(backups: list[BackupInfo], policy: RetentionPolicy) -> None:
+    result = plan(backups, policy, NOW, offsite_enabled=True, where="local")
+    by_key = {b.partition_key: b for b in backups}
+    for key in result.deleted_keys:  # only a backup whose CURRENT manifest is verified off-site may go
+        b = by_key[key]
+        assert b.offsite_verified is True and b.offsite_sha256 == b.manifest_sha256, b
+    for b in backups:
+        if b.offsite_sha256 not in (None, b.manifest_sha256):
+            assert b.partition_key in result.kept_keys
+            assert "not yet verified off-site" in dict(result.keep)[b.partition_key]
+    # off-site, the newest copy that is verified AND current is never deleted
+    remote = plan(backups, policy, NOW, offsite_enabled=True, where="offsite")
+    current = [b for b in backups if b.offsite_current]
+    if current:
+        newest = max(current, key=lambda b: (b.captured_at, b.partition_key))
+        assert newest.partition_key in remote.kept_keys
+
+
+def test_local_backups_mark_a_copy_of_an_older_manifest_stale(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path)
+    first, second = _fill(catalog, "valkey", 2)
+    sha = {a.partition_key: hashlib.sha256(a.path("manifest.json").read_bytes()).hexdigest() for a in (first, second)}
+    infos = local_backups(catalog, "valkey", {first.partition_key: True, second.partition_key: True},
+                          {first.partition_key: sha[first.partition_key], second.partition_key: "0" * 64})
+    current = {b.partition_key: b.offsite_current for b in infos}
+    assert current == {first.partition_key: True, second.partition_key: False}
+    result = plan(infos, RetentionPolicy(keep_days=1, min_keep=1), NOW + timedelta(days=30), offsite_enabled=True)
+    assert second.partition_key in result.kept_keys  # its copy in S3 is of another manifest
 
 
 def _protected(reasons: list[str]) -> bool:

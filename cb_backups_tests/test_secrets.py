@@ -10,6 +10,8 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -17,8 +19,14 @@ import pytest
 from dagster._serdes import serialize_value
 
 from cb_backups.cli.runs import run_job
+from cb_backups.config.settings import load_settings
 from cb_backups.core.errors import RestoreRefused
+from cb_backups.core.model import Target
+from cb_backups.core.net import wait_until
 from cb_backups.core.specs import spec_for
+from cb_backups.demo.embedded import EmbeddedPostgres
+from cb_backups.restore.drill import run_drill
+from cb_backups.stores.registry import open_store
 from cb_backups.stores.volume import extract_tar
 from cb_backups_tests.conftest import PG_PASSWORD, VALKEY_PASSWORD
 from cb_backups_tests.servers.s3 import SeaweedS3
@@ -124,3 +132,117 @@ def test_archives_with_escaping_members_are_refused(tmp_path: Path, member: str)
         extract_tar("qdrant", archive, target)
     assert not (tmp_path / "a" / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
     assert not Path("/tmp/cb-absolute-escape.txt").exists()
+
+
+# --- no secret on a command line ---------------------------------------------------------------------------
+
+
+class CmdlineSampler:
+    """Reads /proc/*/cmdline of every process every few ms, in a thread, while the block runs.
+
+    `leaks` names (never shows) each process whose command line held a secret; `seen` keeps every
+    other command line, so a test can prove the processes it cares about were really sampled.
+    """
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = [s.encode() for s in secrets]
+        self.leaks: set[str] = set()
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cmdline-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.003):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    raw = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue  # the process ended meanwhile
+                hit = [i for i, s in enumerate(self.secrets) if s in raw]
+                argv0 = raw.split(b"\0", 1)[0].decode(errors="replace")
+                if hit:
+                    self.leaks.add(f"pid {entry.name} ({Path(argv0).name}) has secret #{hit[0]} in its argv")
+                elif raw:
+                    self.seen.add(raw.replace(b"\0", b" ").decode(errors="replace"))
+
+    def saw(self, *words: str) -> bool:
+        return any(all(w in line for w in words) for line in list(self.seen))
+
+    def __enter__(self) -> CmdlineSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def test_no_secret_on_any_command_line_while_commands_start_processes(
+        cb_env: dict[str, str], pg_server: EmbeddedPostgres, tmp_path: Path) -> None:
+    """pg_dump, pg_restore, valkey-cli --rdb, the scratch valkey-server (restore and drill): sampled while running."""
+    secrets = [PG_PASSWORD, VALKEY_PASSWORD]
+    pg_key = spec_for("postgres").partitions.get_partition_keys()[-1]
+    vk_key = spec_for("valkey").partitions.get_partition_keys()[-1]
+    canary = f"canary-{uuid.uuid4().hex}"
+    with CmdlineSampler([*secrets, canary]) as sampler:
+        # the sampler catches a secret in argv: a process that carries one (a canary, not a real secret)
+        control = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", canary])
+        try:
+            wait_until(lambda: bool(sampler.leaks), 60, "the sampler to see the canary")
+        finally:
+            control.kill()
+            control.wait()
+        sampler.leaks.clear()
+
+        # pg_dump, held inside the dump by a lock on a table the backup does not count (deterministic)
+        with pg_server.connect() as blocker:
+            blocker.autocommit = False
+            blocker.execute("LOCK TABLE feedback IN ACCESS EXCLUSIVE MODE")
+            backup = subprocess.Popen([sys.executable, "-m", "cb_backups.cli.app", "backup", "postgres",
+                                       "--partition", pg_key], cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+            try:
+                wait_until(lambda: sampler.saw("pg_dump", "--snapshot") or bool(sampler.leaks), 120, "pg_dump to run")
+            finally:
+                blocker.rollback()
+            out, err = backup.communicate(timeout=300)
+        assert backup.returncode == 0, (out[-2000:], err[-2000:])
+        done = [("restore postgres (pg_restore)", cli("restore", "postgres", "--backup", pg_key)),
+                # valkey-cli --rdb: the backup over the wire (no data folder)
+                ("backup valkey over the wire", cli("backup", "valkey", "--partition", vk_key,
+                                                    env={"CB_VALKEY_DATA_DIR": ""})),
+                ("restore valkey (scratch valkey-server)", cli("restore", "valkey", "--backup", vk_key))]
+        for name, result in done:
+            assert result.returncode == 0, (name, result.stdout[-2000:], result.stderr[-2000:])
+        settings = load_settings()
+        assert run_drill(settings, "valkey", vk_key).passed
+        # the scratch server that used to get --requirepass: valkey-server retitles itself once started, so
+        # its argv is held where it is visible -- a wrapper that waits for a file, then execs the real one
+        wrapper = tmp_path / "gated-bin"
+        wrapper.mkdir()
+        release = tmp_path / "release"
+        real = Path(cb_env["CB_VALKEY_BIN_DIR"]) / "valkey-server"
+        (wrapper / "valkey-server").write_text(f'#!/bin/sh\nwhile [ ! -e "{release}" ]; do sleep 0.02; done\n'
+                                               f'exec "{real}" "$@"\n')
+        (wrapper / "valkey-server").chmod(0o755)
+        store = open_store("valkey", load_settings({**os.environ, "CB_VALKEY_BIN_DIR": str(wrapper)}))
+        artifact = settings.catalog().require("valkey", vk_key)
+        counted: list[object] = []
+
+        def scratch_restore() -> None:
+            with store.scratch(artifact, Target("scratch")) as scratch:
+                counted.append(scratch.counts())
+
+        thread = threading.Thread(target=scratch_restore)
+        thread.start()
+        try:
+            wait_until(lambda: sampler.saw(str(wrapper / "valkey-server"), "--port") or bool(sampler.leaks), 60,
+                       "the scratch valkey-server")
+        finally:
+            release.touch()
+            thread.join(120)
+        assert counted == [artifact.manifest.inventory]
+    assert sampler.leaks == set()
+    assert sampler.saw("pg_dump", "--snapshot") and sampler.saw(str(wrapper / "valkey-server"), ".conf", "--port")

@@ -109,8 +109,8 @@ def ui(pg_server: Any, valkey_server: Any, tmp_path_factory: pytest.TempPathFact
     home = base / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {"CB_BACKUP_DIR": str(base / "backups"), "DAGSTER_HOME": str(home), **pg_server.env(),
-           **valkey_server.env()}
+    env = {"CB_BACKUP_DIR": str(base / "backups"), "CB_BACKUP_DIR_CREATE": "1", "DAGSTER_HOME": str(home),
+           **pg_server.env(), **valkey_server.env()}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)

@@ -5,11 +5,13 @@ Each outcome becomes one asset check in Dagster and one line in `cb-backups veri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from cb_backups.core.catalog import Catalog, checksum_problems, parse_iso, utcnow
+from cb_backups.core.fileio import as_disk_full
 from cb_backups.core.model import Artifact, Verification
 from cb_backups.stores.base import Store
 
@@ -17,7 +19,8 @@ from cb_backups.stores.base import Store
 SLOT_CHECKS = {
     "artifact_present": "The backup's files and manifest exist and are not empty.",
     "integrity": "The store's own integrity check passes (pg_restore --list, valkey-check-rdb, ...).",
-    "checksum": "Every file's sha256 and size equal the manifest's.",
+    "checksum": "Every file's sha256 and size equal the manifest's; the manifest equals its seal, names this "
+                "folder's store and slot, and equals the sha256 Dagster recorded when the backup was written.",
     "inventory_recorded": "The manifest records the store's counts at backup time.",
 }
 FRESHNESS_CHECK = "freshness"
@@ -34,8 +37,17 @@ class Outcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate_slot(store: Store, catalog: Catalog, key: str) -> tuple[Artifact | None, list[Outcome]]:
-    """Run every slot check; records the overall verification beside the backup."""
+# A second record of the backup (Dagster's event log, checks.tamper): its problems with an artifact.
+SecondRecord = Callable[[Artifact], list[str]]
+
+
+def evaluate_slot(store: Store, catalog: Catalog, key: str,
+                  second_record: SecondRecord | None = None) -> tuple[Artifact | None, list[Outcome]]:
+    """Run every slot check; records the overall verification beside the backup.
+
+    `second_record`: compares the manifest with what was recorded elsewhere when the backup was written
+    (the defs pass the event log's record); its problems fail the checksum check.
+    """
     artifact = catalog.get(store.name, key)
     if artifact is None:
         missing = f"no complete {store.name} backup for slot {key} (no manifest)"
@@ -49,10 +61,17 @@ def evaluate_slot(store: Store, catalog: Catalog, key: str) -> tuple[Artifact | 
     try:
         integrity = store.verify(artifact)
     except Exception as exc:
+        # A full temp dir says nothing about the backup: the run fails, naming it, and records nothing.
+        full = as_disk_full(exc, f"cannot check the integrity of {store.name} {key}",
+                            "the backup is unchanged and its verification record was not touched")
+        if full is not None:
+            raise full from None
         integrity = Verification(False, [f"{type(exc).__name__}: {exc}"])
     outcomes.append(Outcome("integrity", integrity.ok, "; ".join(integrity.problems) or "integrity check passed",
                             {k: v for k, v in integrity.details.items() if isinstance(v, (int, float, str))}))
-    sums = checksum_problems(artifact)
+    sums = catalog.binding_problems(artifact) + checksum_problems(artifact)
+    if second_record is not None:
+        sums += second_record(artifact)
     outcomes.append(Outcome("checksum", not sums, "; ".join(sums) or "all sha256 match the manifest",
                             {f.name: f.sha256 for f in artifact.manifest.files}))
     inventory = artifact.manifest.inventory

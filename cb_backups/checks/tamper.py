@@ -24,6 +24,7 @@ from cb_backups.config.settings import load_settings
 from cb_backups.core.catalog import MANIFEST, Catalog
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.fileio import sha256_file
+from cb_backups.core.model import Artifact
 from cb_backups.offsite.s3 import SHA256_METADATA, S3Target, head, remote_sha256
 
 
@@ -39,6 +40,21 @@ def recorded_backup(instance: dg.DagsterInstance, store: str, key: str) -> dict[
     return {"sha256": dict(files.value) if files is not None else {},  # type: ignore[arg-type]
             "manifest_sha256": manifest.value if manifest is not None else None,
             "run_id": records[0].run_id}
+
+
+def manifest_record_problems(instance: dg.DagsterInstance, artifact: Artifact) -> list[str]:
+    """The manifest on disk against the `manifest_sha256` Dagster recorded for its slot when the backup was
+    written; nothing when there is no such record (a backup written outside Dagster, or before it recorded
+    one): then the seal is the only record of the manifest."""
+    recorded = recorded_backup(instance, artifact.store, artifact.partition_key)
+    then = recorded["manifest_sha256"] if recorded else None
+    if not then:
+        return []
+    now = sha256_file(artifact.path(MANIFEST))[0] if artifact.path(MANIFEST).is_file() else "missing"
+    if now == then:
+        return []
+    return [f"{MANIFEST} sha256 {now} differs from {then} recorded in Dagster's event log by backup run "
+            f"{recorded['run_id'] if recorded else '?'}: the manifest changed after the backup was written"]
 
 
 def _default_target() -> S3Target | None:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from cb_backups.cli import backup, bench, demo, doctor, listing, offsite, prune, report, restore, verify
 from cb_backups.cli.output import err_console
 from cb_backups.core.errors import CbBackupsError
+from cb_backups.core.fileio import disk_full_of
 
 # The commands, in the order `cb-backups --help` lists them. Adding one: its module, and one line here.
 COMMANDS: tuple[ModuleType, ...] = (
@@ -57,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    except Exception as exc:  # a full disk anywhere (DAGSTER_HOME's SQLite too) is one line, not a traceback
+        full = disk_full_of(exc)
+        if full is None:
+            raise
+        err_console.print("[red]error:[/] " + escape(str(full)))
+        return full.exit_code
 
 
 if __name__ == "__main__":

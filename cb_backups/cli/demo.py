@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 def run_demo(root: Path, keep_servers: bool = False, scale: int = 300) -> int:
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    (root / "backups").mkdir(mode=0o700, exist_ok=True)  # the demo owns its folder (a missing one is refused)
     os.environ["CB_BACKUP_DIR"] = str(root / "backups")
     os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
 

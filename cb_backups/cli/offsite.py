@@ -7,11 +7,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
-
 from cb_backups.cli.args import Subcommands
-from cb_backups.cli.output import check_table, console, err_console
-from cb_backups.cli.runs import evaluations, failure_messages, instance, run_job
+from cb_backups.cli.output import check_table, console, print_run_failures
+from cb_backups.cli.runs import evaluations, instance, run_job
 from cb_backups.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -53,8 +51,7 @@ def _run(args: argparse.Namespace, verify_only: bool) -> int:
     action = "verifying the off-site copy of" if verify_only else "copying off-site"
     with console.status(f"{action} {src.store} slot {key} ..."):
         result = run_job(job, key, instance(), run_config=config)
-    for message in failure_messages(result):
-        err_console.print(f"[red]{src.store} {key}: {escape(message)}[/]")
+    print_run_failures(f"{src.store} {key}: ", result)
     if not verify_only and result.success:
         materialized = result.asset_materializations_for_node(src.name)
         if materialized:

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cb_backups.cli.args import Subcommands
-from cb_backups.cli.output import console, err_console
-from cb_backups.cli.runs import failure_messages, instance, run_job
+from cb_backups.cli.output import console, print_run_failures
+from cb_backups.cli.runs import instance, run_job
 from cb_backups.core.errors import ConfigError
 
 
@@ -77,8 +77,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         console.print(f"{planned} backup(s) would be deleted; run without --dry-run to apply")
     else:
         console.print(f"{deleted} backup(s) deleted (logged in _retention/deletions.jsonl)")
-    for message in failure_messages(result):
-        err_console.print(f"[red]retention: {escape(message)}[/]")
+    print_run_failures("retention: ", result)
     return 0 if result.success else 1
 
 

@@ -12,8 +12,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, Te
 from rich.table import Table
 
 from cb_backups.cli.args import Subcommands
-from cb_backups.cli.output import console, err_console
-from cb_backups.cli.runs import failure_messages, instance
+from cb_backups.cli.output import console, err_console, print_run_failures
+from cb_backups.cli.runs import execute, instance
 from cb_backups.core.errors import ConfigError
 
 TARGET_CHOICES = {"scratch": "scratch", "in-place": "in_place", "in_place": "in_place"}
@@ -33,7 +33,8 @@ def register(sub: Subcommands) -> None:
     restore.add_argument("--target", choices=("scratch", "in-place"), default="scratch",
                          help="scratch (default; leaves the live data alone) or in-place (replaces it)")
     restore.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="target override, e.g. dbname=restored, collections=memories, safety_backup=skip")
+                         help="target override, e.g. dbname=restored, collections=memories, safety_backup=skip "
+                              "(unknown keys are refused, naming the allowed ones)")
     restore.add_argument("--yes", action="store_true", help="do not ask before an in-place restore")
     restore.set_defaults(func=cmd_restore)
 
@@ -89,8 +90,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     config = {"backup": args.backup, "source": args.source, "target": mode, "overrides": overrides,
               "confirm": confirm if mode == "in_place" else ""}
     result = run_restore_job(job_name, config, instance())
-    for message in failure_messages(result):
-        err_console.print(f"[red]{escape(message)}[/]")
+    print_run_failures("", result)
     outputs = _outputs(result)
     if outputs:
         console.print(result_table(outputs))
@@ -105,7 +105,7 @@ def run_restore_job(job_name: str, config: dict[str, Any], instance: Any) -> Any
     job = defs.resolve_job_def(job_name)
     op_name = "full_system_restore_op" if job_name == "full_system_restore" else f"{job_name}_op"
     run_config = {"ops": {op_name: {"config": config}},
-                  "loggers": {"console": {"config": {"log_level": os.environ.get("CB_LOG_LEVEL", "WARNING")}}}}
+                  "loggers": {"console": {"config": {"log_level": os.environ.get("CB_LOG_LEVEL", "CRITICAL")}}}}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TimeElapsedColumn(), transient=True, disable=not sys.stdout.isatty()) as bar:
         task = bar.add_task(f"{job_name} ...", total=None)
@@ -115,7 +115,7 @@ def run_restore_job(job_name: str, config: dict[str, Any], instance: Any) -> Any
 
         restore.PROGRESS_LISTENERS.append(show)
         try:
-            return job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+            return execute(job, instance, run_config=run_config)  # frees dead runs, waits for live ones
         finally:
             restore.PROGRESS_LISTENERS.remove(show)
 

@@ -1,17 +1,32 @@
 """The CLI's Dagster side: the instance its runs land in, running a job in process, and reading the result.
 
 Runs go through Dagster (not around it) so that they are recorded like the schedules' and the UI shows them.
+Before a run starts, dead runs of its stores are failed and their slots freed (defs/liveness.py); a run of
+the same job and slot in progress refuses this one; any other live run of the store is waited for, up to
+CB_STORE_WAIT_SECONDS. Each run is tagged with this process (host, pid, start time) so that it in turn is
+recognised as dead if this process is killed.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from cb_backups.cli import shutdown
+from cb_backups.core.errors import CbBackupsError, ConfigError
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 # The repository's dagster.yaml (concurrency limits); in a source checkout it is beside cb_backups/.
 CHECKOUT_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
+WAIT_ENV, DEFAULT_WAIT_SECONDS, POLL_SECONDS = "CB_STORE_WAIT_SECONDS", 900, 2.0
+
+
+class StoreBusy(CbBackupsError):
+    """A live run holds the store (refused: same job and slot; or still busy when the wait ran out)."""
 
 
 def ensure_dagster_home() -> Path:
@@ -34,6 +49,80 @@ def instance() -> Any:
     return dg.DagsterInstance.get()
 
 
+def wait_seconds() -> float:
+    raw = os.environ.get(WAIT_ENV, str(DEFAULT_WAIT_SECONDS))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 7 * 24 * 3600:
+        raise ConfigError(WAIT_ENV, raw, "seconds to wait for another run of the store, 0 to 604800")
+    return value
+
+
+def say(line: str) -> None:
+    """One line on stderr (plain: cli.output imports this module)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def claim_stores(job: Any, partition: str | None, instance: Any) -> None:
+    """Free dead runs of the job's stores, refuse a duplicate of a live run, wait for other live runs."""
+    from cb_backups.defs import liveness
+
+    stores = liveness.stores_of(job.tags.get("store"))
+    if not stores:
+        return
+    timeout = wait_seconds()
+    said: list[str] = []
+
+    def busy() -> None:
+        for line in liveness.free_dead_runs(instance, stores):
+            say(line)
+        live = liveness.live_holders(instance, stores)
+        same = [h for h in live if h.job_name == job.name and partition and h.partition == partition]
+        if same:
+            raise StoreBusy(f"{job.tags['store']} slot {partition}: {same[0].describe()} is already running it; "
+                            f"refusing to run a second {job.name} of the same slot")
+        if live:
+            if not said:
+                said.append(live[0].run_id)
+                say(f"waiting for {live[0].describe()} to finish with {job.tags['store']} "
+                                  f"(up to {timeout:.0f} s, {WAIT_ENV}) ...")
+            raise TimeoutError(live[0].describe())
+
+    try:
+        # Another process's run holds the store; the instance has no notification, so poll it.
+        for attempt in Retrying(retry=retry_if_exception_type(TimeoutError), wait=wait_fixed(POLL_SECONDS),
+                                stop=stop_after_delay(timeout)):
+            with attempt:
+                busy()
+    except RetryError as exc:
+        holder = exc.last_attempt.exception()
+        raise StoreBusy(f"{job.tags['store']} is still busy after {timeout:.0f} s: {holder} holds it; "
+                        f"try again later or raise {WAIT_ENV}") from None
+
+
+def execute(job: Any, instance: Any, *, partition: str | None = None, partition_as_tag: bool = False,
+            run_config: dict[str, Any] | None = None) -> Any:
+    """Execute `job` in this process once its stores are free; the result, never an exception for a failed run.
+
+    SIGTERM/SIGINT stop it within seconds (shutdown.guard): the step is interrupted and its child processes
+    killed, or else the children are killed and the run is marked failed from here.
+    """
+    from cb_backups.defs import liveness
+
+    claim_stores(job, partition, instance)
+    tags = liveness.process_tags()
+    options: dict[str, Any] = {}
+    if partition and partition_as_tag:
+        tags["dagster/partition"] = partition
+    elif partition:
+        options["partition_key"] = partition
+    with shutdown.guard(instance):
+        return job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config, tags=tags,
+                                      **options)
+
+
 def run_job(job_name: str, partition: str | None, instance: Any, run_config: dict[str, Any] | None = None) -> Any:
     """Execute a job of the code location in this process; the result, never an exception for a failed run."""
     from cb_backups.definitions import defs
@@ -42,12 +131,9 @@ def run_job(job_name: str, partition: str | None, instance: Any, run_config: dic
     # The CLI prints each failure as one line; Dagster's own log (with stack traces) on CB_LOG_LEVEL=ERROR/INFO.
     config = {"loggers": {"console": {"config": {"log_level": os.environ.get("CB_LOG_LEVEL", "CRITICAL")}}}}
     config.update(run_config or {})
-    if job_name.endswith("_verify_job"):
-        # A checks-only selection has no asset to validate the key against; pass it as the run's tag.
-        return job.execute_in_process(tags={"dagster/partition": partition}, instance=instance,
-                                      raise_on_error=False, run_config=config)
-    return job.execute_in_process(partition_key=partition, instance=instance, raise_on_error=False,
-                                  run_config=config)
+    # A checks-only selection has no asset to validate the key against; its key goes in the run's tag.
+    return execute(job, instance, partition=partition, partition_as_tag=job_name.endswith("_verify_job"),
+                   run_config=config)
 
 
 def evaluations(result: Any) -> list[Any]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from rich.markup import escape
+
 from cb_backups.cli.args import Subcommands, check_store_settings, partition, store_names
-from cb_backups.cli.output import check_table, console
-from cb_backups.cli.runs import evaluations, instance, run_job
+from cb_backups.cli.output import check_table, console, err_console
+from cb_backups.cli.runs import evaluations, failure_messages, instance, run_job
 
 
 def register(sub: Subcommands) -> None:
@@ -34,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
         for key in keys:
             result = run_job(f"{store}_verify_job", key, dagster)
             rows = [(store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]
-            if not rows or not all(r[2] for r in rows):
+            if not rows or not all(r[2] for r in rows) or not result.success:
                 status = 1
-            console.print(check_table(f"{store} verify {key}", rows))
+            if rows:
+                console.print(check_table(f"{store} verify {key}", rows))
+            for message in failure_messages(result):  # a run that could not finish (a full disk): one line each
+                err_console.print(f"[red]error:[/] {escape(f'{store} {key}: {message}')}")
     return status

@@ -114,3 +114,70 @@ def _check_store(name: str, section: str) -> None:
         raise ConfigError(f"store in '{section}'", name, ", ".join((*POLICY_NAMES, OFFSITE)))
 
 
+
+
+# --- off-site copies: retries, notification, RPO lag (the `offsite:` section) -----------
+
+
+@dataclass(frozen=True)
+class OffsitePolicy:
+    """How failed off-site copies are retried and when someone is told.
+
+    offsite:
+      retry_minutes: [5, 15, 60]   # wait before attempt 2, 3, 4...; the last value repeats
+      notify_after: 3              # failed attempts before the webhook says the slot has no copy
+      rpo_lag_hours: 1             # offsite_freshness: newest verified copy within RPO + this lag
+      sensor_interval_seconds: 30  # how often offsite_automation_sensor looks for slots to copy
+      deep_verify: false
+    """
+
+    retry_minutes: tuple[float, ...] = (5.0, 15.0, 60.0)
+    notify_after: int = 3
+    rpo_lag_hours: float = 1.0
+    sensor_interval_seconds: int = 30
+    deep_verify: bool = False
+
+    def retry_wait_seconds(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th consecutive failure (>= 1) before the next attempt."""
+        return self.retry_minutes[min(failures, len(self.retry_minutes)) - 1] * 60
+
+
+def _number(what: str, value: Any, minimum: float, allowed: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigError(what, value, allowed)
+    return float(value)
+
+
+def offsite_from_config(raw: Mapping[str, Any] | None) -> OffsitePolicy:
+    """Read the `offsite:` section of the CB_CONFIG file (one ConfigError naming the bad value)."""
+    section = (raw or {}).get("offsite") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError("'offsite' section", section, "a mapping of settings")
+    allowed = [f.name for f in fields(OffsitePolicy)]
+    unknown = sorted(str(k) for k in section if k not in allowed)
+    if unknown:
+        raise ConfigError("setting in the 'offsite' section", unknown[0], ", ".join(allowed))
+    values: dict[str, Any] = {}
+    if "retry_minutes" in section:
+        minutes = section["retry_minutes"]
+        if not isinstance(minutes, list | tuple) or not minutes:
+            raise ConfigError("offsite.retry_minutes", minutes, "a non-empty list of minutes, e.g. [5, 15, 60]")
+        values["retry_minutes"] = tuple(_number("offsite.retry_minutes", m, 0, "minutes >= 0, e.g. [5, 15, 60]")
+                                        for m in minutes)
+    if "notify_after" in section:
+        count = section["notify_after"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError("offsite.notify_after", count, "a whole number of failed attempts >= 1")
+        values["notify_after"] = count
+    if "rpo_lag_hours" in section:
+        values["rpo_lag_hours"] = _number("offsite.rpo_lag_hours", section["rpo_lag_hours"], 0, "hours >= 0")
+    if "sensor_interval_seconds" in section:
+        seconds = section["sensor_interval_seconds"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+            raise ConfigError("offsite.sensor_interval_seconds", seconds, "a whole number of seconds >= 1")
+        values["sensor_interval_seconds"] = seconds
+    if "deep_verify" in section:
+        if not isinstance(section["deep_verify"], bool):
+            raise ConfigError("offsite.deep_verify", section["deep_verify"], "true or false")
+        values["deep_verify"] = section["deep_verify"]
+    return OffsitePolicy(**values)

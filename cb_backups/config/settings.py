@@ -17,14 +17,17 @@ from urllib.parse import urlsplit
 import yaml
 
 from cb_backups.config.redact import redact_url
-from cb_backups.config.retention import policies_from_config
+from cb_backups.config.retention import offsite_from_config, policies_from_config
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.errors import CbBackupsError, ConfigError
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
 
 # Sections of the CB_CONFIG file (feature modules read restore/drills/offsite/retention from Settings.raw).
-TOP_LEVEL_KEYS = ("backup_dir", "timezone", *STORE_NAMES, "volumes", "s3", "webhook_url", "retention", "offsite",
-                  "restore", "drills", "notifications", "report", FULL_SYSTEM)
+SECTIONS = (*STORE_NAMES, "volumes", "s3", "retention", "offsite", "restore", "drills", "notifications", "report",
+            FULL_SYSTEM)
+TOP_LEVEL_KEYS = ("backup_dir", "backup_dir_create", "timezone", "webhook_url", *SECTIONS)
+DEFAULT_BACKUP_DIR = "backups"  # relative to the working directory; created when missing (it was not configured)
+FLAG_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 class Connection(NamedTuple):
@@ -55,16 +58,6 @@ def secret(env: Mapping[str, str], name: str) -> str | None:
         except OSError as exc:
             raise ConfigError(f"{name}_FILE", path, f"a readable file ({exc.strerror})") from None
     return None
-
-
-def _positive_int(what: str, value: Any, minimum: int = 1) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(what, value, f"a whole number >= {minimum}") from None
-    if number < minimum:
-        raise ConfigError(what, value, f"a whole number >= {minimum}")
-    return number
 
 
 def _url(what: str, value: str, schemes: tuple[str, ...]) -> str:
@@ -218,6 +211,90 @@ def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(value)
 
 
+# Allowed ranges of the numeric settings, checked when settings load (not when a run first uses them).
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "port": (1, 65535),
+    "restore_jobs": (1, 256),
+    "concurrency": (1, 64),
+    "multipart_chunk_mb": (5, 5120),  # S3's part size limits: 5 MiB to 5 GiB
+}
+SECONDS_RANGE = (0.1, 7 * 24 * 3600.0)  # timeouts: more than nothing, at most a week
+TIMEZONE_ALLOWED = "an IANA zone name such as UTC or Europe/Berlin"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _int_in_range(what: str, value: Any, low: int, high: int) -> int:
+    allowed = f"a whole number from {low} to {high}"
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(what, value, allowed)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(what, value, allowed) from None
+    if not low <= number <= high:
+        raise ConfigError(what, value, allowed)
+    return number
+
+
+def _seconds(what: str, value: Any) -> float:
+    low, high = SECONDS_RANGE
+    allowed = f"a number of seconds from {low:g} to {high:g}"
+    if isinstance(value, bool):
+        raise ConfigError(what, value, allowed)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(what, value, "a number of seconds") from None
+    if not low <= number <= high:  # NaN fails both comparisons
+        raise ConfigError(what, value, allowed)
+    return number
+
+
+def _text(what: str, value: Any, optional: bool) -> str | None:
+    """Text settings: YAML may read a name such as `dbname: 2024` as a number; anything else is refused."""
+    if value is None and optional:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(what, value, "text")
+
+
+def _strict_text(what: str, value: Any, allowed: str) -> str | None:
+    """A path or a zone name: `backup_dir: 5` is a mistake, not a folder named 5."""
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(what, value, allowed)
+
+
+def _words(what: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                                               for v in value):
+        return tuple(str(v) for v in value)
+    raise ConfigError(what, value, "a list of names, e.g. [a, b] (or one space-separated text)")
+
+
+def _convert(section: str, name: str, kind: str, value: Any) -> Any:
+    what = f"{section}.{name}"
+    if kind == "int":
+        low, high = INT_RANGES.get(name, (1, 2**31 - 1))
+        return _int_in_range(what, value, low, high)
+    if kind == "float":
+        return _seconds(what, value)
+    if kind.startswith("tuple"):
+        return _words(what, value)
+    if kind.startswith("dict"):
+        if not isinstance(value, dict):
+            raise ConfigError(what, value, "a mapping of settings")
+        return dict(value)
+    if kind in ("str", "str | None"):
+        return _text(what, value, optional=kind.endswith("None"))
+    return value
+
+
 def _build(cls: type, values: Mapping[str, Any], section: str) -> Any:
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - allowed)
@@ -227,19 +304,10 @@ def _build(cls: type, values: Mapping[str, Any], section: str) -> Any:
     for f in fields(cls):
         if f.name not in values:
             continue
-        value = values[f.name]
-        if f.type in ("int",):
-            value = _positive_int(f"{section}.{f.name}", value, 0 if f.name == "port" else 1)
-        elif f.type in ("float",):
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{section}.{f.name}", value, "a number of seconds") from None
-        elif f.type.startswith("tuple") and isinstance(value, str):
-            value = tuple(value.split())
-        elif f.type.startswith("tuple"):
-            value = tuple(value)
-        converted[f.name] = value
+        if f.name in SECRET_FIELDS:  # never echoed, so not type-checked into an error message
+            converted[f.name] = values[f.name] if values[f.name] is None else str(values[f.name])
+            continue
+        converted[f.name] = _convert(section, f.name, str(f.type), values[f.name])
     return cls(**converted)
 
 
@@ -260,9 +328,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if unknown:
             raise ConfigError(f"setting in {config_file}", unknown[0], ", ".join(TOP_LEVEL_KEYS))
 
-    backup_dir = Path(env.get("CB_BACKUP_DIR") or raw.get("backup_dir") or "backups")
-    _check_backup_dir(backup_dir)
-    timezone = env.get("CB_TIMEZONE") or raw.get("timezone") or "UTC"
+    for name in SECTIONS:
+        _section(raw, name)  # `restore: 5` is bad input here, not an AttributeError in a feature module
+    _check_log_level(env.get("CB_LOG_LEVEL"))
+    configured_dir = env.get("CB_BACKUP_DIR") or _strict_text("backup_dir", raw.get("backup_dir"), "a folder path")
+    backup_dir = Path(configured_dir or DEFAULT_BACKUP_DIR)
+    create = _flag("CB_BACKUP_DIR_CREATE", env.get("CB_BACKUP_DIR_CREATE"), raw.get("backup_dir_create"))
+    # A configured folder that is missing is usually an unmounted disk: creating it would fill the root disk.
+    _check_backup_dir(backup_dir, create=create or not configured_dir)
+    timezone = env.get("CB_TIMEZONE") or _strict_text("timezone", raw.get("timezone"), TIMEZONE_ALLOWED) or "UTC"
     _check_timezone(timezone)
 
     stores: dict[str, Any] = {}
@@ -325,8 +399,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         neo["password"] = secret(env, "CB_NEO4J_PASSWORD") or neo.get("password")
         stores["neo4j"] = _build(Neo4jSettings, neo, "neo4j")
 
-    volumes = {name: _build(VolumeSettings, dict(v or {}), f"volumes.{name}")
-               for name, v in _section(raw, "volumes").items()}
+    volumes_raw = _section(raw, "volumes")
+    volumes = {str(name): _build(VolumeSettings, _section(volumes_raw, name), f"volumes.{name}")
+               for name in volumes_raw}
 
     s3 = _section(raw, "s3")
     for key, var in (("bucket", "CB_S3_BUCKET"), ("prefix", "CB_S3_PREFIX"), ("endpoint_url", "CB_S3_ENDPOINT_URL"),
@@ -338,12 +413,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     if raw.get("retention") is not None:
         policies_from_config(raw)  # a bad retention policy is bad input for every command
+    offsite_from_config(raw)  # so is a bad `offsite:` section
     return Settings(
         backup_dir=backup_dir,
         timezone=timezone,
         volumes=volumes,
         s3=_build(S3Settings, s3, "s3"),
-        webhook_url=secret(env, "CB_WEBHOOK_URL") or raw.get("webhook_url"),
+        webhook_url=secret(env, "CB_WEBHOOK_URL") or _text("webhook_url", raw.get("webhook_url"), optional=True),
         raw=raw,
         **stores,
     )
@@ -358,16 +434,40 @@ def configured_secrets(env: Mapping[str, str] | None = None) -> list[str]:
         return []
 
 
-def _check_backup_dir(path: Path) -> None:
+def _check_backup_dir(path: Path, create: bool) -> None:
+    what = "backup_dir (CB_BACKUP_DIR)"
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe == path and not path.is_dir():
-        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), "a folder (this is a file)")
+        raise ConfigError(what, str(path), "a folder (this is a file)")
     if probe != path and not probe.is_dir():
-        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), f"a path under a folder ({probe} is a file)")
+        raise ConfigError(what, str(path), f"a path under a folder ({probe} is a file)")
+    if probe != path and not create:
+        raise ConfigError(what, str(path), "an existing folder (is its disk mounted?); to let cb-backups create "
+                                           "it, set CB_BACKUP_DIR_CREATE=1 or `backup_dir_create: true`")
     if not os.access(probe, os.R_OK | os.W_OK | os.X_OK):
-        raise ConfigError("backup_dir (CB_BACKUP_DIR)", str(path), "a folder cb-backups can read and write")
+        raise ConfigError(what, str(path), "a folder cb-backups can read and write")
+
+
+def _flag(what: str, env_value: str | None, yaml_value: Any) -> bool:
+    """A yes/no setting: the variable (1/0, true/false, yes/no) over the YAML boolean."""
+    if env_value:
+        word = env_value.strip().lower()
+        if word not in FLAG_WORDS:
+            raise ConfigError(what, env_value, ", ".join(FLAG_WORDS))
+        return FLAG_WORDS[word]
+    if yaml_value is None:
+        return False
+    if not isinstance(yaml_value, bool):
+        raise ConfigError("backup_dir_create", yaml_value, "true or false")
+    return yaml_value
+
+
+def _check_log_level(level: str | None) -> None:
+    """CB_LOG_LEVEL becomes the level of Dagster's console logger for CLI runs."""
+    if level and level.upper() not in LOG_LEVELS:
+        raise ConfigError("CB_LOG_LEVEL", level, ", ".join(LOG_LEVELS))
 
 
 def _check_timezone(name: str) -> None:
@@ -376,4 +476,4 @@ def _check_timezone(name: str) -> None:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError("timezone", name, "an IANA zone name such as UTC or Europe/Berlin") from None
+        raise ConfigError("timezone", name, TIMEZONE_ALLOWED) from None

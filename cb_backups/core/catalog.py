@@ -5,9 +5,11 @@ Layout::
     <root>/<store>/<partition_key>/        one complete backup
         <artifact files>                   0600
         manifest.json                      written last; its presence means complete
-        manifest.json.sha256               the manifest's own sha256 (`sha256sum -c` format): a changed
-                                           manifest is detected like a changed file
-        verification.json                  the latest verification result (sidecar)
+        manifest.json.sha256               the manifest's seal: its sha256 (`sha256sum -c` format), written
+                                           with it by every version; a changed manifest, or a missing seal,
+                                           fails the checks
+        verification.json                  the latest verification result (sidecar), with the size and
+                                           mtime of every file when it was checked
     <root>/<store>/_safety/<stamp>/        safety backups taken before a restore
     <root>/<store>/.staging-*/             a backup being written (never "looks good")
     <root>/.restore-<store>-*/<key>/       an off-site copy downloaded for a restore (removed afterwards)
@@ -34,12 +36,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError
-from cb_backups.core.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, private_dir, sha256_file
+from cb_backups.core.fileio import (
+    DiskFull,
+    atomic_write_bytes,
+    atomic_write_json,
+    free_bytes,
+    fsync_dir,
+    mount_point,
+    private_dir,
+    sha256_file,
+)
 from cb_backups.core.model import Artifact, BackupOutput, Manifest, Verification
 
 MANIFEST = "manifest.json"
@@ -73,6 +84,16 @@ class VerificationRecord:
     checked_at: str
     ok: bool
     problems: list[str]
+    # name -> [bytes, mtime_ns] of every file (and the manifest and seal) when it was checked; empty in
+    # records written before it existed
+    files: dict[str, list[int]] = field(default_factory=dict)
+
+    def changed_since(self, artifact: Artifact) -> list[str]:
+        """Files whose size or mtime differ from when this record was made (a cheap test, not a re-hash)."""
+        if not self.files:
+            return ["no file fingerprint in the record"]
+        now = fingerprint(artifact)
+        return sorted(name for name in set(self.files) | set(now) if self.files.get(name) != now.get(name))
 
 
 class Staging:
@@ -103,8 +124,7 @@ class Staging:
             markers=output.markers,
         )
         atomic_write_json(self.path / MANIFEST, manifest.to_json())
-        seal = sha256_file(self.path / MANIFEST)[0]
-        atomic_write_bytes(self.path / MANIFEST_SEAL, f"{seal}  {MANIFEST}\n".encode())
+        write_seal(self.path)
         final = self.catalog.slot_dir(self.store, self.key, self.kind)
         private_dir(final.parent)
         replaced = None
@@ -199,13 +219,14 @@ class Catalog:
         with self.slot_lock(store, key), self.staging(store, key, kind) as staging:
             try:
                 return staging.commit(backup(staging.path))
-            except OSError as exc:
+            except (OSError, DiskFull) as exc:
                 # Disk full, quota, permissions: a clear error; the staging folder is removed on the way out.
-                where = exc.filename or staging.path
-                free = shutil.disk_usage(self.root).free if self.root.is_dir() else 0
-                raise BackupFailed(store, f"cannot write {where}: {exc.strerror or exc} ({free} bytes free in "
-                                          f"{self.root}); the partial backup was removed, other backups are "
-                                          "untouched") from None
+                where = (exc.path if isinstance(exc, DiskFull) else exc.filename) or staging.path
+                why = "No space left on device" if isinstance(exc, DiskFull) else (exc.strerror or str(exc))
+                raise BackupFailed(store, f"cannot write {where}: {why} ({free_bytes(self.root):,} bytes free "
+                                          f"in {self.root}, on the filesystem mounted at "
+                                          f"{mount_point(self.root)}); the partial backup was removed, other "
+                                          "backups are untouched") from None
 
     def sweep(self, store: str, older_than_seconds: float = 0) -> list[Path]:
         """Remove staging/replaced leftovers of killed runs (skipping any slot being written)."""
@@ -270,6 +291,20 @@ class Catalog:
                 found.append(artifact)
         return sorted(found, key=lambda a: (a.partition_key, a.manifest.captured_at))
 
+    def binding_problems(self, artifact: Artifact) -> list[str]:
+        """The manifest must describe the folder it is in: a backup renamed or swapped into another slot's
+        folder would otherwise be restored as that slot."""
+        m = artifact.manifest
+        try:
+            expected = self.slot_dir(m.store, m.partition_key, m.kind)
+        except ConfigError as exc:
+            return [f"{MANIFEST} in {artifact.directory} names an impossible slot: {exc}"]
+        if os.path.abspath(artifact.directory) == os.path.abspath(expected):
+            return []
+        return [f"store/slot mismatch: {artifact.directory} holds the manifest of {m.store} {m.kind} "
+                f"{m.partition_key} (which belongs in {expected}): the folder was renamed, moved or swapped, "
+                "so it is not the backup its folder name says"]
+
     def stores(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -277,15 +312,24 @@ class Catalog:
 
     # --- verification ------------------------------------------------------
     def record_verification(self, artifact: Artifact, verification: Verification) -> VerificationRecord:
-        record = VerificationRecord(iso(utcnow()), verification.ok, list(verification.problems))
-        atomic_write_json(artifact.directory / VERIFICATION, record.__dict__)
+        record = VerificationRecord(iso(utcnow()), verification.ok, list(verification.problems),
+                                    fingerprint(artifact))
+        try:
+            atomic_write_json(artifact.directory / VERIFICATION, record.__dict__)
+        except DiskFull as exc:
+            raise DiskFull(exc.path, f"cannot record the verification of {artifact.store} {artifact.partition_key} "
+                                     f"(it {'passed' if verification.ok else 'FAILED'})",
+                           f"the backup in {artifact.directory} is kept unchanged, its previous "
+                           f"{VERIFICATION} (if any) too") from None
         return record
 
     def verification_of(self, artifact: Artifact) -> VerificationRecord | None:
         path = artifact.directory / VERIFICATION
         try:
-            return VerificationRecord(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            data = json.loads(path.read_text())
+            data["files"] = {k: [int(v[0]), int(v[1])] for k, v in (data.get("files") or {}).items()}
+            return VerificationRecord(**data)
+        except (OSError, ValueError, TypeError, IndexError, AttributeError):
             return None
 
     def latest_verified(self, store: str, verify: Callable[[Artifact], Verification] | None = None,
@@ -308,6 +352,24 @@ class Catalog:
         return None
 
 
+def fingerprint(artifact: Artifact) -> dict[str, list[int]]:
+    """[bytes, mtime_ns] of the manifest, its seal and every file the manifest lists (missing: absent)."""
+    found = {}
+    for name in (MANIFEST, MANIFEST_SEAL, *(f.name for f in artifact.manifest.files)):
+        try:
+            st = artifact.path(name).stat()
+        except OSError:
+            continue
+        found[name] = [st.st_size, st.st_mtime_ns]
+    return found
+
+
+def write_seal(directory: Path) -> None:
+    """Seal `directory`'s manifest.json: its sha256 beside it, in `sha256sum -c` format."""
+    seal = sha256_file(directory / MANIFEST)[0]
+    atomic_write_bytes(directory / MANIFEST_SEAL, f"{seal}  {MANIFEST}\n".encode())
+
+
 def checksum_problems(artifact: Artifact) -> list[str]:
     """Every file present, of the recorded size, with the recorded sha256; the manifest equal to its seal."""
     problems = seal_problems(artifact)
@@ -325,11 +387,21 @@ def checksum_problems(artifact: Artifact) -> list[str]:
 
 
 def seal_problems(artifact: Artifact) -> list[str]:
-    """The manifest's sha256 against `manifest.json.sha256` (written with it; absent in copies made before
-    the seal existed and in downloaded off-site copies, which are checked against S3 instead)."""
+    """The manifest's sha256 against `manifest.json.sha256`.
+
+    Every backup, safety backup and full system backup is sealed when its manifest is written (the seal
+    came with the catalog, before any release), and a downloaded off-site copy is sealed by the download,
+    so a missing seal is a failure, never "nothing to compare": deleting the seal is how a manifest edit
+    would otherwise pass. The one artifact without a manifest file of its own is a full system backup's
+    per-store view (its manifest is derived from the full backup's sealed one, checked there).
+    """
     seal = artifact.path(MANIFEST_SEAL)
+    if not artifact.path(MANIFEST).exists() and not seal.exists():
+        return []  # an in-memory view (full_system.store_view); the full backup's own seal is checked
     if not seal.is_file():
-        return []
+        return [f"{MANIFEST_SEAL} (the manifest's seal) is missing: the manifest cannot be checked, so this "
+                f"backup is not trusted (every backup is written with its seal; a deleted seal is how an edited "
+                f"manifest would pass)"]
     try:
         recorded = seal.read_text(errors="replace").split()[0]
     except (OSError, IndexError):

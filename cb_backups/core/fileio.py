@@ -6,16 +6,122 @@ manifest is computed in the same pass that writes the file (no second read).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from cb_backups.core.errors import CbBackupsError
+
 CHUNK = 1024 * 1024
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+class DiskFull(CbBackupsError):
+    """A write did not fit: the message names the filesystem (its mount point) and what was kept."""
+
+    def __init__(self, path: Path | str, doing: str, kept: str) -> None:
+        where = Path(path)
+        super().__init__(f"disk full: {doing}: the filesystem mounted at {mount_point(where)} (holding {where}) "
+                         f"has {free_bytes(where):,} bytes free; {kept}")
+        self.path = where
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_SQLITE_FULL = "database or disk is full"
+_SQLITE_IO = "disk I/O error"
+LOW_SPACE = 256 * 1024  # less than this free beside a SQLite I/O error: the disk is full
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, or SQLite's "database or disk is full", anywhere in the exception's chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DiskFull):
+            return True
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
+            return True
+        if _SQLITE_FULL in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def full_path(exc: BaseException) -> Path | None:
+    """The file an ENOSPC/EDQUOT in the chain was about, when the OS said."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DiskFull):
+            return current.path
+        if isinstance(current, OSError) and current.errno in _FULL_ERRNOS and (current.filename2 or current.filename):
+            # a copy names (source, destination): the destination is what did not fit
+            return Path(os.fsdecode(current.filename2 or current.filename))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def as_disk_full(exc: BaseException, doing: str, kept: str, default: Path | None = None) -> DiskFull | None:
+    """`exc` as a DiskFull naming the full filesystem (the file the OS named, else `default`, else the temp
+    dir), or None when it is not about space."""
+    if not is_disk_full(exc):
+        return None
+    if isinstance(exc, DiskFull):
+        return exc
+    return DiskFull(full_path(exc) or default or Path(tempfile.gettempdir()), doing, kept)
+
+
+def disk_full_of(exc: BaseException) -> DiskFull | None:
+    """For the CLI's top level: a write anywhere that did not fit, as one DiskFull. Without a file name in
+    the error it was Dagster's SQLite storage in DAGSTER_HOME (its only writer that does not say)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or ".")
+    kept = ("the run stopped; backups already complete in the catalog are kept as they were (cb-backups list), "
+            "a partial one is never listed")
+    if not is_disk_full(exc) and _chain_says(exc, _SQLITE_IO) and free_bytes(home) < LOW_SPACE:
+        # SQLite reports a journal it cannot create as "disk I/O error": with no room left, that is a full disk.
+        return DiskFull(home, "Dagster's storage in DAGSTER_HOME could not be written", kept)
+    return as_disk_full(exc, "the run could not write its records" if full_path(exc) is None else "a write did not fit",
+                        kept, default=home)
+
+
+def _chain_says(exc: BaseException, text: str) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if text in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding `path` (or the nearest existing parent)."""
+    current = Path(os.path.abspath(path))
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    while not os.path.ismount(current) and current != current.parent:
+        current = current.parent
+    return current
+
+
+def free_bytes(path: Path) -> int:
+    current = Path(os.path.abspath(path))
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    try:
+        return shutil.disk_usage(current).free
+    except OSError:
+        return 0
 
 
 def private_dir(path: Path) -> Path:
@@ -101,8 +207,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with HashingWriter(tmp) as out:
             out.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a full disk must not leave a stray temporary file behind
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            state = "left as it was" if path.exists() else "not written"
+            raise DiskFull(path, f"cannot write {path.name}", f"{path} was {state}") from None
         raise
     fsync_dir(path.parent)
 

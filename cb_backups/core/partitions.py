@@ -55,13 +55,24 @@ weekly_sunday_0100 = slots("0 1 * * 0", DAILY_FMT)
 
 
 def parse_slot(partitions: dg.TimeWindowPartitionsDefinition, key: str) -> datetime:
-    """The slot's start time; a ConfigError names the key and the expected format."""
+    """The slot's end time; a ConfigError names the key and what is allowed.
+
+    A key must be written exactly as the schedule writes it (ASCII digits, zero-padded), start on the
+    schedule, and be a slot that exists now: not before the partitions start, not one still open or in
+    the future (Dagster would refuse it with its own stack trace).
+    """
+    first = partitions.get_first_partition_key()
+    last = partitions.get_last_partition_key()
+    span = f"from {first} to {last}" if first and last else f"after {PARTITIONS_START}"
     try:
-        start = datetime.strptime(key, partitions.fmt)
+        start = datetime.strptime(key, partitions.fmt) if key.isascii() else None
     except (TypeError, ValueError):
-        example = partitions.get_last_partition_key() or "2026-11-24"
-        raise ConfigError("partition key", key, f"format {partitions.fmt}, e.g. {example}") from None
+        start = None
+    if start is None or start.strftime(partitions.fmt) != key:
+        raise ConfigError("partition key", key, f"format {partitions.fmt} in ASCII digits, e.g. {last or '2026-11-24'}")
     window = partitions.time_window_for_partition_key(key)
-    if window.start.strftime(partitions.fmt) != start.strftime(partitions.fmt):  # daily keys carry no hour
+    if window.start.strftime(partitions.fmt) != key:  # daily keys carry no hour
         raise ConfigError("partition key", key, f"a slot start on the schedule {partitions.cron_schedule}")
+    if not partitions.has_partition_key(key):
+        raise ConfigError("partition key", key, f"a slot whose window has ended, {span}")
     return window.end

@@ -11,6 +11,7 @@ from cb_backups.core.model import Artifact
 from cb_backups.core.partitions import parse_slot, weekly_sunday_0100
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
 from cb_backups.defs.backups.assets import artifact_metadata
+from cb_backups.defs.liveness import store_pools
 from cb_backups.defs.progress import per_store_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.full_system.backup import FULL_CHECKS, RETENTION_DAYS, evaluate_full, stores_in, write_full_backup
@@ -69,7 +70,8 @@ def full_system_backup(context: dg.AssetExecutionContext, backups: BackupsResour
         skipped = [n for n in STORE_NAMES if n not in configured]
         context.log.info(f"full system slot {key}: backing up {', '.join(configured)} at once"
                          + (f"; skipped (not configured): {', '.join(skipped)}" if skipped else ""))
-        artifact = write_full_backup(catalog, key, configured, backups.store, per_store_progress(context))
+        with store_pools(context, configured):  # the per-store jobs' pools: one writer per store
+            artifact = write_full_backup(catalog, key, configured, backups.store, per_store_progress(context))
     except CbBackupsError as exc:
         raise dg.Failure(description=str(exc)) from None
     markers = artifact.manifest.markers

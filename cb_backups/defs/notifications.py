@@ -11,6 +11,9 @@
   it works on run-sharded SQLite storage, where a raw storage-id cursor over
   ASSET_CHECK_EVALUATION events is refused.
 
+Slots whose off-site copy failed several times in a row are reported by
+`offsite_automation_sensor` (defs/offsite.py) through `offsite_missing_payload`.
+
 Nothing is sent when no webhook is configured (the sensors skip, saying so). The
 webhook URL is a secret: it never appears in messages or logs, and every text sent
 passes through the one redactor (config/redact.py).
@@ -123,6 +126,19 @@ def check_failure_payload(failures: Sequence[history.CheckRun], job: str, run_id
     ]
     blocks += _run_link(run_id)
     return _clean({"text": f"{title} (run {run_id}):\n" + "\n".join(lines), "blocks": blocks})
+
+
+def offsite_missing_payload(lines: Sequence[str]) -> dict[str, Any]:
+    """Slots whose off-site copy failed `offsite.notify_after` times in a row (from offsite_automation_sensor)."""
+    listed = [f"• {line}" for line in lines[:MAX_LISTED]]
+    if len(lines) > MAX_LISTED:
+        listed.append(f"… and {len(lines) - MAX_LISTED} more")
+    title = f"cb-backups: {len(lines)} slot(s) without an off-site copy"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(listed)[:2900]}},
+    ]
+    return _clean({"text": f"{title}:\n" + "\n".join(listed), "blocks": blocks})
 
 
 def failed_checks_of(instance: dg.DagsterInstance, run_id: str) -> list[history.CheckRun]:

@@ -6,53 +6,70 @@ materializing a slot uploads that slot's backup (`offsite.upload_artifact`, mani
 verifies the remote copy (`offsite.verify_offsite`). The `offsite_complete` check re-verifies a
 slot on demand (`deep` re-reads and hashes every object).
 
-When is a slot copied?  `copy_condition` (declarative automation, evaluated by the
-`offsite_automation_sensor`, RUNNING by default) requests a slot of `<store>_offsite` when
-  * the slot is within the store's retention window (older slots would be pruned anyway), and
-  * the backup slot is materialized, not in progress, and its blocking checks passed, and
-  * the copy was never made (and never failed), OR the backup slot was re-made since the copy
-    was last requested/made, OR the last copy failed and the daily retry time passed.
-Unlike `AutomationCondition.eager()` (latest partition only) this looks at every slot in the
-window, so a backfill of old slots is copied too. A slot whose backup failed a blocking check
-is not copied; it is copied once a later re-check passes.
+When is a slot copied?  `offsite_automation_sensor` (RUNNING by default, every
+`offsite.sensor_interval_seconds`, 30 s) looks at every local backup slot within the store's
+retention window whose blocking checks passed (the catalog's verification record) and compares
+the slot's manifest sha256 on disk with the one the newest off-site copy recorded
+(`manifest_sha256` in the `<store>_offsite` materialization). A slot is copied when they differ
+(never copied, or backed up again since -- however close in time), or when the newest
+`offsite_complete` result failed (then every object is re-sent). A failed attempt is retried after
+`offsite.retry_minutes` (5, 15, then every 60 min); each run carries the attempt number
+(`cb/offsite_attempt`) and the manifest it copies (`cb/manifest_sha256`). After
+`offsite.notify_after` (3) consecutive failures the webhook is told the slot has no off-site copy
+and since when. The decision itself is `cb_backups.offsite.state.decide_copy` (pure).
+
+`offsite_freshness` (per store, hourly) fails when the newest VERIFIED off-site copy -- its
+verified manifest equal to the local one, never a stale one -- is older than the store's RPO plus
+`offsite.rpo_lag_hours` (1 h).
 
 Without S3 settings (`CB_S3_BUCKET`), materializing an off-site slot FAILS with a message saying
 so: the runbook requires an off-site copy, and a pass or a skip would hide that none exists.
-Failed copies are retried once a day (RETRY_CRON); stop `offsite_automation_sensor` in the UI
-to run without off-site copies deliberately.
+Stop `offsite_automation_sensor` in the UI to run without off-site copies deliberately.
 """
 
 import json
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from cb_backups.checks.slot import OFFSITE_CHECK
-from cb_backups.config.retention import DEFAULT_POLICIES
+from cb_backups.config.retention import DEFAULT_POLICIES, OffsitePolicy, offsite_from_config
 from cb_backups.config.settings import Settings, load_settings
-from cb_backups.core.catalog import MANIFEST
+from cb_backups.core.catalog import MANIFEST, Catalog, parse_iso
 from cb_backups.core.errors import CbBackupsError, VerificationFailed
+from cb_backups.core.fileio import sha256_file
 from cb_backups.core.model import Artifact, Manifest
 from cb_backups.core.partitions import TIMEZONE, weekly_sunday_0100
-from cb_backups.core.specs import FULL_SYSTEM, STORES
+from cb_backups.core.specs import FULL_SYSTEM, STORES, StoreSpec
 from cb_backups.defs.full_system import full_system_backup
+from cb_backups.defs.notifications import offsite_missing_payload, post, webhook_url
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.offsite import s3 as offsite
+from cb_backups.offsite.state import OFFSITE_FRESHNESS_CHECK as FRESHNESS
+from cb_backups.offsite.state import VERIFIED, Attempt, decide_copy, offsite_state
+from cb_backups.report import history
+from cb_backups.report.build import offsite_seen
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 GROUP = "offsite"
-RETRY_CRON = "0 5 * * *"  # failed copies are tried again daily, before retention runs (05:30)
 DEEP_ENV = "CB_OFFSITE_DEEP_VERIFY"
+FRESHNESS_CRON = "20 * * * *"  # hourly, after the backup freshness checks (:15)
+MANIFEST_TAG = "cb/manifest_sha256"  # the manifest a copy run copies
+ATTEMPT_TAG = "cb/offsite_attempt"  # 1 for the first try of a manifest, 2 for the first retry...
+FORCE_TAG = "cb/offsite_force"  # re-send every object (the remote copy failed its check)
+IN_PROGRESS = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 
 
 @dataclass(frozen=True)
@@ -98,23 +115,6 @@ SOURCES: tuple[OffsiteSource, ...] = (
 BY_STORE = {s.store: s for s in SOURCES}
 
 
-def copy_condition(lookback: timedelta) -> dg.AutomationCondition:
-    """Copy a slot once its backup passed its blocking checks; every slot in the lookback window."""
-    ac = dg.AutomationCondition
-    never_copied = (ac.missing() & ~ac.execution_failed()).with_label("never copied")
-    backup_redone = ac.any_deps_updated().since_last_handled().with_label("backup updated since last copy")
-    retry = (ac.execution_failed() & ac.cron_tick_passed(RETRY_CRON, TIMEZONE).since_last_handled()
-             ).with_label(f"last copy failed; daily retry ({RETRY_CRON})")
-    return (
-        ac.in_latest_time_window(lookback)
-        & (never_copied | backup_redone | retry)
-        & ac.all_deps_blocking_checks_passed()
-        & ~ac.any_deps_missing()
-        & ~ac.any_deps_in_progress()
-        & ~ac.in_progress()
-    ).with_label(f"copy verified backups off-site (lookback {lookback})")
-
-
 # --- helpers shared with the CLI and retention ---------------------------------------
 
 
@@ -128,13 +128,21 @@ def offsite_target(settings: Settings, what: str) -> offsite.S3Target:
     return offsite.S3Target(settings.s3)
 
 
+def offsite_policy(settings: Settings) -> OffsitePolicy:
+    """The `offsite:` section of the CB_CONFIG file (retries, notification, RPO lag)."""
+    return offsite_from_config(settings.raw)
+
+
 def deep_default(settings: Settings) -> bool:
     """`offsite: {deep_verify: true}` in the CB_CONFIG file, or CB_OFFSITE_DEEP_VERIFY=1."""
     env = os.environ.get(DEEP_ENV)
     if env is not None:
         return env.strip().lower() in ("1", "true", "yes", "on")
-    section = settings.raw.get("offsite") or {}
-    return bool(section.get("deep_verify", False)) if isinstance(section, dict) else False
+    return offsite_policy(settings).deep_verify
+
+
+def manifest_sha(artifact: Artifact) -> str:
+    return sha256_file(artifact.path(MANIFEST))[0]
 
 
 def remote_artifact(target: offsite.S3Target, store: str, key: str, into: Path) -> Artifact | None:
@@ -152,8 +160,10 @@ def remote_artifact(target: offsite.S3Target, store: str, key: str, into: Path) 
     return Artifact(into, manifest)
 
 
-def copy_metadata(copy: offsite.OffsiteCopy, target: offsite.S3Target) -> dict[str, dg.MetadataValue]:
+def copy_metadata(copy: offsite.OffsiteCopy, target: offsite.S3Target, manifest_sha256: str
+                  ) -> dict[str, dg.MetadataValue]:
     return {
+        "manifest_sha256": dg.MetadataValue.text(manifest_sha256),  # what the sensor compares with the slot's
         "bucket": dg.MetadataValue.text(copy.bucket),
         "url": dg.MetadataValue.text(target.url(target.key(copy.store, copy.partition_key, ""))),
         "keys": dg.MetadataValue.json(copy.keys),
@@ -177,7 +187,6 @@ def offsite_asset(src: OffsiteSource) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"s3"},
         pool="offsite",
-        automation_condition=copy_condition(src.lookback),
         description=(f"Off-site (S3) copy of {src.backup_key.to_user_string()} for one slot: files first, "
                      "manifest.json last, then verified against the local manifest."),
         metadata={"store": src.store},
@@ -198,8 +207,13 @@ def offsite_asset(src: OffsiteSource) -> dg.AssetsDefinition:
             if record is not None and not record.ok:
                 raise dg.Failure(description=f"the local {what} backup failed verification, not copying it: "
                                              + "; ".join(record.problems))
-            context.log.info(f"copying {what} ({artifact.manifest.total_bytes} bytes) to {target!r}")
-            copy = offsite.upload_artifact(artifact, target, dagster_progress(context))
+            force = context.run.tags.get(FORCE_TAG) == "1"
+            attempt = context.run.tags.get(ATTEMPT_TAG)
+            context.log.info(f"copying {what} ({artifact.manifest.total_bytes} bytes) to {target!r}"
+                             + (f", attempt {attempt}" if attempt else "")
+                             + (", every object re-sent" if force else ""))
+            sha = manifest_sha(artifact)
+            copy = offsite.upload_artifact(artifact, target, dagster_progress(context), force=force)
             check = offsite.verify_offsite(artifact, target)
         except CbBackupsError as exc:
             raise dg.Failure(description=str(exc)) from None
@@ -207,7 +221,10 @@ def offsite_asset(src: OffsiteSource) -> dg.AssetsDefinition:
             raise dg.Failure(description=f"{what}: the copy in S3 did not verify: " + "; ".join(check.problems))
         context.log.info(f"{what}: {copy.bytes} bytes in {copy.seconds}s ({copy.throughput_mib_s} MiB/s)"
                          + (" (identical copy already there)" if copy.skipped else ""))
-        return dg.MaterializeResult(metadata=copy_metadata(copy, target))
+        metadata = copy_metadata(copy, target, sha)
+        if attempt:
+            metadata["attempt"] = dg.MetadataValue.int(int(attempt))
+        return dg.MaterializeResult(metadata=metadata)
 
     return _offsite
 
@@ -230,8 +247,11 @@ def evaluate_offsite(settings: Settings, store: str, key: str, deep: bool) -> tu
                 where = target.url(target.key(store, key, MANIFEST))
                 return False, f"no off-site copy of {store} slot {key} ({where} missing)", {"deep": deep}
         result = offsite.verify_offsite(artifact, target, deep=deep)
+        verified = manifest_sha(artifact)
     meta: dict[str, Any] = {k: v for k, v in result.details.items() if isinstance(v, (int, float, str, bool))}
     meta["compared_with"] = against
+    if result.ok:  # a pass is about THIS manifest: once the slot is backed up again it is stale
+        meta["manifest_sha256"] = verified
     if result.ok:
         return True, (f"{meta.get('files_checked', 0)} file(s) present with the manifest's size and sha256"
                       + (f"; {meta.get('bytes_read', 0)} bytes re-read and hashed" if deep else "")), meta
@@ -289,24 +309,189 @@ def s3_configured_at_load() -> bool:
         return False
 
 
-def build(sources: Sequence[OffsiteSource]) -> dg.Definitions:
-    assets = [offsite_asset(s) for s in sources]
+def policy_at_load() -> OffsitePolicy:
+    try:
+        return offsite_policy(load_settings())
+    except CbBackupsError:
+        return OffsitePolicy()  # bad settings: every run says why; the sensor keeps its default pace
+
+
+def window_start(src: OffsiteSource, now: float) -> float:
+    return now - src.lookback.total_seconds()
+
+
+def slot_runs(instance: dg.DagsterInstance, src: OffsiteSource, since: float) -> dict[str, list[dg.RunRecord]]:
+    """The copy job's runs per slot created since `since`, newest first (one query per store)."""
+    records = instance.get_run_records(dg.RunsFilter(job_name=src.job_name,
+                                                     created_after=datetime.fromtimestamp(since, UTC)))
+    found: dict[str, list[dg.RunRecord]] = {}
+    for record in records:
+        part = record.dagster_run.tags.get("dagster/partition")
+        if part:
+            found.setdefault(part, []).append(record)
+    return found
+
+
+def attempts_of(records: list[dg.RunRecord], sha: str, failed_checks: set[str]) -> list[Attempt]:
+    """Finished runs that copied manifest `sha`, newest first."""
+    done = []
+    for record in records:
+        run = record.dagster_run
+        if run.tags.get(MANIFEST_TAG) != sha or run.status in IN_PROGRESS:
+            continue
+        at = record.end_time or record.create_timestamp.timestamp()
+        failed = run.status != dg.DagsterRunStatus.SUCCESS or run.run_id in failed_checks
+        done.append(Attempt(failed, at, run.run_id))
+    return done
+
+
+def copy_requests(instance: dg.DagsterInstance, settings: Settings, src: OffsiteSource, policy: OffsitePolicy,
+                  now: float, notified: dict[str, str]) -> tuple[list[dg.RunRequest], list[str]]:
+    """(runs to request, notifications to send) for one store; updates `notified` (slot -> manifest told)."""
+    since = window_start(src, now)
+    catalog = settings.catalog()
+    local = [a for a in catalog.list(src.store)
+             if src.partitions.time_window_for_partition_key(a.partition_key).start.timestamp() >= since]
+    if not local:
+        return [], []
+    copies, checks = offsite_seen(instance, src.key, src.check_key, since, details=False)
+    failed_checks = {run.run_id for run in history.check_history(instance, src.check_key, since)
+                     if run.status == "failed"}
+    runs = slot_runs(instance, src, since)
+    requests: list[dg.RunRequest] = []
+    messages: list[str] = []
+    for artifact in local:
+        key = artifact.partition_key
+        record = catalog.verification_of(artifact)
+        if record is None or not record.ok:
+            continue  # not verified yet (or failed its checks): never copied
+        of_slot = runs.get(key, [])
+        if any(r.dagster_run.status in IN_PROGRESS for r in of_slot):
+            continue
+        sha = manifest_sha(artifact)
+        decision = decide_copy(sha, copies.get(key), checks.get(key), attempts_of(of_slot, sha, failed_checks),
+                               policy.retry_wait_seconds, now)
+        name = f"{src.store}/{key}"
+        if decision.failures >= policy.notify_after and notified.get(name) != sha:
+            notified[name] = sha
+            since_backup = now - parse_iso(artifact.manifest.finished_at).timestamp()
+            messages.append(f"{src.store} slot {key} has no off-site copy of its current backup (manifest "
+                            f"{sha[:12]}…) for {since_backup / 3600:.1f} h: {decision.failures} attempt(s) failed; "
+                            f"{decision.reason}")
+        elif not decision.failures:
+            notified.pop(name, None)
+        if not decision.copy:
+            continue
+        tagged = sum(1 for r in of_slot if r.dagster_run.tags.get(MANIFEST_TAG) == sha)
+        tags = {MANIFEST_TAG: sha, ATTEMPT_TAG: str(decision.attempt), "store": src.store}
+        if decision.force:
+            tags[FORCE_TAG] = "1"
+        requests.append(dg.RunRequest(run_key=f"{key}:{sha[:16]}:{tagged + 1}", partition_key=key,
+                                      job_name=src.job_name, tags=tags))
+    return requests, messages
+
+
+def copy_sensor(sources: Sequence[OffsiteSource], jobs: Sequence["UnresolvedAssetJobDefinition"]
+                ) -> dg.SensorDefinition:
     enabled = s3_configured_at_load()
-    # Without an S3 target every copy would fail; the sensor then starts stopped (and says so)
-    # instead of piling up failed runs. The off-site assets still show as never copied.
-    sensor = dg.AutomationConditionSensorDefinition(
-        "offsite_automation_sensor",
-        target=dg.AssetSelection.assets(*[s.key for s in sources]),
+    interval = policy_at_load().sensor_interval_seconds
+
+    @dg.sensor(
+        name="offsite_automation_sensor",
+        jobs=list(jobs),
+        minimum_interval_seconds=interval,
+        # Without an S3 target every copy would fail; the sensor then starts stopped (and says so)
+        # instead of piling up failed runs. The off-site assets still show as never copied.
         default_status=dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED,
-        minimum_interval_seconds=60,
-        description="Copies every backup slot off-site once its blocking checks passed (backfills too)."
-        + ("" if enabled else " Stopped by default: CB_S3_BUCKET was not set when the code location loaded."),
+        description="Copies every verified backup slot off-site whose manifest S3 does not hold yet (new, "
+                    "backfilled or backed up again), retries failures with backoff and notifies after repeated "
+                    "failures." + ("" if enabled else
+                                   " Stopped by default: CB_S3_BUCKET was not set when the code location loaded."),
     )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        try:
+            settings = load_settings()
+            policy = offsite_policy(settings)
+        except CbBackupsError as exc:
+            return dg.SkipReason(f"settings are invalid, nothing copied: {exc}")
+        if not settings.s3.enabled:
+            return dg.SkipReason("off-site copies are not configured (set CB_S3_BUCKET)")
+        now = time.time()
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        notified: dict[str, str] = cursor.get("notified", {})
+        requests: list[dg.RunRequest] = []
+        messages: list[str] = []
+        for src in sources:
+            found, told = copy_requests(context.instance, settings, src, policy, now, notified)
+            requests += found
+            messages += told
+        url = webhook_url()
+        if messages and url:
+            post(url, offsite_missing_payload(messages))  # raises WebhookFailed: the tick fails, the cursor stays
+            context.log.info(f"notified the webhook of {len(messages)} slot(s) without an off-site copy")
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"notified": notified}, sort_keys=True))
+
+    return _sensor
+
+
+# --- off-site RPO --------------------------------------------------------------------------
+
+
+def newest_verified_copy(instance: dg.DagsterInstance, catalog: Catalog, src: OffsiteSource, now: float
+                         ) -> tuple[str, float] | None:
+    """(slot, captured_at) of the newest slot whose off-site state is verified (never a stale copy)."""
+    copies, checks = offsite_seen(instance, src.key, src.check_key, window_start(src, now), details=True)
+    for artifact in reversed(catalog.list(src.store)):  # newest first
+        key = artifact.partition_key
+        if offsite_state(manifest_sha(artifact), copies.get(key), checks.get(key)) == VERIFIED:
+            return key, parse_iso(artifact.manifest.captured_at).timestamp()
+    return None
+
+
+def freshness_check(spec: StoreSpec, src: OffsiteSource) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=src.key, name=FRESHNESS,
+                    description=f"The newest VERIFIED off-site copy of {spec.name} (its manifest equal to the local "
+                                f"one) is younger than the RPO ({spec.rpo}) plus offsite.rpo_lag_hours.")
+    def _freshness(context: dg.AssetCheckExecutionContext, backups: BackupsResource) -> dg.AssetCheckResult:
+        settings = backups.settings()
+        limit = spec.rpo.total_seconds() + offsite_policy(settings).rpo_lag_hours * 3600
+        now = time.time()
+        newest = newest_verified_copy(context.instance, settings.catalog(), src, now)
+        meta: dict[str, Any] = {"limit_hours": round(limit / 3600, 2)}
+        if newest is None:
+            return dg.AssetCheckResult(passed=False, metadata=meta,
+                                       description=f"no verified off-site copy of {spec.name} within the last "
+                                                   f"{src.lookback.days} days")
+        key, captured = newest
+        hours = round((now - captured) / 3600, 2)
+        meta.update(age_hours=hours, partition=key)
+        return dg.AssetCheckResult(passed=now - captured <= limit, metadata=meta,
+                                   description=f"newest verified off-site copy ({key}) is {hours} h old; limit is "
+                                               f"{limit / 3600:g} h (RPO + lag)")
+
+    return _freshness
+
+
+def freshness_job(sources: Sequence[OffsiteSource]) -> "UnresolvedAssetJobDefinition":
+    return dg.define_asset_job("offsite_freshness_job",
+                               selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(s.key, FRESHNESS)
+                                                                    for s in sources]),
+                               description="Is every store's newest verified off-site copy within RPO + lag?")
+
+
+def build(sources: Sequence[OffsiteSource]) -> dg.Definitions:
+    jobs = [offsite_job(s) for s in sources]
+    by_store = {s.store: s for s in sources}
+    rpo = [(spec, by_store[spec.name]) for spec in STORES if spec.name in by_store]
+    fresh_job = freshness_job([src for _, src in rpo])
     return dg.Definitions(
-        assets=assets,
-        asset_checks=[offsite_checks(s) for s in sources],
-        jobs=[*(offsite_job(s) for s in sources), *(offsite_verify_job(s) for s in sources)],
-        sensors=[sensor],
+        assets=[offsite_asset(s) for s in sources],
+        asset_checks=[*(offsite_checks(s) for s in sources), *(freshness_check(spec, src) for spec, src in rpo)],
+        jobs=[*jobs, *(offsite_verify_job(s) for s in sources), fresh_job],
+        schedules=[dg.ScheduleDefinition(name="offsite_freshness_schedule", job=fresh_job,
+                                         cron_schedule=FRESHNESS_CRON, execution_timezone=TIMEZONE,
+                                         default_status=dg.DefaultScheduleStatus.RUNNING)],
+        sensors=[copy_sensor(sources, jobs)],
     )
 
 

@@ -13,7 +13,8 @@ import dagster as dg
 
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Progress, Target
-from cb_backups.core.specs import FULL_SYSTEM, STORES, StoreSpec, spec_for
+from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES, STORES, StoreSpec, spec_for
+from cb_backups.defs.liveness import store_pools
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.restore.execute import RestoreResult, execute_full_restore, execute_restore
@@ -108,7 +109,7 @@ def restore_job(spec: StoreSpec) -> dg.JobDefinition:
     return _job
 
 
-@dg.op(name="full_system_restore_op", tags={"store": FULL_SYSTEM},
+@dg.op(name="full_system_restore_op", tags={"store": FULL_SYSTEM}, pool=FULL_SYSTEM,
        description="Restore every configured store (runbook order) after verifying all their backups.")
 def _full_restore(context: dg.OpExecutionContext, config: RestoreConfig,
                   backups: BackupsResource) -> Iterator[dg.AssetObservation | dg.Output[dict[str, Any]]]:
@@ -117,7 +118,8 @@ def _full_restore(context: dg.OpExecutionContext, config: RestoreConfig,
         full = plan_full_restore(backups.settings(), config.backup, config.source, target)
         for line in full.describe():
             context.log.info(line)
-        outcome = execute_full_restore(full, dagster_progress(context, listeners=PROGRESS_LISTENERS))
+        with store_pools(context, STORE_NAMES):  # the per-store jobs' pools: one writer per store
+            outcome = execute_full_restore(full, dagster_progress(context, listeners=PROGRESS_LISTENERS))
     except CbBackupsError as exc:
         raise dg.Failure(description=str(exc)) from None
     for result in outcome.results:

@@ -3,7 +3,8 @@
 For every store with backups (the five stores, and `full_system` when it has any):
   1. BackupInfo from the catalog: `verified` is the catalog's verification record; with S3
      enabled, `offsite_verified` is `verify_offsite` of the slot's copy (manifest identical, every
-     object present with the manifest's size and sha256 metadata).
+     object present with the manifest's size and sha256 metadata), and the manifest S3 holds must be
+     the one on disk: a copy of an older backup of the slot (stale) is not verified.
   2. `plan_retention` with the store's policy (defaults in retention.py, overrides from the
      `retention:` section of the CB_CONFIG file). The planner never deletes the newest verified
      backup, and never a local backup whose off-site copy is not verified while S3 is enabled.
@@ -35,13 +36,14 @@ from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES, STORES
 from cb_backups.defs.offsite import BY_STORE, remote_artifact
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.offsite import s3 as offsite
+from cb_backups.restore.safety import prune_replaced_data
 from cb_backups.retention.apply import DeletionRecord, RetentionIncomplete, apply_local, apply_offsite, local_backups
 from cb_backups.retention.policy import BackupInfo, PrunePlan
 from cb_backups.retention.policy import plan as plan_retention
 from cb_backups.stores.base import Store
 from cb_backups.stores.registry import open_store
 
-RETENTION_CRON = "30 5 * * *"  # daily, after the 05:00 retry of failed off-site copies
+RETENTION_CRON = "30 5 * * *"  # daily
 
 
 @dataclass
@@ -86,11 +88,18 @@ def local_deleter(store: str, settings: Settings) -> Callable[[Artifact], None] 
 
 
 def offsite_infos(catalog: Catalog, store: str, target: offsite.S3Target
-                  ) -> tuple[dict[str, bool], list[BackupInfo]]:
-    """(off-site verified per local slot, BackupInfo of every complete copy in S3)."""
+                  ) -> tuple[dict[str, bool], list[BackupInfo], dict[str, str]]:
+    """(off-site verified per local slot, BackupInfo of every complete copy in S3, the manifest sha256 each
+    local slot's copy holds -- a copy of an older manifest is stale and never counts as verified)."""
     copies = offsite.list_offsite(store, target)  # raises OffsiteError when S3 is unreachable: fail fast
     local = {a.partition_key: a for a in catalog.list(store)}
-    verified = {key: key in copies and offsite.verify_offsite(artifact, target).ok for key, artifact in local.items()}
+    verified: dict[str, bool] = {}
+    held: dict[str, str] = {}
+    for key, artifact in local.items():
+        result = offsite.verify_offsite(artifact, target) if key in copies else None
+        verified[key] = result is not None and result.ok
+        if result is not None and result.details.get("manifest_sha256"):
+            held[key] = str(result.details["manifest_sha256"])
     remote: list[BackupInfo] = []
     with tempfile.TemporaryDirectory(prefix="cb-retention-") as tmp:
         for key in copies:
@@ -102,7 +111,7 @@ def offsite_infos(catalog: Catalog, store: str, target: offsite.S3Target
                     continue
                 artifact, ok = found, offsite.verify_offsite(found, target).ok
             remote.append(BackupInfo(key, parse_iso(artifact.manifest.captured_at), ok, ok))
-    return verified, remote
+    return verified, remote, held
 
 
 def run_retention(settings: Settings, stores: list[str] | None = None, dry_run: bool = False,
@@ -119,14 +128,15 @@ def run_retention(settings: Settings, stores: list[str] | None = None, dry_run: 
         results.append(outcome)
         remote: list[BackupInfo] | None = None
         offsite_ok: dict[str, bool] | None = None
+        held: dict[str, str] | None = None
         if target is not None:
             try:
-                offsite_ok, remote = offsite_infos(catalog, store, target)
+                offsite_ok, remote, held = offsite_infos(catalog, store, target)
             except CbBackupsError as exc:
                 # every local backup then counts as not verified off-site: nothing local is deleted
                 outcome.errors.append(f"{store}: off-site copies could not be listed: {exc}")
-                offsite_ok = {}
-        backups = local_backups(catalog, store, offsite_ok)
+                offsite_ok, held = {}, {}
+        backups = local_backups(catalog, store, offsite_ok, held)
         outcome.local = plan_retention(backups, policies.for_store(store, LOCAL), now, target is not None,
                                        LOCAL, tz)
         if remote is not None:
@@ -182,6 +192,8 @@ def retention_op(context: dg.OpExecutionContext, config: RetentionConfig,
                     len(plan_.delete) if config.dry_run else sum(1 for r in outcome.deleted if r.where == where))
         for error in outcome.errors:
             context.log.error(error)
+    for line in [] if config.dry_run else prune_replaced_data(backups.settings(), config.stores or None):
+        context.log.info(f"retention: {line}")  # what in-place restores kept aside, dropped after the safety period
     plans = [r.to_json() for r in results]
     metadata = {"dry_run": dg.MetadataValue.bool(config.dry_run), "plans": dg.MetadataValue.json(plans),
                 **{k: dg.MetadataValue.int(v) for k, v in summary.items()}}

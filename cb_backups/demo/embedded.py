@@ -167,12 +167,15 @@ class EmbeddedValkey(_Throwaway):
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        argv = [str(self.bin_dir / "valkey-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+        # the password goes in a 0600 config file (valkey-server's first argument), never on the command line
+        assert self.root is not None
+        conf = self.root / "valkey.conf"
+        with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            if self.password:
+                fh.write('requirepass "' + "".join(f"\\x{b:02x}" for b in self.password.encode()) + '"\n')
+        return [str(self.bin_dir / "valkey-server"), str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--dbfilename", "dump.rdb", "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no", "--databases", "16", "--protected-mode", "yes"]
-        if self.password:
-            argv += ["--requirepass", self.password]
-        return argv
 
     def start(self) -> EmbeddedValkey:
         assert self.root is not None

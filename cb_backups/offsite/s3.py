@@ -60,7 +60,7 @@ from botocore.config import Config
 
 from cb_backups.config.redact import redact
 from cb_backups.config.settings import S3Settings
-from cb_backups.core.catalog import MANIFEST
+from cb_backups.core.catalog import MANIFEST, write_seal
 from cb_backups.core.errors import CbBackupsError, ConfigError, VerificationFailed
 from cb_backups.core.fileio import CHUNK, HashingWriter, atomic_write_bytes, fsync_dir, private_dir, sha256_file
 from cb_backups.core.model import Artifact, Manifest, Progress, Verification, no_progress
@@ -554,6 +554,7 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> 
     try:
         manifest_key = target.key(store, pk, MANIFEST)
         remote_manifest = remote_sha256(target, manifest_key)
+        details["manifest_sha256"] = remote_manifest  # which manifest S3 holds: stale when not the local one
         if remote_manifest is None:
             problems.append(f"{MANIFEST}: missing remotely (the copy is incomplete)")
         elif remote_manifest != sha256_file(artifact.path(MANIFEST))[0]:
@@ -641,6 +642,7 @@ def download_artifact(store: str, partition_key: str, target: S3Target, into_dir
         os.replace(partial, final)
         done += record.bytes
     atomic_write_bytes(into_dir / MANIFEST, raw)
+    write_seal(into_dir)  # sealed as downloaded; the manifest itself is checked against S3 by the restore
     fsync_dir(into_dir)
     return into_dir
 

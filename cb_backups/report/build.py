@@ -30,10 +30,12 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from cb_backups.checks.slot import DRILL_CHECK, FRESHNESS_CHECK, OFFSITE_CHECK, SLOT_CHECKS
-from cb_backups.core.catalog import Catalog, parse_iso
+from cb_backups.core.catalog import MANIFEST, Catalog, parse_iso
 from cb_backups.core.errors import ConfigError
+from cb_backups.core.fileio import sha256_file
 from cb_backups.core.partitions import TIMEZONE
 from cb_backups.core.specs import STORES, StoreSpec, spec_for
+from cb_backups.offsite.state import OFFSITE_FRESHNESS_CHECK, STALE, VERIFIED, Seen, offsite_state
 from cb_backups.report import history
 from cb_backups.retention.apply import read_deletions
 
@@ -67,7 +69,9 @@ class SlotRow:
     manifest_sha256: str = ""
     checks: dict[str, CheckCell] = field(default_factory=dict)  # label -> latest result
     offsite_key: str = ""
-    offsite_verification: str = ""
+    offsite_verification: str = ""  # verified | stale | failed | copied, not verified | "" (offsite/state.py)
+    offsite_failed_runs: list[str] = field(default_factory=list)
+    offsite_error: str = ""
     drill: str = ""
     drill_rto_seconds: float | None = None
     retention: str = ""
@@ -92,6 +96,11 @@ class StoreSummary:
     longest_gap_between: tuple[str, str] = ("", "")
     failed_check_evaluations: int = 0
     failed_runs: int = 0
+    offsite_failed_runs: int = 0
+    offsite_newest_verified: str = ""  # the newest slot whose verified copy is of its current manifest
+    offsite_age_hours: float | None = None  # its age at the end of the period (or now)
+    offsite_limit_hours: float = 0.0  # RPO + offsite.rpo_lag_hours
+    offsite_rpo_ok: bool | None = None
     drills: int = 0
     drills_passed: int = 0
     measured_rto_minutes: float | None = None  # the slowest drill in the period
@@ -115,11 +124,20 @@ class Report:
 # --- periods and slots -------------------------------------------------------------
 
 
+# Report days: the epoch to a year before datetime's last day (the period and its slot lookups run past --to).
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
+
+
 def parse_day(text: str, what: str) -> date:
     try:
-        return datetime.strptime(text, "%Y-%m-%d").date()
+        day = datetime.strptime(text, "%Y-%m-%d").date() if text.isascii() else None
     except (TypeError, ValueError):
-        raise ConfigError(what, text, "a date YYYY-MM-DD") from None
+        day = None
+    if day is None or day.isoformat() != text:
+        raise ConfigError(what, text, "a date YYYY-MM-DD")
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ConfigError(what, text, f"a date from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 def period(start: date, end: date, tz: str = TIMEZONE) -> tuple[datetime, datetime]:
@@ -167,7 +185,7 @@ def latest_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey
     cursor: str | None = None
     while True:
         result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key, after_timestamp=since), limit=PAGE, cursor=cursor)
+            dg.AssetRecordsFilter(asset_key=asset_key, after_timestamp=float(since)), limit=PAGE, cursor=cursor)
         for record in result.records:
             event = record.asset_materialization
             if event is None or event.partition is None or event.partition in latest:
@@ -179,11 +197,39 @@ def latest_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey
         cursor = result.cursor
 
 
+def seen_copies(materializations: dict[str, Materialization]) -> dict[str, Seen]:
+    """Each slot's newest off-site copy with the manifest sha256 it recorded."""
+    return {key: Seen(m.timestamp, str(m.metadata.get("manifest_sha256") or "") or None, True, m.run_id)
+            for key, m in materializations.items()}
+
+
+def seen_checks(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, since: float, details: bool = True
+                ) -> dict[str, Seen]:
+    """Each slot's newest finished `offsite_complete` result with the manifest sha256 it verified
+    (`details=False` skips reading passed results' metadata: sha256 unknown, timestamps only)."""
+    checks: dict[str, Seen] = {}
+    for run in history.check_history(instance, check_key, since, details=details):
+        if run.partition is None or run.status not in ("passed", "failed"):
+            continue
+        seen = checks.get(run.partition)
+        if seen is None or run.timestamp > seen.at:  # newest by time: ids follow creation, not evaluation
+            checks[run.partition] = Seen(run.timestamp, str(run.metadata.get("manifest_sha256") or "") or None,
+                                         run.status == "passed", run.run_id)
+    return checks
+
+
+def offsite_seen(instance: dg.DagsterInstance, offsite_key: dg.AssetKey, check_key: dg.AssetCheckKey, since: float,
+                 details: bool = True) -> tuple[dict[str, Seen], dict[str, Seen]]:
+    """(newest copy, newest finished check result) per slot since `since` (see seen_copies, seen_checks)."""
+    return (seen_copies(latest_materializations(instance, offsite_key, since)),
+            seen_checks(instance, check_key, since, details))
+
+
 def store_checks(spec: StoreSpec) -> list[dg.AssetCheckKey]:
     """Every asset check on a store's slots, sorted: the post-backup checks, freshness and the restore drill on
-    `<store>_backup`, the off-site check on `<store>_offsite` (test_report: the definitions build exactly these)."""
+    `<store>_backup`, the off-site checks on `<store>_offsite` (test_report: the definitions build exactly these)."""
     keys = [dg.AssetCheckKey(spec.asset_key, name) for name in (*SLOT_CHECKS, FRESHNESS_CHECK, DRILL_CHECK)]
-    keys.append(dg.AssetCheckKey(spec.offsite_key, OFFSITE_CHECK))
+    keys += [dg.AssetCheckKey(spec.offsite_key, name) for name in (OFFSITE_CHECK, OFFSITE_FRESHNESS_CHECK)]
     return sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name))
 
 
@@ -203,6 +249,12 @@ def _is_backup_run(run: dg.DagsterRun, spec: StoreSpec) -> bool:
     if run.job_name == f"{spec.name}_backup_job":
         return True
     return bool(run.asset_selection) and spec.asset_key in (run.asset_selection or set())
+
+
+def _is_offsite_run(run: dg.DagsterRun, spec: StoreSpec) -> bool:
+    if run.job_name == f"{spec.offsite_key.to_user_string()}_job":
+        return True
+    return bool(run.asset_selection) and spec.offsite_key in (run.asset_selection or set())
 
 
 # --- building ----------------------------------------------------------------------
@@ -249,8 +301,12 @@ def _drill_rto(metadata: dict[str, Any]) -> float | None:
 
 
 def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime, end: datetime,
-                 stores: Sequence[str] | None = None, now: datetime | None = None) -> Report:
-    """Read everything for the period (bulk queries) and judge every expected slot."""
+                 stores: Sequence[str] | None = None, now: datetime | None = None,
+                 offsite_lag_hours: float = 1.0) -> Report:
+    """Read everything for the period (bulk queries) and judge every expected slot.
+
+    Off-site state per slot is `offsite.state.offsite_state`: a passing check about an older manifest
+    than the slot's current one is "stale", never "verified"."""
     now = now or datetime.now(UTC)
     specs = [spec_for(s) for s in stores] if stores else list(STORES)
     warnings: list[str] = []
@@ -272,7 +328,9 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
         slots = expected_slots(spec, start, end, now)
         slot_keys = {key for key, _, _ in slots}
         backups = latest_materializations(instance, spec.asset_key, since)
-        offsite = latest_materializations(instance, spec.offsite_key, since)
+        offsite_mats = latest_materializations(instance, spec.offsite_key, since)
+        copies = seen_copies(offsite_mats)
+        off_checks = seen_checks(instance, dg.AssetCheckKey(spec.offsite_key, OFFSITE_CHECK), since)
         on_disk = {a.partition_key: a for a in catalog.list(spec.name)}
         summary = StoreSummary(spec.name, spec.title, spec.rpo / timedelta(hours=1), spec.rto / timedelta(minutes=1))
         latest: dict[tuple[str, str], history.CheckRun] = {}
@@ -300,16 +358,22 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
                 summary.pass_rates[label] = (passed, total)
         labels += [label for label in summary.pass_rates if label not in labels]
         store_runs: dict[str, list[str]] = {}
+        offsite_runs: dict[str, list[str]] = {}
         failed_run_ids = set()
         for run in runs:
             part = run.tags.get("dagster/partition")
             if part in slot_keys and _is_backup_run(run, spec):
                 store_runs.setdefault(part, []).append(run.run_id)
                 failed_run_ids.add(run.run_id)
+            elif part in slot_keys and _is_offsite_run(run, spec):
+                offsite_runs.setdefault(part, []).append(run.run_id)
+                failed_run_ids.add(run.run_id)
         summary.failed_runs = sum(len(v) for v in store_runs.values())
+        summary.offsite_failed_runs = sum(len(v) for v in offsite_runs.values())
+        summary.offsite_limit_hours = round((spec.rpo.total_seconds() + offsite_lag_hours * 3600) / 3600, 2)
+        newest_copy: tuple[datetime, str] | None = None
         slot_labels = [label for label in summary.pass_rates if label in SLOT_CHECKS] or \
             [label for label in summary.pass_rates if ":" not in label and label != DRILL_CHECK]
-        offsite_labels = [label for label in summary.pass_rates if label.startswith("offsite:")]
 
         verified_times: list[tuple[datetime, str]] = []
         rto_seen: list[float] = []
@@ -360,17 +424,29 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
                 errors_left -= 1
                 failing.insert(0, history.run_failure_message(instance, row.failed_runs[0]))
             row.error = "; ".join(f for f in failing if f)[:500]
-            # off-site
-            off = offsite.get(key)
+            # off-site: verified only when the verified copy is of the slot's current manifest
+            off = offsite_mats.get(key)
             if off is not None:
                 row.offsite_key = _offsite_location(off.metadata)
-            off_results = [row.checks[label].status for label in offsite_labels if label in row.checks]
-            if "failed" in off_results:
-                row.offsite_verification = "failed"
-            elif off_results and len(off_results) == len(offsite_labels):
-                row.offsite_verification = "verified"
-            elif off is not None:
-                row.offsite_verification = "copied, not verified"
+            local_sha = (sha256_file(artifact.path(MANIFEST))[0] if artifact is not None
+                         else row.manifest_sha256 or None)
+            row.offsite_verification = offsite_state(local_sha, copies.get(key), off_checks.get(key))
+            if row.offsite_verification == STALE:
+                copied = (copies[key].manifest_sha256 or "?") if key in copies else "?"
+                row.offsite_error = (f"stale: S3 was last verified with manifest {copied[:12]}…, the slot's is "
+                                     f"{str(local_sha)[:12]}…")
+            row.offsite_failed_runs = offsite_runs.get(key, [])
+            if row.offsite_failed_runs and errors_left > 0:
+                errors_left -= 1
+                message = history.run_failure_message(instance, row.offsite_failed_runs[0])
+                row.offsite_error = "; ".join(e for e in (row.offsite_error, message) if e)[:500]
+            if row.offsite_verification == VERIFIED and row.captured_at:
+                try:
+                    moment = parse_iso(row.captured_at)
+                    if newest_copy is None or moment > newest_copy[0]:
+                        newest_copy = (moment, key)
+                except ValueError:
+                    pass
             # restore drill
             drill = latest.get((DRILL_CHECK, key)) or next(
                 (latest[(label, key)] for label in summary.pass_rates
@@ -393,6 +469,12 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
             summary.rpo_compliant += row.rpo_ok
             rows.append(row)
         summary.slots = len(slots)
+        if newest_copy is not None:
+            summary.offsite_newest_verified = newest_copy[1]
+            summary.offsite_age_hours = round((min(end, now) - newest_copy[0]) / timedelta(hours=1), 2)
+            summary.offsite_rpo_ok = summary.offsite_age_hours <= summary.offsite_limit_hours
+        elif slots:
+            summary.offsite_rpo_ok = False
         if slots:
             summary.rpo_compliance = round(summary.rpo_compliant / len(slots), 4)
             gap = _longest_gap(sorted(verified_times), slots[0][2], min(end, now))

@@ -18,7 +18,7 @@ from cb_backups.config.settings import configured_secrets
 from cb_backups.core.catalog import parse_iso
 from cb_backups.core.errors import ConfigError
 from cb_backups.core.fileio import atomic_write_bytes, private_dir
-from cb_backups.report.build import FORMATS, Report, SlotRow, as_iso
+from cb_backups.report.build import FORMATS, Report, SlotRow, StoreSummary, as_iso
 
 
 def artifacts(report: Report) -> list[dict[str, Any]]:
@@ -35,7 +35,8 @@ def to_json(report: Report) -> str:
 
 CSV_BASE = ["store", "slot", "due", "status", "rpo_ok", "captured_at", "bytes", "duration_seconds", "sha256",
             "manifest_sha256"]
-CSV_TAIL = ["offsite_key", "offsite_verification", "drill", "drill_rto_seconds", "retention", "failed_runs", "error"]
+CSV_TAIL = ["offsite_key", "offsite_verification", "offsite_failed_runs", "offsite_error", "drill", "drill_rto_seconds",
+            "retention", "failed_runs", "error"]
 
 
 def to_csv(report: Report) -> str:
@@ -53,7 +54,7 @@ def to_csv(report: Report) -> str:
         for label in report.check_labels:
             cell = r.checks.get(label)
             line += [cell.status, cell.at] if cell else ["", ""]
-        line += [r.offsite_key, r.offsite_verification, r.drill,
+        line += [r.offsite_key, r.offsite_verification, " ".join(r.offsite_failed_runs), r.offsite_error, r.drill,
                  "" if r.drill_rto_seconds is None else r.drill_rto_seconds, r.retention, " ".join(r.failed_runs),
                  r.error]
         writer.writerow(line)
@@ -174,8 +175,8 @@ def to_html(report: Report) -> str:
         out.append(f'<p class="warn">warning: {esc(warning)}</p>')
     out.append("<h2>Summary</h2><table><tr>")
     heads = ["store", "slots", "verified", "failed", "unverified", "missed", "RPO", "RPO compliance",
-             "longest gap", "failed checks", "failed runs", "drills passed", "measured RTO", "RTO target",
-             "RTO met"]
+             "longest gap", "failed checks", "failed runs", "off-site RPO", "failed off-site runs", "drills passed",
+             "measured RTO", "RTO target", "RTO met"]
     out.append("".join(f"<th>{h}</th>" for h in heads) + "</tr>")
     for s in report.stores:
         compliance_cls = "ok" if s.rpo_compliance == 1 else ("bad" if s.rpo_compliance is not None else "muted")
@@ -188,7 +189,9 @@ def to_html(report: Report) -> str:
             _cell(s.missed, "bad" if s.missed else ""), _cell(f"{s.rpo_hours:g} h"),
             _cell(_pct(s.rpo_compliance), compliance_cls), _cell(gap),
             _cell(s.failed_check_evaluations, "bad" if s.failed_check_evaluations else ""),
-            _cell(s.failed_runs, "bad" if s.failed_runs else ""), _cell(f"{s.drills_passed}/{s.drills}"),
+            _cell(s.failed_runs, "bad" if s.failed_runs else ""), _offsite_rpo_cell(s),
+            _cell(s.offsite_failed_runs, "bad" if s.offsite_failed_runs else ""),
+            _cell(f"{s.drills_passed}/{s.drills}"),
             _cell("no drill" if s.measured_rto_minutes is None else f"{s.measured_rto_minutes:g} min", rto_cls),
             _cell(f"{s.rto_target_minutes:g} min"),
             _cell({True: "yes", False: "NO", None: "n/a"}[s.rto_met], rto_cls)]) + "</tr>")
@@ -224,7 +227,7 @@ def to_html(report: Report) -> str:
         out.append(f"<details{' open' if bad and len(rows) <= 400 else ''}><summary><b>{esc(store)}</b>: "
                    f"{len(rows)} slots, {bad} not verified</summary><table><tr>")
         heads = ["slot", "due", "status", "within RPO", "captured_at", "bytes", "seconds", "sha256", *labels,
-                 "off-site key", "off-site", "drill", "RTO s", "retention", "error"]
+                 "off-site key", "off-site", "off-site error", "drill", "RTO s", "retention", "error"]
         out.append("".join(f"<th>{esc(h)}</th>" for h in heads) + "</tr>")
         for r in rows:
             cells = [_cell(r.slot), _cell(r.due), _cell(r.status), _cell("yes" if r.rpo_ok else "no",
@@ -237,13 +240,28 @@ def to_html(report: Report) -> str:
                 c = r.checks.get(label)
                 cells.append(f'<td class="{_STATUS_CLASS.get(c.status, "")}" title="{esc(c.at)} {esc(c.description)}">'
                              f"{esc(c.status)}</td>" if c else "<td></td>")
-            cells += [_cell(r.offsite_key), _cell(r.offsite_verification), _cell(r.drill),
+            cells += [_cell(r.offsite_key),
+                      _cell(r.offsite_verification, _OFFSITE_CLASS.get(r.offsite_verification, "")),
+                      _cell(r.offsite_error), _cell(r.drill),
                       _cell("" if r.drill_rto_seconds is None else f"{r.drill_rto_seconds:g}"), _cell(r.retention),
                       _cell(r.error)]
             out.append("<tr>" + "".join(cells) + "</tr>")
         out.append("</table></details>")
     out.append("</body></html>\n")
     return "".join(out)
+
+
+_OFFSITE_CLASS = {"verified": "ok", "stale": "bad", "failed": "bad", "copied, not verified": "warn"}
+
+
+def _offsite_rpo_cell(s: StoreSummary) -> str:
+    """Newest verified (never stale) off-site copy's age against RPO + lag."""
+    if s.offsite_rpo_ok is None:
+        return _cell("n/a", "muted")
+    if not s.offsite_newest_verified:
+        return _cell(f"NO verified copy (limit {s.offsite_limit_hours:g} h)", "bad")
+    return _cell(f"{s.offsite_age_hours:g} h / {s.offsite_limit_hours:g} h ({s.offsite_newest_verified})",
+                 "ok" if s.offsite_rpo_ok else "bad")
 
 
 RENDERERS: dict[str, Callable[[Report], str]] = {"html": to_html, "csv": to_csv, "json": to_json}

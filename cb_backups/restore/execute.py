@@ -19,18 +19,20 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from cb_backups.core.catalog import Catalog, checksum_problems
+from cb_backups.core.catalog import MANIFEST, Catalog, checksum_problems, seal_problems
 from cb_backups.core.errors import CbBackupsError, RestoreFailed, RestoreRefused
+from cb_backups.core.fileio import as_disk_full, sha256_file
 from cb_backups.core.model import Artifact, Inventory, Progress, Verification, no_progress
 from cb_backups.core.specs import FULL_SYSTEM
 from cb_backups.full_system.backup import store_view, stores_in
 from cb_backups.offsite import s3 as offsite
 from cb_backups.restore.plan import FULL_PREFIX, LATEST, SAFETY_PREFIX, FullRestorePlan, RestorePlan, hms
 from cb_backups.restore.safety import prune_safety, take_safety_backup
-from cb_backups.stores.base import Store
+from cb_backups.stores.base import DRILL, Store, kept_aside, prune_kept_aside, quiesced, staged
 from cb_backups.stores.registry import open_store
 
 # Overrides that point an in-place restore somewhere else than the live target the adapter counts.
@@ -54,6 +56,7 @@ class RestoreResult:
     safety_backup: str | None
     rto_seconds: float
     rto_target_seconds: float
+    kept_aside: list[str] = field(default_factory=list)  # what in-place restores keep aside now, this one's too
 
     @property
     def ok(self) -> bool:
@@ -72,6 +75,8 @@ class RestoreResult:
             text += "; skipped newer backups that failed verification: " + "; ".join(self.skipped)
         if self.safety_backup:
             text += f"; safety backup of the previous data: {self.safety_backup}"
+        if self.kept_aside:
+            text += "; kept aside: " + "; ".join(self.kept_aside)
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -79,7 +84,8 @@ class RestoreResult:
                 "source": self.source, "mode": self.mode, "artifact": self.artifact_path, "ok": self.ok,
                 "counts": self.counts, "expected": self.expected, "problems": self.problems,
                 "skipped": self.skipped, "notes": self.notes, "safety_backup": self.safety_backup,
-                "rto_seconds": round(self.rto_seconds, 3), "rto_target_seconds": self.rto_target_seconds,
+                "kept_aside": self.kept_aside, "rto_seconds": round(self.rto_seconds, 3),
+                "rto_target_seconds": self.rto_target_seconds,
                 "within_rto": self.within_rto}
 
 
@@ -134,14 +140,50 @@ def execute_full_restore(full: FullRestorePlan, progress: Progress = no_progress
 
 
 def verify_artifact(store: Store, artifact: Artifact) -> Verification:
-    """sha256 of every file against the manifest, then the store's own integrity check."""
+    """sha256 of every file against the manifest (and the manifest against its seal), then the store's own
+    integrity check. A full disk (the temp dir) is raised as DiskFull: it says nothing about the backup."""
     problems = checksum_problems(artifact)
     if problems:
         return Verification(False, problems)
     try:
         return store.verify(artifact)
-    except CbBackupsError as exc:
-        return Verification(False, [str(exc)])
+    except Exception as exc:
+        full = as_disk_full(exc, f"cannot check the integrity of {artifact.store} {artifact.partition_key}",
+                            "the backup is unchanged and nothing was restored")
+        if full is not None:
+            raise full from None
+        if isinstance(exc, CbBackupsError):
+            return Verification(False, [str(exc)])
+        raise
+
+
+def counts_precheck(store: Store, artifact: Artifact, progress: Progress = no_progress) -> list[str]:
+    """Restore `artifact` into the store's scratch (drill) target and compare the counts with its manifest,
+    before anything touches the real target: a manifest whose counts do not describe its data (edited, or
+    a dump that silently lost rows) is found here, so `latest` can fall back past it. Empty when the counts
+    agree, or when the store has no scratch target (then the counts are compared after the restore only)."""
+    target = store.scratch_target(DRILL)
+    if target is None:
+        progress(f"{store.name}: no scratch target, so the counts of {artifact.partition_key} are checked after "
+                 "the restore only", 0, None)
+        return []
+    progress(f"{store.name}: pre-checking the counts of {artifact.partition_key} in "
+             f"{store.describe_target(target)}", 0, None)
+    try:
+        with store.scratch(artifact, target, progress) as scratch:
+            counts = scratch.counts()
+    except Exception as exc:
+        full = as_disk_full(exc, f"cannot restore {store.name} {artifact.partition_key} into a scratch target to "
+                                 "check its counts", "nothing was restored and the backups are unchanged")
+        if full is not None:
+            raise full from None
+        if isinstance(exc, CbBackupsError):
+            return [f"a scratch restore to check its counts failed: {exc}"]
+        raise
+    mismatch = store.compare_counts(artifact.manifest.inventory, counts, target)
+    if mismatch:
+        return ["restored into a scratch target, its counts differ from its manifest: " + "; ".join(mismatch)]
+    return []
 
 
 def _prepare(plan: RestorePlan, progress: Progress, stack: contextlib.ExitStack,
@@ -169,18 +211,72 @@ def _prepare(plan: RestorePlan, progress: Progress, stack: contextlib.ExitStack,
 def _apply(prepared: _Prepared, progress: Progress, started: float) -> RestoreResult:
     plan, store, artifact = prepared.plan, prepared.store, prepared.artifact
     catalog = plan.settings.catalog()
-    safety: Artifact | None = None
-    if plan.target.mode == "in_place" and plan.safety_backup:
-        progress(f"{plan.store}: safety backup of the current data", 0, None)
+    in_place = plan.target.mode == "in_place"
+    if in_place:  # e.g. PostgreSQL restores into `<db>__incoming` now, while the live data still takes writes
+        staged(store, artifact, plan.target, progress)
+    with contextlib.ExitStack() as closed:
+        if in_place:
+            # Writes stop BEFORE the safety backup and stay stopped until the new data is in: a write
+            # attempted meanwhile is refused, so the safety backup (and what the store keeps aside)
+            # holds every acknowledged write. On error the store accepts writes again (quiesce's exit).
+            progress(f"{plan.store}: closing {store.describe_target(plan.target)} to writes", 0, None)
+            try:
+                closed.enter_context(quiesced(store, plan.target))
+            except CbBackupsError as exc:
+                raise RestoreRefused(plan.store, f"could not stop writes to the target, so nothing was "
+                                                 f"restored: {exc}") from None
+        safety = _safety_backup(prepared, catalog, progress) if in_place and plan.safety_backup else None
+        counts = _restore(prepared, safety, progress)
+    expected = artifact.manifest.inventory
+    problems = store.compare_counts(expected, counts, plan.target)
+    rto = time.monotonic() - started
+    if safety is not None:
+        pruned = prune_safety(catalog, plan.store, plan.safety_keep_days, deleter=store.before_delete,
+                              keep={safety.partition_key})
+        if pruned:
+            prepared.notes.append(f"removed {len(pruned)} safety backup(s) older than {plan.safety_keep_days} days")
+    kept: list[str] = []
+    if in_place:
         try:
-            safety = take_safety_backup(catalog, store, progress)
-        except CbBackupsError as exc:
-            raise RestoreRefused(plan.store, f"the safety backup of the current data failed, so nothing was "
-                                             f"restored: {exc}. If the data is already lost, run again with the "
-                                             "override safety_backup=skip") from None
-        prepared.notes.append(f"safety backup: {safety.directory} (undo with: cb-backups restore {plan.store} "
-                              f"--backup {SAFETY_PREFIX}{safety.partition_key} --target in-place)")
-        progress(prepared.notes[-1], 0, None)
+            dropped = prune_kept_aside(store, plan.safety_keep_days)
+            kept = kept_aside(store)
+        except CbBackupsError as exc:  # the restore itself is done and verified; say so, do not fail it
+            prepared.notes.append(f"could not list what earlier restores kept aside: {exc}")
+            dropped = []
+        if dropped:
+            prepared.notes.append(f"dropped data kept aside by restores more than {plan.safety_keep_days} days "
+                                  f"ago: {', '.join(dropped)}")
+        if kept:
+            prepared.notes.append(f"kept aside for {plan.safety_keep_days} days, then dropped: " + "; ".join(kept))
+    result = RestoreResult(
+        store=plan.store, requested=plan.backup, partition_key=artifact.partition_key,
+        kind=FULL_SYSTEM if plan.backup.startswith(FULL_PREFIX) else artifact.manifest.kind,
+        source=plan.source, mode=plan.target.mode, artifact_path=prepared.origin, expected=expected,
+        counts=counts, problems=problems, skipped=prepared.skipped, notes=prepared.notes,
+        safety_backup=str(safety.directory) if safety else None, rto_seconds=rto,
+        rto_target_seconds=plan.rto_target_seconds, kept_aside=kept)
+    progress(result.summary(), 1, 1)
+    return result
+
+
+def _safety_backup(prepared: _Prepared, catalog: Catalog, progress: Progress) -> Artifact:
+    plan = prepared.plan
+    progress(f"{plan.store}: safety backup of the current data", 0, None)
+    try:
+        safety = take_safety_backup(catalog, prepared.store, progress)
+    except CbBackupsError as exc:
+        raise RestoreRefused(plan.store, f"the safety backup of the current data failed, so nothing was "
+                                         f"restored: {exc}. If the data is already lost, run again with the "
+                                         "override safety_backup=skip") from None
+    prepared.notes.append(f"safety backup: {safety.directory} (undo with: cb-backups restore {plan.store} "
+                          f"--backup {SAFETY_PREFIX}{safety.partition_key} --target in-place)")
+    progress(prepared.notes[-1], 0, None)
+    return safety
+
+
+def _restore(prepared: _Prepared, safety: Artifact | None, progress: Progress) -> Inventory:
+    """`store.restore`, then the counts of the live target counted again."""
+    plan, store, artifact = prepared.plan, prepared.store, prepared.artifact
     progress(f"{plan.store}: restoring {artifact.partition_key} ({plan.target.mode})", 0, None)
     try:
         counts = store.restore(artifact, plan.target, progress)
@@ -194,23 +290,7 @@ def _apply(prepared: _Prepared, progress: Progress, started: float) -> RestoreRe
         raise RestoreFailed(plan.store, f"{exc}; the data from before the restore is kept in the safety backup "
                                         f"{safety.directory} (cb-backups restore {plan.store} --backup "
                                         f"{SAFETY_PREFIX}{safety.partition_key} --target in-place)") from None
-    expected = artifact.manifest.inventory
-    problems = store.compare_counts(expected, counts, plan.target)
-    rto = time.monotonic() - started
-    if safety is not None:
-        pruned = prune_safety(catalog, plan.store, plan.safety_keep_days, deleter=store.before_delete,
-                              keep={safety.partition_key})
-        if pruned:
-            prepared.notes.append(f"removed {len(pruned)} safety backup(s) older than {plan.safety_keep_days} days")
-    result = RestoreResult(
-        store=plan.store, requested=plan.backup, partition_key=artifact.partition_key,
-        kind=FULL_SYSTEM if plan.backup.startswith(FULL_PREFIX) else artifact.manifest.kind,
-        source=plan.source, mode=plan.target.mode, artifact_path=prepared.origin, expected=expected,
-        counts=counts, problems=problems, skipped=prepared.skipped, notes=prepared.notes,
-        safety_backup=str(safety.directory) if safety else None, rto_seconds=rto,
-        rto_target_seconds=plan.rto_target_seconds)
-    progress(result.summary(), 1, 1)
-    return result
+    return counts
 
 
 # --- resolving the backup ----------------------------------------------------------------------------------
@@ -227,9 +307,20 @@ def _resolve(plan: RestorePlan, store: Store, progress: Progress, stack: context
 
     if plan.source == "offsite":
         return _resolve_offsite(plan, store, progress, stack, skip)
+    def verify(artifact: Artifact) -> Verification:
+        problems = catalog.binding_problems(artifact)  # a folder renamed or swapped is not that slot
+        verification = Verification(False, problems) if problems else verify_artifact(store, artifact)
+        if verification.ok and plan.backup == LATEST:
+            # Counts too, in a scratch target, so a backup whose restore would fail on counts is skipped
+            # like a corrupt one, and the real target is never touched by it.
+            problems = counts_precheck(store, artifact, progress)
+            if problems:
+                return Verification(False, problems)
+        return verification
+
     if plan.backup == LATEST:
         progress(f"{plan.store}: looking for the newest backup that verifies", 0, None)
-        artifact = catalog.latest_verified(plan.store, verify=lambda a: verify_artifact(store, a), on_skip=skip)
+        artifact = catalog.latest_verified(plan.store, verify=verify, on_skip=skip)
         if artifact is None:
             tried = f" (tried: {'; '.join(skipped)})" if skipped else " (the catalog holds none)"
             raise RestoreRefused(plan.store, f"no backup in {catalog.store_dir(plan.store)} verifies{tried}")
@@ -238,7 +329,7 @@ def _resolve(plan: RestorePlan, store: Store, progress: Progress, stack: context
         artifact = catalog.require(plan.store, plan.backup[len(SAFETY_PREFIX):], kind="safety")
     else:
         artifact = catalog.require(plan.store, plan.backup)
-    verification = verify_artifact(store, artifact)
+    verification = verify(artifact)
     if artifact.manifest.kind == "backup":
         catalog.record_verification(artifact, verification)
     if not verification.ok:
@@ -267,7 +358,11 @@ def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack:
             continue
         artifact = Catalog(folder.parent).load(folder)
         assert artifact is not None  # download_artifact writes the manifest last
-        verification = verify_artifact(store, artifact)
+        problems = _offsite_manifest_problems(target, plan.store, key, folder)
+        verification = Verification(False, problems) if problems else verify_artifact(store, artifact)
+        if verification.ok and plan.backup == LATEST:
+            problems = counts_precheck(store, artifact, progress)
+            verification = Verification(False, problems) if problems else verification
         if verification.ok:
             return artifact
         if plan.backup != LATEST:
@@ -294,8 +389,15 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
             loaded = Catalog(folder.parent).load(folder)
             assert loaded is not None
             full = loaded
+            problems = _offsite_manifest_problems(offsite.S3Target(plan.settings.s3), FULL_SYSTEM, key, folder)
         else:
-            full = plan.settings.catalog().require(FULL_SYSTEM, key)
+            catalog = plan.settings.catalog()
+            full = catalog.require(FULL_SYSTEM, key)
+            problems = catalog.binding_problems(full)
+        # The per-store view below carries a manifest derived from this one: the seal is checked here.
+        problems += seal_problems(full)
+        if problems:
+            raise RestoreRefused(plan.store, f"full system backup {key} failed verification: " + "; ".join(problems))
         cache[key] = full
     if plan.store not in stores_in(full):
         raise RestoreRefused(plan.store, f"full system backup {key} holds no {plan.store} backup "
@@ -306,3 +408,14 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
         raise RestoreRefused(plan.store, f"the {plan.store} part of full system backup {key} failed verification: "
                                          + "; ".join(verification.problems))
     return full, view
+
+
+def _offsite_manifest_problems(target: offsite.S3Target, store: str, key: str, folder: Path) -> list[str]:
+    """The downloaded manifest against the sha256 its S3 object carried from the upload (when it has one)."""
+    stored = offsite.head(target, target.key(store, key, MANIFEST))
+    recorded = ((stored or {}).get("Metadata") or {}).get(offsite.SHA256_METADATA)
+    actual = sha256_file(folder / MANIFEST)[0]
+    if recorded and recorded != actual:
+        return [f"the off-site {MANIFEST} (sha256 {actual}) differs from the {recorded} recorded in its S3 "
+                "metadata at upload: it was changed in the bucket"]
+    return []

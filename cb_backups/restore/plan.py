@@ -9,6 +9,7 @@ the plans out.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -32,6 +33,15 @@ DEFAULT_SAFETY_KEEP_DAYS = 7
 # Runbook "Full Restore Script" order: the critical stores first.
 FULL_ORDER = ("postgres", "neo4j", "qdrant", "opensearch", "valkey")
 LIST_OPTIONS = ("collections", "indices")
+# Every target override a restore understands (README "Restore" lists which store reads which); anything
+# else is a typo that would otherwise be ignored silently.
+GENERAL_OPTIONS = ("safety_backup", "safety_keep_days")
+TARGET_OPTIONS = (*GENERAL_OPTIONS, "dbname", "jobs", "uri", "database", "admin_command", "stop_command",
+                  "start_command", "dump_dir", "collections", "suffix", "data_dir", "ready_timeout", "indices",
+                  "prefix", "include_global_state")
+# Overrides that name something on the server: a name, never SQL or shell text.
+NAME_OPTIONS = ("dbname", "database", "suffix", "prefix", "collections", "indices")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.,*-]*")
 
 
 def hms(seconds: float) -> str:
@@ -112,6 +122,7 @@ def plan_restore(settings: Settings, store: str, backup: str = LATEST, source: s
     if source == "offsite" and not settings.s3.enabled:
         raise ConfigError("restore source", source, "local (no S3 bucket configured: set CB_S3_BUCKET)")
     options = dict(target.options)
+    check_overrides(options)
     safety = str(options.pop("safety_backup", "yes")).lower() not in ("skip", "no", "false", "0")
     keep_days = keep_days_setting(options.pop("safety_keep_days", None), settings)
     options = {k: _option(k, v) for k, v in options.items()}
@@ -132,16 +143,24 @@ def plan_restore(settings: Settings, store: str, backup: str = LATEST, source: s
     elif backup.startswith(SAFETY_PREFIX):
         if source != "local":
             raise ConfigError("restore source", source, "local (safety backups are never copied off-site)")
-        catalog.require(store, backup[len(SAFETY_PREFIX):], kind="safety")
+        stamp = backup[len(SAFETY_PREFIX):]
+        if not stamp or catalog.get(store, stamp, kind="safety") is None:
+            known = ", ".join(SAFETY_PREFIX + a.partition_key for a in catalog.list(store, kind="safety")[-5:])
+            raise ConfigError(f"{store} safety backup", backup, f"an existing one; newest are: {known or 'none'}")
     else:
         parse_slot(spec.partitions, backup)
         if source == "local":
             catalog.require(store, backup)
     planned = Target(target.mode, options)
+    described = adapter.describe_target(planned)
+    if target.mode == "scratch" and described == adapter.describe_target(Target("in_place")):
+        # e.g. --set dbname=<the live database>: that is an in-place restore without its safety backup
+        raise ConfigError("scratch target", described, "one other than the live data (use --target in-place "
+                                                       "to replace it, with a safety backup first)")
     return RestorePlan(store=store, backup=backup, source=source, target=planned,
                        safety_backup=safety, safety_keep_days=keep_days,
                        rto_target_seconds=spec.rto / timedelta(seconds=1), settings=settings, candidates=candidates,
-                       target_description=adapter.describe_target(planned), restore_method=adapter.restore_method)
+                       target_description=described, restore_method=adapter.restore_method)
 
 
 def plan_full_restore(settings: Settings, backup: str = LATEST, source: str = "local",
@@ -194,6 +213,16 @@ def keep_days_setting(value: Any, settings: Settings) -> int:
     if days < 0:
         raise ConfigError("safety_keep_days", value, "a whole number of days >= 0")
     return days
+
+
+def check_overrides(options: dict[str, Any]) -> None:
+    """Unknown keys and names with quotes, spaces or semicolons are bad input, before the plan is printed."""
+    for key, value in options.items():
+        if key not in TARGET_OPTIONS:
+            raise ConfigError("--set key", key, ", ".join(sorted(TARGET_OPTIONS)))
+        if key in NAME_OPTIONS and isinstance(value, str) and not SAFE_NAME.fullmatch(value):
+            raise ConfigError(f"--set {key}", value, "letters, digits and _ . - (a comma-separated list for "
+                                                     "collections and indices)")
 
 
 def _option(key: str, value: Any) -> Any:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cb_backups.config.retention import LOCAL, OFFSITE
-from cb_backups.core.catalog import Catalog, SlotBusy, iso, parse_iso, utcnow
+from cb_backups.core.catalog import MANIFEST, Catalog, SlotBusy, iso, parse_iso, utcnow
 from cb_backups.core.errors import CbBackupsError, ConfigError
-from cb_backups.core.fileio import fsync_dir, private_dir
+from cb_backups.core.fileio import fsync_dir, private_dir, sha256_file
 from cb_backups.core.model import Artifact
 from cb_backups.retention.policy import BackupInfo, PrunePlan
 
@@ -31,17 +31,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def local_backups(catalog: Catalog, store: str, offsite_verified: Mapping[str, bool] | None = None
-                  ) -> list[BackupInfo]:
-    """What `plan` needs, read from the catalog (verification sidecars) and off-site check results."""
+def local_backups(catalog: Catalog, store: str, offsite_verified: Mapping[str, bool] | None = None,
+                  offsite_sha256: Mapping[str, str] | None = None) -> list[BackupInfo]:
+    """What `plan` needs, read from the catalog (verification sidecars) and off-site check results.
+
+    With `offsite_sha256` (the manifest sha256 each off-site verification verified), a copy of another
+    manifest than the one on disk is stale and does not count as verified off-site."""
     found = []
     for artifact in catalog.list(store):
         record = catalog.verification_of(artifact)
+        key = artifact.partition_key
         found.append(BackupInfo(
-            partition_key=artifact.partition_key,
+            partition_key=key,
             captured_at=parse_iso(artifact.manifest.captured_at),
             verified=bool(record and record.ok),
-            offsite_verified=None if offsite_verified is None else offsite_verified.get(artifact.partition_key),
+            offsite_verified=None if offsite_verified is None else offsite_verified.get(key),
+            manifest_sha256=None if offsite_sha256 is None else sha256_file(artifact.path(MANIFEST))[0],
+            offsite_sha256=None if offsite_sha256 is None else offsite_sha256.get(key),
         ))
     return found
 

@@ -11,7 +11,9 @@ How a plan is made (explicit, never surprising)
    * the newest `min_keep` verified backups (topped up with the newest
      unverified ones when fewer than `min_keep` verified backups exist);
    * locally, with off-site copies enabled: every backup whose off-site copy is
-     not verified yet (deleting it would lose the only good copy);
+     not verified yet (deleting it would lose the only good copy); a copy verified
+     for an older manifest of the slot (`offsite_sha256` != `manifest_sha256`:
+     stale) counts as not verified;
    * anything captured after `now` (clock skew is not a reason to delete).
 2. A backup is a candidate to keep when it is within `keep_days` of `now`, OR is
    the representative of one of the newest `keep_daily` days, `keep_weekly` ISO
@@ -50,6 +52,15 @@ class BackupInfo:
     captured_at: datetime
     verified: bool
     offsite_verified: bool | None = None  # None: no off-site copy known
+    manifest_sha256: str | None = None  # this backup's manifest; None: not known (no comparison)
+    offsite_sha256: str | None = None  # the manifest sha256 the off-site verification verified
+
+    @property
+    def offsite_current(self) -> bool:
+        """Verified off-site, and of THIS manifest: a stale copy (an older manifest of the slot) never counts."""
+        if self.offsite_verified is not True:
+            return False
+        return self.manifest_sha256 is None or self.offsite_sha256 == self.manifest_sha256
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,7 @@ def plan(backups: Sequence[BackupInfo], policy: RetentionPolicy, now: datetime, 
         raise ConfigError("backup list", duplicates[0], "each partition key once")
     now = _aware(now)
     newest_first = sorted(backups, key=lambda b: (_aware(b.captured_at), b.partition_key), reverse=True)
-    good = [b for b in newest_first if (b.verified if where == LOCAL else b.offsite_verified is True)]
+    good = [b for b in newest_first if (b.verified if where == LOCAL else b.offsite_current)]
     reasons: dict[str, list[str]] = {b.partition_key: [] for b in newest_first}
 
     # 1. protected
@@ -115,7 +126,7 @@ def plan(backups: Sequence[BackupInfo], policy: RetentionPolicy, now: datetime, 
     for b in floor:
         protect(b.partition_key, f"min_keep={policy.min_keep}")
     for b in newest_first:
-        if where == LOCAL and offsite_enabled and b.offsite_verified is not True:
+        if where == LOCAL and offsite_enabled and not b.offsite_current:
             protect(b.partition_key, "not yet verified off-site")
         if _aware(b.captured_at) > now:
             protect(b.partition_key, "captured after now (clock skew?)")

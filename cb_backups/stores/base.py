@@ -89,6 +89,52 @@ class Store(Protocol):
         ...
 
 
+@runtime_checkable
+class GuardsInPlace(Protocol):
+    """What a store does so an in-place restore loses no acknowledged write (PostgreSQL, Valkey).
+
+    Kept apart from `Store` so adapters without it still satisfy the contract; `quiesced`,
+    `kept_aside` and `prune_kept_aside` below ask it for any store.
+    """
+
+    def stage(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> None:
+        """Do what `restore` can do beside the live data before writes stop (PostgreSQL: restore into
+        `<db>__incoming` and count it), so writes stop for as short as possible; `restore` then reuses it."""
+        ...
+
+    def quiesce(self, target: Target) -> contextlib.AbstractContextManager[None]:
+        """Stop the in-place `target` accepting writes until the block ends. A write attempted meanwhile
+        is refused or held and then fails: never acknowledged and lost. The safety backup taken inside
+        the block therefore holds every acknowledged write. On error the target accepts writes again."""
+        ...
+
+    def replaced(self) -> list[str]:
+        """What earlier in-place restores kept aside (e.g. `<db>__replaced_<stamp>`), one line each."""
+        ...
+
+    def prune_replaced(self, keep_days: int) -> list[str]:
+        """Drop what was kept aside more than `keep_days` ago; returns what was dropped."""
+        ...
+
+
+def quiesced(store: Store, target: Target) -> contextlib.AbstractContextManager[None]:
+    """`store.quiesce(target)`, or nothing for a store that cannot hold writes off."""
+    return store.quiesce(target) if isinstance(store, GuardsInPlace) else contextlib.nullcontext()
+
+
+def staged(store: Store, artifact: Artifact, target: Target, progress: Progress = no_progress) -> None:
+    if isinstance(store, GuardsInPlace):
+        store.stage(artifact, target, progress)
+
+
+def kept_aside(store: Store) -> list[str]:
+    return store.replaced() if isinstance(store, GuardsInPlace) else []
+
+
+def prune_kept_aside(store: Store, keep_days: int) -> list[str]:
+    return store.prune_replaced(keep_days) if isinstance(store, GuardsInPlace) else []
+
+
 # --- helpers shared by adapters -------------------------------------------------
 
 

@@ -4,8 +4,9 @@ Better than the runbook's bash in three ways:
 - the inventory is counted in the very snapshot pg_dump dumps (`--snapshot`), so
   the recorded counts are exactly what the backup holds;
 - an in-place restore goes into a new database first and is swapped in by rename
-  only after it restored and its counts matched: the live database is never
-  dropped before its replacement is proven;
+  only after it restored and its counts matched; the live database is closed to
+  connections first (`quiesce`) and then KEPT, renamed `<db>__replaced_<stamp>`,
+  until the safety period is over: no acknowledged write is lost;
 - passwords travel in PGPASSWORD, never on a command line.
 """
 
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from cb_backups.core.model import (
     Verification,
     no_progress,
 )
+from cb_backups.core.net import wait_until
 from cb_backups.stores.base import (
     DRILL,
     Scratch,
@@ -104,12 +107,15 @@ def dump_file(artifact: Artifact) -> Path:
 
 class PostgresStore:
     name = "postgres"
-    restore_method = "pg_restore into a new database, swapped in by rename only after its counts matched"
+    restore_method = ("pg_restore into a new database, swapped in by rename only after its counts matched; "
+                      "the old database is kept as <db>__replaced_<stamp>")
     consistency_markers = ("wal_lsn", "snapshot")
 
     def __init__(self, settings: PostgresSettings, volume: VolumeSettings | None = None) -> None:
         self.settings = settings
         self.compression = parse_compression(settings.compression)
+        self._source: str | None = None  # while quiesced: the live database's name aside (backups read it)
+        self._staged: tuple[Path, str, Inventory] | None = None  # (backup folder, database, counts) of stage()
 
     # --- plumbing ------------------------------------------------------------
     def _tool(self, name: str) -> str:
@@ -169,8 +175,9 @@ class PostgresStore:
         return {"tables": exact, "estimates": estimates}
 
     def backup(self, into: Path, progress: Progress = no_progress) -> BackupOutput:
+        source = self._source or self.settings.dbname
         try:
-            conn = self.connect()
+            conn = self.connect(source)
         except StoreUnavailable as exc:
             raise BackupFailed(self.name, str(exc).split(": ", 1)[1]) from None
         with conn:
@@ -188,7 +195,7 @@ class PostgresStore:
                 versions["vector"] = vector[0]
             inventory = self._count(conn)
             argv = [self._tool("pg_dump"), "-Fc", "-Z", str(self.compression.pg_dump_level),
-                    f"--snapshot={snapshot}", "-d", self.settings.dbname]
+                    f"--snapshot={snapshot}", "-d", source]
             record = self._stream_dump(argv, into / self.compression.file_name, progress)
             conn.rollback()
         return BackupOutput(
@@ -342,6 +349,33 @@ class PostgresStore:
         final = self._database(target)
         _check_dbname(final)
         incoming = f"{final[:50]}__incoming"
+        staged, self._staged = self._staged, None
+        if staged is not None and staged[:2] == (artifact.directory, final):
+            restored = staged[2]  # stage() restored and counted it before the target was closed
+        else:
+            restored = self._restore_incoming(artifact, target, final, incoming, progress)
+        progress(f"swapping {incoming} in as {final}", 0, None)
+        with self.connect("postgres") as admin:
+            if _exists(admin, final):
+                if target.mode == "in_place":  # not quiesced: close it now and keep it aside
+                    self._move_aside(admin, final)
+                else:
+                    self._drop(admin, final)  # a scratch database is throwaway
+            self._terminate(admin, incoming)
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(incoming), sql.Identifier(final)))
+        return restored
+
+    def stage(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> None:
+        """pg_restore into `<db>__incoming` and check its counts while the live database still takes
+        writes: it is closed (`quiesce`) only for the safety backup and the rename."""
+        final = self._database(target)
+        _check_dbname(final)
+        counts = self._restore_incoming(artifact, target, final, f"{final[:50]}__incoming", progress)
+        self._staged = (artifact.directory, final, counts)
+
+    def _restore_incoming(self, artifact: Artifact, target: Target, final: str, incoming: str,
+                          progress: Progress) -> Inventory:
         jobs = int(target.options.get("jobs") or self.settings.restore_jobs)
         progress("verifying the backup", 0, None)
         with self._verified_dump(artifact) as dump:  # refuses a changed or damaged backup: target untouched
@@ -366,19 +400,109 @@ class PostgresStore:
             with self.connect("postgres") as admin:
                 self._drop(admin, incoming)
             raise BackupFailed(self.name, "restored counts differ (target untouched): " + "; ".join(mismatch))
-        progress(f"swapping {incoming} in as {final}", 0, None)
-        with self.connect("postgres") as admin:
-            previous = f"{final[:50]}__previous"
-            self._drop(admin, previous)
-            if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (final,)).fetchone():
-                self._terminate(admin, final)
-                admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(final), sql.Identifier(previous)))
-            self._terminate(admin, incoming)
-            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(incoming), sql.Identifier(final)))
-            self._drop(admin, previous)
         return restored
+
+    # --- writes during an in-place restore --------------------------------------
+    @contextmanager
+    def quiesce(self, target: Target) -> Iterator[None]:
+        """Close the live database to every connection, end its sessions, and rename it aside.
+
+        From then on the application's connections are refused ("database ... does not exist"),
+        so nothing it writes is acknowledged and lost; the safety backup reads the database aside,
+        which holds every acknowledged write. The restore then renames its new database in and the
+        old one stays as `<db>__replaced_<stamp>` (see `prune_replaced`). On error the old database
+        is renamed back and accepts connections again; nothing is dropped.
+        """
+        final = self._database(target)
+        _check_dbname(final)
+        with self.connect("postgres") as admin:
+            if target.mode == "in_place":
+                self._recover(admin, final)
+            if target.mode != "in_place" or not _exists(admin, final):
+                yield
+                return
+            aside = self._move_aside(admin, final)
+        self._source = aside
+        try:
+            yield
+        except BaseException:
+            with self.connect("postgres") as admin:
+                if not _exists(admin, final):
+                    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(aside), sql.Identifier(final)))
+                    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(final)))
+            raise
+        finally:
+            self._source = None
+
+    def _move_aside(self, admin: psycopg.Connection[Any], final: str) -> str:
+        """Refuse new connections to `final`, end its sessions, rename it `<final>__replaced_<stamp>` and
+        let connections in again under that name (only cb-backups and an operator use it)."""
+        aside = _aside_name(final)
+        while _exists(admin, aside):  # two restores within one second: the stamp is per second
+            time.sleep(0.2)
+            aside = _aside_name(final)
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(final)))
+        try:
+            wait_until(lambda: self._terminate(admin, final) == 0, 60, f"the sessions of {final} to end")
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(final), sql.Identifier(aside)))
+        except BaseException as exc:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(final)))
+            if not isinstance(exc, (TimeoutError, psycopg.Error)):
+                raise
+            raise BackupFailed(self.name, f"could not close {final} for the restore (it is open again, "
+                                          f"nothing changed): {_first_line(exc)}") from None
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(aside)))
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(aside), sql.Literal(_aside_comment(final))))
+        return aside
+
+    def _recover(self, admin: psycopg.Connection[Any], final: str) -> None:
+        """A restore killed between moving `final` aside and the swap left it missing: rename the newest
+        database it moved aside back (it holds the live data as it was when writes stopped)."""
+        if _exists(admin, final):
+            return
+        marker = _aside_comment(final)
+        rows = admin.execute("SELECT d.datname FROM pg_database d JOIN pg_shdescription c ON c.objoid = d.oid "
+                             "WHERE c.description = %s ORDER BY d.datname DESC", (marker,)).fetchall()
+        if rows:
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(rows[0][0]),
+                                                                          sql.Identifier(final)))
+            admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(final)))
+
+    def replaced(self) -> list[str]:
+        """Every `<db>__replaced_<stamp>` database on the server, with what it was."""
+        with self.connect("postgres") as admin:
+            return [f"database {name} (the previous {original}, kept since {stamp})"
+                    + ("" if present else f"; {original} itself is MISSING: rename this one back")
+                    for name, original, stamp, present in self._kept(admin)]
+
+    def prune_replaced(self, keep_days: int) -> list[str]:
+        """Drop kept-aside databases older than `keep_days`; never one whose live database is missing."""
+        cutoff = datetime.now(UTC) - timedelta(days=keep_days)
+        dropped = []
+        with self.connect("postgres") as admin:
+            for name, _original, stamp, present in self._kept(admin):
+                if present and datetime.strptime(stamp, STAMP).replace(tzinfo=UTC) <= cutoff:
+                    self._drop(admin, name)
+                    dropped.append(name)
+        return dropped
+
+    @staticmethod
+    def _kept(admin: psycopg.Connection[Any]) -> list[tuple[str, str, str, bool]]:
+        """(name, the database it replaced, its stamp, whether that database exists) per kept-aside one."""
+        names = [r[0] for r in admin.execute("SELECT datname FROM pg_database ORDER BY datname").fetchall()]
+        kept = []
+        for name in names:
+            match = _ASIDE.fullmatch(name)
+            if match:
+                original = match["original"]
+                present = original in names if len(original) < _ASIDE_PREFIX else any(
+                    n.startswith(original) and not _ASIDE.fullmatch(n) and not n.endswith("__incoming")
+                    for n in names)
+                kept.append((name, original, match["stamp"], present))
+        return kept
 
     def _database(self, target: Target) -> str:
         """The database a restore to `target` ends up in."""
@@ -423,10 +547,11 @@ class PostgresStore:
             self._drop(admin, dbname)
 
     @staticmethod
-    def _terminate(admin: psycopg.Connection[Any], dbname: str) -> None:
-        # Runbook troubleshooting: "database is being accessed by other users".
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))
+    def _terminate(admin: psycopg.Connection[Any], dbname: str) -> int:
+        """End every other session of `dbname` (waiting up to 5 s each); returns how many there were.
+        Runbook troubleshooting: "database is being accessed by other users"."""
+        return len(admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                                 "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchall())
 
     def _drop(self, admin: psycopg.Connection[Any], dbname: str) -> None:
         self._terminate(admin, dbname)
@@ -443,6 +568,23 @@ def _judge_toc(artifact: Artifact, code: int, toc: str, err: str) -> Verificatio
     problems = [f"no TABLE DATA entry for {t}" for t in missing]
     entries = sum(1 for line in toc.splitlines() if line and not line.startswith(";"))
     return Verification(not problems, problems, {"toc_entries": entries})
+
+
+STAMP = "%Y%m%dT%H%M%SZ"
+_ASIDE_PREFIX = 36  # characters of the live name kept in `<db>__replaced_<stamp>` (63 at most)
+_ASIDE = re.compile(r"(?P<original>[A-Za-z_][A-Za-z0-9_]*?)__replaced_(?P<stamp>\d{8}T\d{6}Z)")
+
+
+def _aside_name(final: str) -> str:
+    return f"{final[:_ASIDE_PREFIX]}__replaced_{datetime.now(UTC).strftime(STAMP)}"
+
+
+def _aside_comment(final: str) -> str:
+    return f"cb-backups: {final} before an in-place restore"
+
+
+def _exists(admin: psycopg.Connection[Any], dbname: str) -> bool:
+    return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is not None
 
 
 def _check_dbname(name: str) -> None:

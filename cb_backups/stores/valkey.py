@@ -3,7 +3,9 @@
 The RDB is copied from the data folder when cb-backups can read it, otherwise
 fetched over the wire with `valkey-cli --rdb -` (a replica-style full sync),
 streamed through the hashing writer either way. Passwords go to valkey-cli in
-REDISCLI_AUTH, never on its command line.
+REDISCLI_AUTH and to a scratch valkey-server in a 0600 config file, never on a
+command line. An in-place restore pauses writes (`CLIENT PAUSE ... WRITE`) before
+its safety backup, so no acknowledged write is lost.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,8 @@ RDB_FILE = "dump.rdb"
 AOF_FILE = "appendonly.tar.gz"
 # the newest RDB format each Valkey major can load
 MAX_RDB_VERSION = {7: 11, 8: 11, 9: 80}
+PAUSE_MS = 30_000  # one CLIENT PAUSE; renewed every third of it, so a run that dies unpauses within 30 s
+ASIDE_STAMP = "%Y%m%dT%H%M%S"  # of `<appenddirname>.before-restore-<stamp>` (local time)
 
 
 def rdb_header(path: Path) -> tuple[str, int]:
@@ -325,10 +330,13 @@ class ValkeyStore:
         with tempfile.TemporaryDirectory(prefix="cb-valkey-scratch-") as tmp:
             shutil.copyfile(artifact.path(RDB_FILE), Path(tmp) / RDB_FILE)
             port = free_port()
-            argv = [self._tool("valkey-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp,
-                    "--dbfilename", RDB_FILE, "--save", "", "--appendonly", "no", "--databases", "16"]
-            if self.settings.password:
-                argv += ["--requirepass", self.settings.password]
+            # the password goes in a config file only we can read (the folder is 0700), never in argv
+            config = Path(tmp) / "scratch.conf"
+            with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                if self.settings.password:
+                    fh.write(f"requirepass {_config_string(self.settings.password)}\n")
+            argv = [self._tool("valkey-server"), str(config), "--port", str(port), "--bind", "127.0.0.1",
+                    "--dir", tmp, "--dbfilename", RDB_FILE, "--save", "", "--appendonly", "no", "--databases", "16"]
             try:
                 proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             except FileNotFoundError:
@@ -339,6 +347,64 @@ class ValkeyStore:
             finally:
                 proc.terminate()
                 proc.wait(10)
+
+    # --- writes during an in-place restore --------------------------------------
+    def stage(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> None:
+        """Nothing to prepare: the RDB is placed while the server is stopped."""
+
+    @contextlib.contextmanager
+    def quiesce(self, target: Target) -> Iterator[None]:
+        """`CLIENT PAUSE <ms> WRITE` until the block ends, renewed while it lasts.
+
+        Clients' write commands are held, not executed; the restore then stops the server, which
+        closes their connections: the write fails for the client and was never acknowledged. Reads,
+        BGSAVE (the safety backup) and SHUTDOWN still run. On exit the server (the restarted one, or
+        the old one after an error) is unpaused.
+        """
+        if target.mode != "in_place":
+            yield
+            return
+        client = self.client()
+        self._call(client.execute_command, "CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(PAUSE_MS / 3000):
+                try:
+                    client.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+                except valkey.exceptions.ValkeyError:
+                    return  # the restore stopped the server: nothing left to pause
+
+        renewer = threading.Thread(target=renew, name="valkey-pause", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            with contextlib.suppress(valkey.exceptions.ValkeyError):
+                self.client().execute_command("CLIENT", "UNPAUSE")
+
+    def _asides(self) -> list[Path]:
+        data_dir = Path(self.settings.data_dir) if self.settings.data_dir else None
+        return sorted(data_dir.glob("*.before-restore-*")) if data_dir is not None and data_dir.is_dir() else []
+
+    def replaced(self) -> list[str]:
+        """The AOF folders in-place restores moved aside (the data itself is in the safety backup)."""
+        return [f"{path} (the AOF from before a restore)" for path in self._asides()]
+
+    def prune_replaced(self, keep_days: int) -> list[str]:
+        cutoff = datetime.now() - timedelta(days=keep_days)
+        dropped = []
+        for path in self._asides():
+            try:
+                stamp = datetime.strptime(path.name.rsplit(".before-restore-", 1)[1], ASIDE_STAMP)
+            except ValueError:
+                continue  # not named by us: leave it
+            if stamp <= cutoff:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                dropped.append(str(path))
+        return dropped
 
     def _loaded(self, port: int, proc: subprocess.Popen[bytes] | None = None) -> bool:
         if proc is not None and proc.poll() is not None:
@@ -365,7 +431,7 @@ class ValkeyStore:
         else:
             with contextlib.suppress(valkey.exceptions.ConnectionError):
                 client.shutdown(nosave=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S")
+        stamp = time.strftime(ASIDE_STAMP)
         aof_dir = data_dir / (config["appenddirname"] or "appendonlydir")
         # An existing AOF would be loaded instead of the RDB: move it aside (kept, not deleted).
         if aof_dir.exists():
@@ -397,6 +463,11 @@ def keys_problems(expected: Inventory, actual: Inventory) -> list[str]:
         if not keys - volatile <= got <= keys:
             problems.append(f"{db}: expected {keys} keys ({volatile} with TTL), found {got}")
     return problems
+
+
+def _config_string(value: str) -> str:
+    """`value` as a valkey.conf string: every byte hex-escaped, so quotes, spaces or # need no thought."""
+    return '"' + "".join(f"\\x{b:02x}" for b in value.encode()) + '"'
 
 
 def _tar_folder(folder: Path, dest: Path) -> FileRecord:

@@ -5,6 +5,7 @@ import warnings
 import dagster as dg
 
 from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS, evaluate_freshness, evaluate_slot
+from cb_backups.checks.tamper import manifest_record_problems
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.specs import StoreSpec
 from cb_backups.defs.resources import BackupsResource
@@ -28,7 +29,11 @@ def slot_checks(spec: StoreSpec) -> dg.AssetChecksDefinition:
                 yield dg.AssetCheckResult(asset_key=spec.asset_key, check_name=name, passed=False,
                                           description=str(exc))
             return
-        _, outcomes = evaluate_slot(store, backups.catalog(), key)
+        try:  # the event log's record of the manifest is the second record; a full disk is one line
+            _, outcomes = evaluate_slot(store, backups.catalog(), key,
+                                        lambda artifact: manifest_record_problems(context.instance, artifact))
+        except CbBackupsError as exc:
+            raise dg.Failure(description=str(exc)) from None
         for outcome in outcomes:
             if not outcome.passed:
                 context.log.warning(f"{spec.name} slot {key}: {outcome.name} failed: {outcome.description}")

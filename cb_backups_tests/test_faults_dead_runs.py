@@ -1,0 +1,210 @@
+"""Dead runs never wedge a store, and one writer per store: real PostgreSQL, real Dagster instance, real CLI.
+
+A session holding `LOCK TABLE feedback IN ACCESS EXCLUSIVE MODE` blocks the backup inside pg_dump
+deterministically (the backup's own counts read memories/apps/users, so they pass; pg_dump then waits
+for its lock on feedback, visible in pg_stat_activity). The instance uses the repository's
+dagster.yaml, so the store pools are limited to one slot as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from cb_backups.cli.shutdown import children
+from cb_backups.core.catalog import Catalog
+from cb_backups.core.specs import spec_for
+from cb_backups.demo.embedded import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "cb_backups.cli.app"]
+LOCKED_TABLE = "feedback"  # dumped by pg_dump, not counted by the backup itself
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 120,
+               proc: subprocess.Popen[str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the CLI ended (exit {proc.returncode}) before {what}: {proc.communicate()}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture()
+def home(cb_env: dict[str, str]) -> Path:
+    """The test's DAGSTER_HOME with the repository's dagster.yaml (pools limited to one slot)."""
+    path = Path(cb_env["DAGSTER_HOME"])
+    (path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    return path
+
+
+@pytest.fixture()
+def table_lock(pg_server: EmbeddedPostgres) -> Iterator[Callable[[], None]]:
+    """Hold an ACCESS EXCLUSIVE lock on the feedback table until the returned function is called."""
+    conn = pg_server.connect()
+    conn.autocommit = False
+    conn.execute(f"LOCK TABLE {LOCKED_TABLE} IN ACCESS EXCLUSIVE MODE")
+    released = []
+
+    def release() -> None:
+        if not released:
+            conn.rollback()
+            released.append(True)
+
+    try:
+        yield release
+    finally:
+        release()
+        conn.close()
+
+
+def pg_dump_waiting(pg_server: EmbeddedPostgres) -> bool:
+    with pg_server.connect() as conn:
+        return bool(conn.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+                                 "AND wait_event_type = 'Lock'").fetchall())
+
+
+def pg_dump_sessions(pg_server: EmbeddedPostgres) -> int:
+    with pg_server.connect() as conn:
+        return len(conn.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = 'pg_dump'").fetchall())
+
+
+def spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([*CLI, *argv], env={**os.environ, **(env or {})}, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def cli(argv: list[str], env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *argv], env={**os.environ, **(env or {})}, cwd=ROOT, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def runs_of(home: Path, job: str) -> list[dg.DagsterRun]:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return list(instance.get_runs(filters=dg.RunsFilter(job_name=job)))
+
+
+def slot_holders(home: Path, pool: str) -> set[str]:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return {s.run_id for s in instance.event_log_storage.get_concurrency_info(pool).claimed_slots}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def started_backup(home: Path, pg_server: EmbeddedPostgres, key: str) -> tuple[subprocess.Popen[str], str]:
+    """A CLI backup of postgres blocked inside pg_dump, holding the store_postgres slot; and its run id."""
+    proc = spawn(["backup", "postgres", "--partition", key])
+    wait_until(lambda: pg_dump_waiting(pg_server), "pg_dump blocked on the table lock", proc=proc)
+    runs = runs_of(home, "postgres_backup_job")
+    assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.STARTED
+    assert runs[0].tags["cb/pid"] == str(proc.pid)
+    assert slot_holders(home, "store_postgres") == {runs[0].run_id}
+    return proc, runs[0].run_id
+
+
+def test_sigkilled_backup_inside_pg_dump_never_wedges_the_store(home: Path, pg_server: EmbeddedPostgres,
+                                                               table_lock: Callable[[], None]) -> None:
+    key = spec_for("postgres").partitions.get_partition_keys()[-1]
+    proc, dead_run = started_backup(home, pg_server, key)
+    os.killpg(proc.pid, signal.SIGKILL)  # the OOM-kill / container-kill case: no cleanup at all
+    proc.wait()
+    table_lock()
+    assert slot_holders(home, "store_postgres") == {dead_run}  # the wedge: a dead run holds the slot
+
+    started = time.monotonic()
+    backup = cli(["backup", "postgres", "--partition", key])
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    assert f"freed the slot of dead run {dead_run} (pid {proc.pid} gone)" in backup.stderr, backup.stderr
+    assert backup.stderr.count("freed the slot of dead run") == 1
+    verify = cli(["verify", "postgres", "--partition", key])
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]
+    restore = cli(["restore", "postgres", "--backup", key])  # scratch
+    assert restore.returncode == 0, restore.stdout[-3000:] + restore.stderr[-3000:]
+    assert "match" in restore.stdout
+    assert time.monotonic() - started < 180  # each finished normally, none waited on the dead run
+    assert "freed the slot" not in verify.stderr + restore.stderr  # freed once, for good
+
+    status = {r.run_id: r.status for r in runs_of(home, "postgres_backup_job")}
+    assert status[dead_run] == dg.DagsterRunStatus.FAILURE
+    assert list(status.values()).count(dg.DagsterRunStatus.SUCCESS) == 1
+    assert slot_holders(home, "store_postgres") == set()
+    assert Catalog(Path(os.environ["CB_BACKUP_DIR"])).get("postgres", key) is not None
+
+
+def test_sigterm_stops_the_cli_within_ten_seconds_and_kills_pg_dump(home: Path, pg_server: EmbeddedPostgres,
+                                                                   table_lock: Callable[[], None]) -> None:
+    key = spec_for("postgres").partitions.get_partition_keys()[-1]
+    proc, run_id = started_backup(home, pg_server, key)
+    dumps = [p for p in children(proc.pid) if "pg_dump" in Path(f"/proc/{p}/cmdline").read_bytes().decode()]
+    assert dumps, "no pg_dump child found"
+    proc.send_signal(signal.SIGTERM)  # the CLI alone: it must stop its children itself
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 10, err
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err or "stopped" in err
+    assert not [p for p in dumps if alive(p)], "pg_dump outlived the CLI"
+
+    [run] = [r for r in runs_of(home, "postgres_backup_job") if r.run_id == run_id]
+    assert run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    assert slot_holders(home, "store_postgres") == set()
+    catalog = Catalog(Path(os.environ["CB_BACKUP_DIR"]))
+    assert catalog.get("postgres", key) is None  # nothing that looks like a backup
+    table_lock()
+    # The server notices the gone client once its lock wait ends (client_connection_check_interval is unset).
+    wait_until(lambda: pg_dump_sessions(pg_server) == 0, "pg_dump's server session to end", timeout=60)
+    again = cli(["backup", "postgres", "--partition", key])  # no lock or slot left held
+    assert again.returncode == 0 and "freed the slot" not in again.stderr, again.stderr[-3000:]
+    assert catalog.get("postgres", key) is not None
+
+
+def test_same_home_second_backup_refused_and_other_runs_wait_with_a_timeout(
+        home: Path, pg_server: EmbeddedPostgres, table_lock: Callable[[], None]) -> None:
+    keys = spec_for("postgres").partitions.get_partition_keys()
+    proc, run_id = started_backup(home, pg_server, keys[-1])
+
+    second = cli(["backup", "postgres", "--partition", keys[-1]])
+    assert second.returncode == 1
+    line = " ".join(second.stderr.split())
+    assert (f"postgres slot {keys[-1]}: run {run_id} (postgres_backup_job slot {keys[-1]}, pid {proc.pid}) is "
+            "already running it; refusing to run a second postgres_backup_job of the same slot") in line, line
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    other = cli(["backup", "postgres", "--partition", keys[-2]], env={"CB_STORE_WAIT_SECONDS": "6"})
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert other.returncode == 1, other.stderr[-3000:]
+    text = " ".join(other.stderr.split())
+    assert f"waiting for run {run_id}" in text and "(up to 6 s, CB_STORE_WAIT_SECONDS)" in text, text
+    assert re.search(rf"postgres is still busy after 6 s: run {run_id} .* holds it", text), text
+    assert cpu < wall - 3, (cpu, wall)  # it slept while waiting: no busy loop
+    assert len(runs_of(home, "postgres_backup_job")) == 1  # neither started a run
+
+    bad = cli(["backup", "postgres", "--partition", keys[-2]], env={"CB_STORE_WAIT_SECONDS": "soon"})
+    assert bad.returncode == 2 and "invalid CB_STORE_WAIT_SECONDS: 'soon'" in bad.stderr, bad.stderr
+
+    table_lock()
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
