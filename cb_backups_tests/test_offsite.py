@@ -421,6 +421,10 @@ def test_decide_copy_compares_manifests_and_backs_off() -> None:
     assert decide_copy(NEW, None, None, two, wait, 2000.0 + 900).attempt == 3
     many = [Attempt(True, 9000.0 - i, f"r{i}") for i in range(6)]
     assert not decide_copy(NEW, None, None, many, wait, 9000.0 + 3599).copy  # then hourly
+    # S3 seen down and then reachable again after the last failure: retry at once, not at the backoff step
+    back = decide_copy(NEW, None, None, many, wait, 9000.0 + 60, s3_back_at=9000.0 + 30)
+    assert back.copy and "reachable again" in back.reason
+    assert not decide_copy(NEW, None, None, many, wait, 9000.0 + 60, s3_back_at=8000.0).copy  # before the failure
     # a failing offsite_complete of the current copy: re-sent (forced), counted as a failure
     broken = decide_copy(NEW, Seen(100.0, NEW), Seen(500.0, None, passed=False, run_id="v1"), [], wait, 500.0)
     assert not broken.copy and broken.failures == 1 and broken.force

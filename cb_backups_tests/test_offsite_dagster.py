@@ -200,6 +200,25 @@ def test_a_failed_copy_is_retried_with_backoff_and_notified(offsite_env: dict[st
         receiver.close()
 
 
+def test_an_s3_outage_heals_within_a_tick_of_s3_coming_back(offsite_env: dict[str, str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    instance = dg.DagsterInstance.get()
+    key = slots(1, skip_latest=3)[0]
+    assert run_job("valkey_backup_job", key, instance).success
+    monkeypatch.setenv("CB_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # S3 "down": nothing listens there
+    sensor = Sensor(instance)
+    first = [r for r in sensor.tick() if r.partition_key == key]
+    assert len(first) == 1 and not sensor.run(first[0]).success
+    assert [r for r in sensor.tick() if r.partition_key == key] == []  # down, and the 5-minute backoff waits
+    monkeypatch.setenv("CB_S3_ENDPOINT_URL", offsite_env["CB_S3_ENDPOINT_URL"])
+    healed = [r for r in sensor.tick() if r.partition_key == key]  # no clock moved: S3 was seen coming back
+    assert [r.tags[ATTEMPT_TAG] for r in healed] == ["2"]
+    assert sensor.run(healed[0]).success
+    catalog = Catalog(Path(offsite_env["CB_BACKUP_DIR"]))
+    assert offsite.verify_offsite(catalog.require("valkey", key), target()).ok
+    assert [r for r in sensor.tick() if r.partition_key == key] == []
+
+
 def test_offsite_freshness_counts_only_verified_current_copies(offsite_env: dict[str, str]) -> None:
     instance = dg.DagsterInstance.get()
     key = slots(1, skip_latest=1)[0]

@@ -16,6 +16,7 @@ FORMATS = ("html", "csv", "json")
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from cb_backups.config.retention import offsite_from_config
     from cb_backups.core.specs import spec_for
     from cb_backups.defs.resources import BackupsResource
     from cb_backups.report.build import build_report, parse_day, period
@@ -29,7 +30,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if output.is_dir():
         raise ConfigError("--output", str(output), "a file path, not a folder")
     settings = BackupsResource().settings()
-    report = build_report(instance(), settings.backup_dir, start, end, stores)
+    report = build_report(instance(), settings.backup_dir, start, end, stores,
+                          offsite_lag_hours=offsite_from_config(settings.raw).rpo_lag_hours)
     digest = write_report(report, args.format, output)
 
     table = Table(title=f"backups {args.start} to {args.end}")

@@ -346,7 +346,8 @@ def attempts_of(records: list[dg.RunRecord], sha: str, failed_checks: set[str]) 
 
 
 def copy_requests(instance: dg.DagsterInstance, settings: Settings, src: OffsiteSource, policy: OffsitePolicy,
-                  now: float, notified: dict[str, str]) -> tuple[list[dg.RunRequest], list[str]]:
+                  now: float, notified: dict[str, str], s3_back_at: float | None = None
+                  ) -> tuple[list[dg.RunRequest], list[str]]:
     """(runs to request, notifications to send) for one store; updates `notified` (slot -> manifest told)."""
     since = window_start(src, now)
     catalog = settings.catalog()
@@ -370,7 +371,7 @@ def copy_requests(instance: dg.DagsterInstance, settings: Settings, src: Offsite
             continue
         sha = manifest_sha(artifact)
         decision = decide_copy(sha, copies.get(key), checks.get(key), attempts_of(of_slot, sha, failed_checks),
-                               policy.retry_wait_seconds, now)
+                               policy.retry_wait_seconds, now, s3_back_at)
         name = f"{src.store}/{key}"
         if decision.failures >= policy.notify_after and notified.get(name) != sha:
             notified[name] = sha
@@ -419,17 +420,32 @@ def copy_sensor(sources: Sequence[OffsiteSource], jobs: Sequence["UnresolvedAsse
         now = time.time()
         cursor = json.loads(context.cursor) if context.cursor else {}
         notified: dict[str, str] = cursor.get("notified", {})
+        # One quick probe a tick: when S3 comes back after being seen down, failed copies retry at once
+        # instead of at their next backoff step.
+        down_since: float | None = cursor.get("s3_down_since")
+        s3_back_at: float | None = cursor.get("s3_back_at")
+        # one attempt, short timeouts: a black-holed endpoint must not stall the tick
+        probe = offsite.S3Target(settings.s3, max_attempts=1, connect_timeout=5.0, read_timeout=10.0)
+        problem = offsite.unreachable(probe)
+        if problem is not None:
+            down_since = down_since or now
+            context.log.warning(f"S3 is unreachable, copies wait: {problem}")
+        elif down_since is not None:
+            down_since, s3_back_at = None, now
+            context.log.info("S3 is reachable again: retrying failed copies now")
         requests: list[dg.RunRequest] = []
         messages: list[str] = []
         for src in sources:
-            found, told = copy_requests(context.instance, settings, src, policy, now, notified)
+            found, told = copy_requests(context.instance, settings, src, policy, now, notified,
+                                        s3_back_at if problem is None else None)
             requests += found
             messages += told
         url = webhook_url()
         if messages and url:
             post(url, offsite_missing_payload(messages))  # raises WebhookFailed: the tick fails, the cursor stays
             context.log.info(f"notified the webhook of {len(messages)} slot(s) without an off-site copy")
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"notified": notified}, sort_keys=True))
+        state = {"notified": notified, "s3_down_since": down_since, "s3_back_at": s3_back_at}
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(state, sort_keys=True))
 
     return _sensor
 

@@ -1,7 +1,7 @@
 """The weekly auditor report as an asset: HTML and JSON beside the backups (and in S3 when configured)."""
-
 import dagster as dg
 
+from cb_backups.config.retention import offsite_from_config
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.partitions import weekly_sunday_0100
 from cb_backups.core.specs import STORES
@@ -24,7 +24,8 @@ def audit_report(context: dg.AssetExecutionContext, backups: BackupsResource) ->
     window = context.partition_time_window
     settings = backups.settings()
     catalog = settings.catalog()
-    report = build_report(context.instance, catalog.root, window.start, window.end)
+    report = build_report(context.instance, catalog.root, window.start, window.end,
+                          offsite_lag_hours=offsite_from_config(settings.raw).rpo_lag_hours)
     directory = catalog.reports_dir
     written = write_all(report, ("html", "json"), directory, f"audit_{context.partition_key}")
     metadata: dict[str, dg.MetadataValue] = {

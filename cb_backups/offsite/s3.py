@@ -490,6 +490,15 @@ def abort_incomplete_uploads(target: S3Target, prefix: str, exact: bool = False,
 # --- reading remote objects -----------------------------------------------------------
 
 
+def unreachable(target: S3Target) -> str | None:
+    """Why the bucket cannot be reached now (one quick HEAD, no retries), or None when it can."""
+    try:
+        target.client.head_bucket(Bucket=target.bucket)
+    except (bex.BotoCoreError, bex.ClientError) as exc:
+        return describe(exc, target.settings.endpoint_url)
+    return None
+
+
 def head(target: S3Target, key: str) -> dict[str, Any] | None:
     """The object's HEAD response (size, metadata, checksum), None when absent."""
     try:

@@ -86,9 +86,11 @@ class CopyDecision:
 
 
 def decide_copy(local_sha: str, copy: Seen | None, check: Seen | None, attempts: list[Attempt],
-                retry_wait: Callable[[int], float], now: float) -> CopyDecision:
+                retry_wait: Callable[[int], float], now: float, s3_back_at: float | None = None) -> CopyDecision:
     """Copy when S3 lacks the slot's current manifest (never copied, or copied before the slot was
-    backed up again), or its newest check failed; after failures wait `retry_wait(failures)` seconds.
+    backed up again), or its newest check failed; after failures wait `retry_wait(failures)` seconds,
+    unless S3 was seen unreachable and then reachable again (`s3_back_at`) after the last failed
+    attempt: an outage is healed within a sensor tick of S3 coming back, not at the next backoff step.
     `attempts`: the runs that copied this manifest, newest first."""
     copied_current = copy is not None and copy.manifest_sha256 == local_sha
     check_failed = check is not None and not check.passed and (copy is None or check.at >= copy.at)
@@ -108,6 +110,8 @@ def decide_copy(local_sha: str, copy: Seen | None, check: Seen | None, attempts:
               f"S3 holds manifest {str(copy.manifest_sha256)[:12]}…, the slot's is {local_sha[:12]}…")
     if failures and last is not None:
         due = last + retry_wait(failures)
+        if s3_back_at is not None and s3_back_at > last:
+            return CopyDecision(True, f"{reason}; S3 is reachable again", failures, failures + 1, check_failed)
         if now < due:
             return CopyDecision(False, f"{reason}; {failures} failed attempt(s), next at {due:.0f}", failures,
                                 failures + 1, check_failed, due)
