@@ -8,13 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from psycopg import sql
 
 from cb_backups.checks.slot import evaluate_slot
 from cb_backups.cli.runs import evaluations, run_job
@@ -26,9 +24,9 @@ from cb_backups.core.model import Target
 from cb_backups.core.specs import spec_for
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.demo.embedded import EmbeddedPostgres
-from cb_backups.demo.sample_data import load_postgres
 from cb_backups.restore.execute import execute_restore
 from cb_backups.restore.plan import plan_restore
+from cb_backups_tests.databases import own_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,20 +118,8 @@ def test_manifest_differing_from_the_event_log_fails_naming_both_sha256(cb_env: 
 
 @pytest.fixture()
 def pg_db(cb_env: dict[str, str], pg_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    db = f"cbm_{uuid.uuid4().hex[:8]}"
-    with pg_server.connect("postgres") as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-    with pg_server.connect(db) as conn:
-        load_postgres(conn, scale=20, hnsw=False)
-    monkeypatch.setenv("CB_POSTGRES_URL", f"postgresql://{pg_server.user}@127.0.0.1:{pg_server.port}/{db}")
-    try:
+    with own_database(pg_server, monkeypatch, "cbm", 20) as db:
         yield db
-    finally:
-        with pg_server.connect("postgres") as conn:
-            for name in [r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()]:
-                if name.startswith(db):
-                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def test_latest_falls_back_past_a_manifest_with_edited_counts(pg_db: str, pg_server: EmbeddedPostgres) -> None:

@@ -21,18 +21,18 @@ from pathlib import Path
 import psycopg
 import pytest
 import valkey
-from psycopg import sql
 
 from cb_backups.config.settings import load_settings
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.model import Target
 from cb_backups.core.net import free_port, wait_until
 from cb_backups.demo.embedded import EmbeddedPostgres, valkey_bin_dir
-from cb_backups.demo.sample_data import load_postgres, load_valkey
+from cb_backups.demo.sample_data import load_valkey
 from cb_backups.restore.execute import execute_restore
 from cb_backups.restore.plan import plan_restore
 from cb_backups.stores.registry import open_store
 from cb_backups.stores.valkey import ValkeyStore
+from cb_backups_tests.databases import databases, own_database
 
 KEY = "2026-11-24-06:00"
 STRIDE = 1_000_000_000  # writer w writes ids w*STRIDE + n
@@ -83,10 +83,6 @@ class Writers:
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
 
-def databases(pg: EmbeddedPostgres) -> set[str]:
-    with pg.connect("postgres") as conn:
-        return {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
-
 
 def ack_ids(pg: EmbeddedPostgres, db: str) -> set[int]:
     with pg.connect(db) as conn:
@@ -96,21 +92,9 @@ def ack_ids(pg: EmbeddedPostgres, db: str) -> set[int]:
 @pytest.fixture()
 def write_db(cb_env: dict[str, str], pg_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A database of its own (sample data + an `acks` table) so the restore never touches the session's."""
-    db = f"cbw_{uuid.uuid4().hex[:8]}"
-    with pg_server.connect("postgres") as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-    with pg_server.connect(db) as conn:
-        load_postgres(conn, scale=50, hnsw=False)
-        conn.execute("CREATE TABLE acks (id bigint PRIMARY KEY)")
-    monkeypatch.setenv("CB_POSTGRES_URL", f"postgresql://{pg_server.user}@127.0.0.1:{pg_server.port}/{db}")
-    try:
+    acks = "CREATE TABLE acks (id bigint PRIMARY KEY)"
+    with own_database(pg_server, monkeypatch, "cbw", 50, setup=lambda conn: conn.execute(acks)) as db:
         yield db
-    finally:
-        with pg_server.connect("postgres") as conn:
-            for name in databases(pg_server):
-                if name.startswith(db):
-                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize("writers", [1, 3])

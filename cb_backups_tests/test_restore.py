@@ -9,13 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from psycopg import sql
 
 from cb_backups.cli.restore import run_restore_job
 from cb_backups.config.settings import load_settings
@@ -24,11 +22,11 @@ from cb_backups.core.errors import RestoreRefused, VerificationFailed
 from cb_backups.core.fileio import HashingWriter
 from cb_backups.core.model import BackupOutput, FileRecord, Target
 from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
-from cb_backups.demo.sample_data import load_postgres
 from cb_backups.restore.execute import execute_restore
 from cb_backups.restore.plan import plan_full_restore, plan_restore
 from cb_backups.restore.safety import prune_safety, take_safety_backup
 from cb_backups.stores.registry import open_store
+from cb_backups_tests.databases import databases, own_database
 from cb_backups_tests.fixtures_qdrant import SeededCollections, app_points
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,28 +39,12 @@ def memories(pg: EmbeddedPostgres, db: str) -> int:
         return int(conn.execute("SELECT count(*) FROM memories").fetchone()[0])  # type: ignore[index]
 
 
-def databases(pg: EmbeddedPostgres) -> set[str]:
-    with pg.connect("postgres") as conn:
-        return {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
-
 
 @pytest.fixture()
 def pg_db(cb_env: dict[str, str], pg_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A database of its own (50 memories) so in-place restores never touch the session's database."""
-    db = f"cbr_{uuid.uuid4().hex[:8]}"
-    with pg_server.connect("postgres") as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-    with pg_server.connect(db) as conn:
-        load_postgres(conn, scale=50, hnsw=False)
-    monkeypatch.setenv("CB_POSTGRES_URL", f"postgresql://{pg_server.user}@127.0.0.1:{pg_server.port}/{db}")
-    try:
+    with own_database(pg_server, monkeypatch, "cbr", 50) as db:
         yield db
-    finally:
-        with pg_server.connect("postgres") as conn:
-            for name in databases(pg_server):
-                if name.startswith(db):
-                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def add_memories(pg: EmbeddedPostgres, db: str, n: int) -> None:
