@@ -8,6 +8,7 @@ dagster.yaml, so the store pools are limited to one slot as in production.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -24,12 +25,17 @@ import pytest
 
 from cb_backups.cli.shutdown import children
 from cb_backups.core.catalog import Catalog
+from cb_backups.core.partitions import weekly_sunday_0100
 from cb_backups.core.specs import spec_for
 from cb_backups.demo.embedded import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "cb_backups.cli.app"]
 LOCKED_TABLE = "feedback"  # dumped by pg_dump, not counted by the backup itself
+DAEMON_TIMEOUT = 300.0  # generous: 2 busy cores, the daemon, its code server and a run worker
+# The full system backup has no CLI command; this is the CLI's own code path (cli.runs.run_job) in a process.
+FULL_BACKUP = ("import sys\nfrom cb_backups.cli.runs import instance, run_job\n"
+               "sys.exit(0 if run_job('full_system_backup_job', sys.argv[1], instance()).success else 1)")
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 120,
@@ -208,3 +214,176 @@ def test_same_home_second_backup_refused_and_other_runs_wait_with_a_timeout(
     table_lock()
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def started_full_backup(home: Path, pg_server: EmbeddedPostgres, log: Path) -> tuple[subprocess.Popen[str], str]:
+    """A full system backup blocked inside its pg_dump, holding every store pool; and its run id."""
+    key = weekly_sunday_0100.get_partition_keys()[-1]
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", FULL_BACKUP, key], cwd=ROOT, text=True,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    wait_until(lambda: pg_dump_waiting(pg_server), "the full backup's pg_dump blocked on the table lock",
+               proc=proc)
+    [run] = runs_of(home, "full_system_backup_job")
+    assert run.status == dg.DagsterRunStatus.STARTED and run.tags["cb/pid"] == str(proc.pid)
+    for pool in ("store_postgres", "store_valkey", "full_system"):
+        assert slot_holders(home, pool) == {run.run_id}, pool  # one writer per store, the full run included
+    return proc, run.run_id
+
+
+def test_store_backup_waits_for_the_full_system_backup_without_spinning(
+        home: Path, pg_server: EmbeddedPostgres, table_lock: Callable[[], None], tmp_path: Path) -> None:
+    full, full_run = started_full_backup(home, pg_server, tmp_path / "full.err")
+    key = spec_for("postgres").partitions.get_partition_keys()[-1]
+    log = tmp_path / "store.err"
+    with log.open("w") as err:
+        store = subprocess.Popen([*CLI, "backup", "postgres", "--partition", key], cwd=ROOT, text=True,
+                                 env={**os.environ, "CB_STORE_WAIT_SECONDS": "600"},
+                                 stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    wait_until(lambda: f"waiting for run {full_run} (full_system_backup_job" in " ".join(log.read_text().split()),
+               "the store backup's waiting line", proc=store)
+    # Measure its CPU over a window of several of its 2 s polls: waiting must sleep, not spin.
+    cpu0, wall0 = cpu_seconds(store.pid), time.monotonic()
+    wait_until(lambda: time.monotonic() - wall0 > 6, "a measuring window", proc=store)
+    cpu, wall = cpu_seconds(store.pid) - cpu0, time.monotonic() - wall0
+    assert cpu < wall / 4, (cpu, wall)
+    assert runs_of(home, "postgres_backup_job") == []  # it waits before starting a run
+    assert pg_dump_sessions(pg_server) == 1  # only the full backup's pg_dump
+
+    table_lock()
+    assert full.wait(timeout=300) == 0, (tmp_path / "full.err").read_text()[-3000:]
+    out, _ = store.communicate(timeout=300)
+    assert store.returncode == 0, out[-3000:] + log.read_text()[-3000:]
+    assert "freed the slot" not in log.read_text()
+    [full_record] = runs_of_records(home, "full_system_backup_job")
+    [store_record] = runs_of_records(home, "postgres_backup_job")
+    assert full_record.dagster_run.status == store_record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    assert store_record.start_time >= full_record.end_time  # one writer at a time
+    assert Catalog(Path(os.environ["CB_BACKUP_DIR"])).get("postgres", key) is not None
+
+
+def test_sigkilled_full_system_backup_leaves_every_store_usable(
+        home: Path, pg_server: EmbeddedPostgres, table_lock: Callable[[], None], tmp_path: Path) -> None:
+    full, full_run = started_full_backup(home, pg_server, tmp_path / "full.err")
+    os.killpg(full.pid, signal.SIGKILL)  # the container-kill case: no cleanup at all
+    full.wait()
+    table_lock()
+    assert slot_holders(home, "store_postgres") == {full_run}  # the wedge a dead full run would leave
+
+    key = spec_for("postgres").partitions.get_partition_keys()[-1]
+    backup = cli(["backup", "postgres", "--partition", key])
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    assert f"freed the slot of dead run {full_run} (pid {full.pid} gone)" in backup.stderr, backup.stderr
+    [record] = runs_of_records(home, "full_system_backup_job")
+    assert record.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    for pool in ("store_postgres", "store_valkey", "full_system"):
+        assert slot_holders(home, pool) == set(), pool  # every store's slot, not only the one asked for
+    assert Catalog(Path(os.environ["CB_BACKUP_DIR"])).get("postgres", key) is not None
+    valkey_key = spec_for("valkey").partitions.get_partition_keys()[-1]
+    valkey = cli(["backup", "valkey", "--partition", valkey_key])
+    assert valkey.returncode == 0 and "freed the slot" not in valkey.stderr, valkey.stderr[-3000:]
+
+
+def runs_of_records(home: Path, job: str) -> list[dg.RunRecord]:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return list(instance.get_run_records(filters=dg.RunsFilter(job_name=job)))
+
+
+@pytest.fixture()
+def daemon(home: Path, tmp_path: Path) -> Iterator[Path]:
+    """A real `dagster-daemon run` on the test instance (DefaultRunLauncher: each run its own process)."""
+    log = tmp_path / "daemon.log"
+    # Create the SQLite storage first: the daemon and `dagster job launch` creating it at once race on alembic.
+    runs_of(home, "postgres_backup_job")
+    env = {**os.environ, "CB_DEAD_RUNS_SENSOR_SECONDS": "2"}  # a tick every few seconds, not every minute
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-m", "cb_backups.definitions"],
+                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield log
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the daemon's own group: its code server and run processes
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def daemon_wait(what: str, condition: Callable[[], Any], log: Path) -> Any:
+    deadline = time.monotonic() + DAEMON_TIMEOUT
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)  # polling interval of the wait, not a synchronisation
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    pytest.fail(f"timed out after {DAEMON_TIMEOUT:.0f}s waiting for {what}; daemon log tail:\n{tail}")
+
+
+def run_start_pid(home: Path, run_id: str) -> int | None:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
+        event = records[0].event_log_entry.dagster_event if records else None
+        return event.pid if event else None
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("kill_code_server", [False, True], ids=["worker", "worker-and-code-server"])
+def test_daemon_sensor_frees_a_sigkilled_daemon_run(home: Path, pg_server: EmbeddedPostgres,
+                                                   table_lock: Callable[[], None], daemon: Path,
+                                                   kill_code_server: bool) -> None:
+    """The daemon's dead_runs_sensor frees the store of a daemon-launched run whose worker was SIGKILLed.
+
+    With the code server alive, it notices its worker died and fails the run, but nobody frees the pool
+    slot before run monitoring's 60 s: the sensor does. With the code server killed too (the daemon
+    restarts it), nothing else notices: the sensor fails the run from its RUN_START pid.
+    """
+    key = spec_for("postgres").partitions.get_partition_keys()[-1]
+    # The public submit path: the run goes to the daemon's queue; the daemon's run launcher starts it.
+    launch = subprocess.run([sys.executable, "-m", "dagster", "job", "launch", "-m", "cb_backups.definitions",
+                             "-j", "postgres_backup_job", "--tags", f'{{"dagster/partition": "{key}"}}'],
+                            cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+    [run] = runs_of(home, "postgres_backup_job")
+    assert run.tags.get("store") == "postgres" and "cb/pid" not in run.tags  # not a CLI run
+    daemon_wait("pg_dump blocked on the table lock", lambda: pg_dump_waiting(pg_server), daemon)
+    worker = daemon_wait("the run's RUN_START event", lambda: run_start_pid(home, run.run_id), daemon)
+    assert slot_holders(home, "store_postgres") == {run.run_id}
+    victims = [worker, *children(worker)]  # the worker, its step process and pg_dump: nothing cleans up
+    assert any("pg_dump" in Path(f"/proc/{p}/cmdline").read_bytes().decode() for p in victims if alive(p))
+    if kill_code_server:
+        server = parent_of(worker)
+        assert "grpc" in Path(f"/proc/{server}/cmdline").read_bytes().decode(), "the worker's parent"
+        victims.insert(0, server)  # first, so that it cannot report its worker's death
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    table_lock()
+
+    def freed() -> bool:
+        [now] = runs_of(home, "postgres_backup_job")
+        return now.status == dg.DagsterRunStatus.FAILURE and slot_holders(home, "store_postgres") == set()
+
+    daemon_wait("the dead run to be failed and its slot freed", freed, daemon)
+    sensor_line = re.compile(rf"dead_runs_sensor .*freed the slot of (dead|finished) run {run.run_id}")
+    daemon_wait("dead_runs_sensor's line in the daemon log", lambda: sensor_line.search(daemon.read_text()), daemon)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    messages = " ".join(e.dagster_event.message or "" for e in failures if e.dagster_event)
+    if kill_code_server:
+        assert f"the run's process died (pid {worker} gone" in messages and "cb-backups" in messages, messages
+        assert f"freed the slot of dead run {run.run_id} (pid {worker} gone" in daemon.read_text()
+
+    backup = cli(["backup", "postgres", "--partition", key])  # the store is usable again
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    assert "freed the slot" not in backup.stderr  # the daemon had already freed it
+    assert Catalog(Path(os.environ["CB_BACKUP_DIR"])).get("postgres", key) is not None

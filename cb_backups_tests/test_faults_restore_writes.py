@@ -1,9 +1,10 @@
-"""In-place restores under write load lose no acknowledged write (real PostgreSQL 16 and Valkey 8).
+"""In-place restores under write load lose no acknowledged write (real PostgreSQL 16 and Valkey 8; Neo4j,
+OpenSearch, Qdrant: their emulators, or the real servers CB_TEST_* name).
 
 Writers insert rows (SET keys) with ids of their own and record which commits were acknowledged;
 a refused connection or a failed command is not acknowledged, the writer just retries. After
 `execute_restore(... in place ...)` every acknowledged id is in the live target or in what the
-restore kept: PostgreSQL's `<db>__replaced_<stamp>` database, Valkey's safety backup. The
+restore kept: PostgreSQL's `<db>__replaced_<stamp>` database, Valkey's and Neo4j's safety backup. The
 target holds the backup's counts, and writes attempted during the restore were refused.
 """
 
@@ -18,11 +19,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import neo4j
 import psycopg
 import pytest
 import valkey
+import yaml
+from neo4j.exceptions import DriverError, Neo4jError
+from opensearchpy import OpenSearch
+from opensearchpy import exceptions as os_errors
+from opensearchpy import helpers as os_helpers
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from cb_backups.config.settings import load_settings
+from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, load_settings
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.model import Target
 from cb_backups.core.net import free_port, wait_until
@@ -30,12 +40,19 @@ from cb_backups.demo.embedded import EmbeddedPostgres, valkey_bin_dir
 from cb_backups.demo.sample_data import load_valkey
 from cb_backups.restore.execute import execute_restore
 from cb_backups.restore.plan import plan_restore
+from cb_backups.stores.base import DRILL
 from cb_backups.stores.registry import open_store
 from cb_backups.stores.valkey import ValkeyStore
 from cb_backups_tests.databases import databases, own_database
+from cb_backups_tests.fixtures_neo4j import run_cypher
+from cb_backups_tests.fixtures_qdrant import SeededCollections, make_client
 
 KEY = "2026-11-24-06:00"
+DAY = "2026-11-24"  # the daily stores' slot
 STRIDE = 1_000_000_000  # writer w writes ids w*STRIDE + n
+# what a writer sees when its write is refused (not acknowledged): it retries
+REFUSED = (psycopg.Error, valkey.exceptions.ValkeyError, DriverError, Neo4jError, OSError,
+           os_errors.OpenSearchException)
 
 
 class Writers:
@@ -54,7 +71,7 @@ class Writers:
             n += 1
             try:
                 self.write(writer, writer * STRIDE + n)
-            except (psycopg.Error, valkey.exceptions.ValkeyError):
+            except REFUSED:
                 self.refused[writer] += 1
                 self.stop.wait(0.01)  # back off a little; not synchronisation
                 continue
@@ -248,3 +265,247 @@ def test_restore_killed_while_the_database_is_aside_is_recovered_by_the_next(
     kept = [d for d in databases(pg_server) if d.startswith(f"{write_db}__replaced_")]
     assert len(kept) == 1 and ack_ids(pg_server, kept[0]) == {7}  # the recovered data, kept aside again
     assert ack_ids(pg_server, write_db) == set()  # the backup's state
+
+
+# --- Neo4j ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def neo4j_env(cb_env: dict[str, str], neo4j_settings: Neo4jSettings, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> Neo4jSettings:
+    """cb_env plus the Neo4j server (emulator or CB_TEST_NEO4J_*): commands through YAML, which keeps lists."""
+    config = tmp_path / "cb-neo4j.yaml"
+    commands = {"admin_command": list(neo4j_settings.admin_command), "stop_command": list(neo4j_settings.stop_command),
+                "start_command": list(neo4j_settings.start_command)}
+    config.write_text(yaml.safe_dump({"neo4j": {**commands, **({"dump_dir": neo4j_settings.dump_dir}
+                                                               if neo4j_settings.dump_dir else {})}}))
+    monkeypatch.setenv("CB_CONFIG", str(config))
+    monkeypatch.setenv("CB_NEO4J_URI", neo4j_settings.uri)
+    monkeypatch.setenv("CB_NEO4J_USER", neo4j_settings.user)
+    if neo4j_settings.password:
+        monkeypatch.setenv("CB_NEO4J_PASSWORD", neo4j_settings.password)
+    return neo4j_settings
+
+
+def neo4j_acks(settings: Neo4jSettings) -> set[int]:
+    rows = run_cypher(settings, "MATCH (r:CODE_Repo) RETURN r.acks")
+    return {int(i) for row in rows for i in (row[0] or [])}
+
+
+def test_neo4j_in_place_restore_under_writes_loses_no_acknowledged_write(
+        neo4j_env: Neo4jSettings, neo4j_seeded: dict, neo4j_scratch_options: dict | None) -> None:
+    """The safety dump and the load run in one stop window: nothing is committed between them."""
+    if neo4j_scratch_options is None:
+        pytest.skip("reading the safety backup needs a scratch Neo4j server (CB_TEST_NEO4J_SCRATCH_URI)")
+    settings = load_settings()
+    store = open_store("neo4j", settings)
+    Catalog(settings.backup_dir).write("neo4j", DAY, store.backup)
+    auth = (neo4j_env.user, neo4j_env.password) if neo4j_env.password else None
+    drivers = [neo4j.GraphDatabase.driver(neo4j_env.uri, auth=auth, connection_timeout=5.0,
+                                          connection_acquisition_timeout=10.0) for _ in range(2)]
+
+    def append(writer: int, ident: int) -> None:
+        # a property append, not a new node: the labels' counts stay the backup's, whenever the restore
+        # counts; the auto-commit query returned = committed
+        with drivers[writer].session(database=neo4j_env.database) as session:
+            session.run(f"MATCH (r:CODE_Repo {{name: 'repo-{writer}'}}) "
+                        f"SET r.acks = coalesce(r.acks, []) + [{ident}]").consume()
+
+    try:
+        with Writers(len(drivers), append) as load:
+            load.wait_for(10)
+            refused_before = sum(load.refused)
+            result = execute_restore(plan_restore(settings, "neo4j", DAY, target=Target("in_place")))
+            load.wait_for(10)  # the restarted server takes writes again
+    finally:
+        for driver in drivers:
+            driver.close()
+
+    assert result.ok, result.problems
+    assert sum(load.refused) > refused_before  # Bolt was down: refused, not acknowledged
+    live = neo4j_acks(neo4j_env)
+    assert result.safety_backup is not None
+    safety = Catalog(settings.backup_dir).load(Path(result.safety_backup))
+    assert safety is not None
+    scratch = Target("scratch", dict(neo4j_scratch_options))
+    scratch_settings = Neo4jSettings(uri=neo4j_scratch_options["uri"], user=neo4j_env.user,
+                                     password=neo4j_env.password)
+    with store.scratch(safety, scratch):
+        saved = neo4j_acks(scratch_settings)
+    acked = load.all_acked()
+    assert len(acked) >= 40
+    lost = acked - live - saved
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost"  # each is live or in the safety dump
+    assert saved and live  # written before the restore (kept by the safety dump) and after it
+
+
+# --- OpenSearch --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def opensearch_env(cb_env: dict[str, str], opensearch_settings: OpenSearchSettings, seeded_opensearch: dict,
+                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> OpenSearchSettings:
+    """cb_env plus OpenSearch (emulator or CB_TEST_OPENSEARCH_URL); the repository only through YAML."""
+    config = tmp_path / "cb-opensearch.yaml"
+    config.write_text(yaml.safe_dump({"opensearch": {
+        "repository": opensearch_settings.repository, "repository_type": opensearch_settings.repository_type,
+        "repository_settings": dict(opensearch_settings.repository_settings)}}))
+    monkeypatch.setenv("CB_CONFIG", str(config))
+    monkeypatch.setenv("CB_OPENSEARCH_URL", opensearch_settings.url)
+    return opensearch_settings
+
+
+def opensearch_acks(client: OpenSearch, index: str) -> set[int]:
+    client.indices.refresh(index=index)
+    hits = os_helpers.scan(client, index=index, query={"query": {"term": {"user_id": "ack"}}}, _source=False)
+    return {int(hit["_id"].removeprefix("ack-")) for hit in hits}
+
+
+def test_opensearch_in_place_restore_under_writes_loses_no_acknowledged_write(
+        opensearch_env: OpenSearchSettings, opensearch_client: OpenSearch) -> None:
+    """The replaced indices are write-blocked before the safety snapshot, and the block does not outlive the
+    restore. Each writer gives up at its first refusal, so nothing is written after the restore to change the
+    counts the restore compares (a write refused by the block is the first refusal)."""
+    settings = load_settings()
+    store = open_store("opensearch", settings)
+    Catalog(settings.backup_dir).write("opensearch", DAY, store.backup)
+    client = OpenSearch(hosts=[opensearch_env.url], timeout=30, max_retries=0)
+    gave_up = [False, False]
+
+    def index(writer: int, ident: int) -> None:
+        if gave_up[writer]:
+            raise os_errors.ConnectionError("N/A", "gave up at the first refusal", None)
+        try:
+            client.index(index="memories", id=f"ack-{ident}", body={"user_id": "ack", "content": "w"})
+        except os_errors.OpenSearchException:
+            gave_up[writer] = True
+            raise  # 201 returned = acknowledged; a refusal is not
+
+    try:
+        with Writers(len(gave_up), index) as load:
+            load.wait_for(20)
+            assert sum(load.refused) == 0
+            result = execute_restore(plan_restore(settings, "opensearch", DAY, target=Target("in_place")))
+        assert result.ok, result.problems
+        assert all(gave_up)  # every writer was refused during the restore
+        live = opensearch_acks(opensearch_client, "memories")
+        assert live == set()  # the backup's documents only: nothing was written into the restored index
+        client.index(index="memories", id="after", body={"user_id": "after"}, refresh=True)  # takes writes again
+        blocks = opensearch_client.indices.get_settings(index="memories,code_symbols", name="index.blocks.write")
+        assert not any(i.get("settings") for i in blocks.values()), blocks
+    finally:
+        client.close()
+    assert result.safety_backup is not None
+    safety = Catalog(settings.backup_dir).load(Path(result.safety_backup))
+    assert safety is not None
+    scratch = store.scratch_target(DRILL)
+    with store.scratch(safety, scratch):
+        copy = f"{scratch.options.get('prefix', 'drill_')}memories"
+        saved = opensearch_acks(opensearch_client, copy)
+        # the safety snapshot was taken under the block; a restore of it must not bring the block back
+        assert not opensearch_client.indices.get_settings(index=copy, name="index.blocks.write")[copy]["settings"] \
+            if copy in opensearch_client.indices.get_settings(index=copy, name="index.blocks.write") else True
+    acked = load.all_acked()
+    assert len(acked) >= 40
+    lost = acked - saved
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost"  # each is in the safety snapshot
+
+
+# --- Qdrant ------------------------------------------------------------------------------------------------
+
+
+def test_qdrant_in_place_restore_under_writes_loses_no_acknowledged_write(
+        cb_env: dict[str, str], qdrant_url: str, qdrant_api_key: str | None, qdrant_seeded: SeededCollections,
+        qdrant_client: QdrantClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Qdrant's write lock is held from before the safety snapshots until the uploads are done. Each writer
+    gives up at its first refusal (as in the OpenSearch test), so the counts the restore compares stay put."""
+    monkeypatch.setenv("CB_QDRANT_URL", qdrant_url)
+    if qdrant_api_key:
+        monkeypatch.setenv("CB_QDRANT_API_KEY", qdrant_api_key)
+    settings = load_settings()
+    store = open_store("qdrant", settings)
+    Catalog(settings.backup_dir).write("qdrant", DAY, store.backup)
+    collection = qdrant_seeded.name("code_embeddings")
+    size = 256
+    base = 10**7  # point ids above the seeded ones (1..200)
+    clients = [make_client(qdrant_url, qdrant_api_key) for _ in range(2)]
+    gave_up = [False] * len(clients)
+
+    def upsert(writer: int, ident: int) -> None:
+        if gave_up[writer]:
+            raise OSError("gave up at the first refusal")
+        try:  # wait=true: returned = applied
+            point = qm.PointStruct(id=base + ident, vector=[1.0] + [0.0] * (size - 1), payload={"ack": True})
+            clients[writer].upsert(collection, points=[point], wait=True)
+        except (UnexpectedResponse, ResponseHandlingException) as exc:
+            gave_up[writer] = True
+            raise OSError(str(exc)) from exc
+
+    try:
+        with Writers(len(clients), upsert) as load:
+            load.wait_for(20)
+            assert sum(load.refused) == 0
+            result = execute_restore(plan_restore(settings, "qdrant", DAY, target=Target("in_place")))
+        assert result.ok, result.problems
+        assert all(gave_up)  # every writer was refused during the restore
+        acked = {base + ident for ident in load.all_acked()}
+        assert not qdrant_client.retrieve(collection, ids=sorted(acked))  # the backup's points only
+        qdrant_client.upsert(collection, points=[qm.PointStruct(id=5, vector=[1.0] + [0.0] * (size - 1))],
+                             wait=True)  # unlocked: takes writes again
+    finally:
+        for client in clients:
+            client.close()
+    assert result.safety_backup is not None
+    safety = Catalog(settings.backup_dir).load(Path(result.safety_backup))
+    assert safety is not None
+    with store.scratch(safety, store.scratch_target(DRILL)):
+        saved = {int(p.id) for p in qdrant_client.retrieve(f"{collection}__drill", ids=sorted(acked))}
+    assert len(acked) >= 40
+    lost = acked - saved
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost"  # each is in the safety backup
+
+
+# --- quiesce's exit on an error: the target takes writes again ---------------------------------------------
+
+
+class Boom(Exception):
+    """The restore failing inside the quiesce block."""
+
+
+def test_failed_qdrant_restore_unlocks_writes(cb_env: dict[str, str], qdrant_url: str, qdrant_api_key: str | None,
+                                             qdrant_seeded: SeededCollections, qdrant_client: QdrantClient,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CB_QDRANT_URL", qdrant_url)
+    if qdrant_api_key:
+        monkeypatch.setenv("CB_QDRANT_API_KEY", qdrant_api_key)
+    store = open_store("qdrant", load_settings())
+    collection = qdrant_seeded.name("code_embeddings")
+    point = qm.PointStruct(id=10**7, vector=[1.0] + [0.0] * 255)
+    with pytest.raises(Boom), store.quiesce(Target("in_place")):
+        with pytest.raises(UnexpectedResponse) as refused:
+            qdrant_client.upsert(collection, points=[point], wait=True)
+        assert refused.value.status_code == 403
+        raise Boom
+    qdrant_client.upsert(collection, points=[point], wait=True)
+    assert qdrant_client.retrieve(collection, ids=[10**7])
+
+
+def test_failed_opensearch_restore_unblocks_writes(opensearch_env: OpenSearchSettings,
+                                                   opensearch_client: OpenSearch) -> None:
+    store = open_store("opensearch", load_settings())
+    with pytest.raises(Boom), store.quiesce(Target("in_place")):
+        with pytest.raises(os_errors.AuthorizationException):  # 403 cluster_block_exception
+            opensearch_client.index(index="memories", id="blocked", body={"user_id": "x"})
+        raise Boom
+    opensearch_client.index(index="memories", id="after", body={"user_id": "x"}, refresh=True)
+    assert opensearch_client.count(index="memories")["count"] == 301
+
+
+def test_failed_neo4j_restore_starts_the_server_again(neo4j_env: Neo4jSettings, neo4j_seeded: dict) -> None:
+    store = open_store("neo4j", load_settings())
+    with pytest.raises(Boom), store.quiesce(Target("in_place")):
+        with pytest.raises((DriverError, OSError)):
+            run_cypher(neo4j_env, "RETURN 1")  # stopped: Bolt refuses
+        raise Boom
+    run_cypher(neo4j_env, "MATCH (r:CODE_Repo {name: 'repo-0'}) SET r.after = 1")
+    assert run_cypher(neo4j_env, "MATCH (r:CODE_Repo {name: 'repo-0'}) RETURN r.after") == [[1]]

@@ -24,11 +24,20 @@ from typing import Any
 
 import dagster as dg
 
+from cb_backups.core.errors import ConfigError
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
 
 HOST_TAG, BOOT_TAG, PID_TAG, START_TAG = "cb/host", "cb/boot", "cb/pid", "cb/pid_start"
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
-SENSOR_SECONDS = 60
+SENSOR_ENV, DEFAULT_SENSOR_SECONDS = "CB_DEAD_RUNS_SENSOR_SECONDS", 60
+
+
+def sensor_seconds() -> int:
+    """How often the daemon's dead_runs_sensor looks (CB_DEAD_RUNS_SENSOR_SECONDS; tests use a few seconds)."""
+    raw = os.environ.get(SENSOR_ENV, str(DEFAULT_SENSOR_SECONDS))
+    if not raw.strip().isascii() or not raw.strip().isdigit() or not 1 <= int(raw) <= 86400:
+        raise ConfigError(SENSOR_ENV, raw, "a whole number of seconds, 1 to 86400")
+    return int(raw)
 
 
 def pool_name(store: str) -> str:
@@ -49,14 +58,16 @@ def _boot_id() -> str:
 
 
 def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), None if no such process."""
+    """The process's start time in clock ticks since boot (Linux), None if no such process or only its zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in (...) may hold spaces
+    fields = stat.rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+    # A SIGKILLed run worker stays a zombie until its parent (e.g. the daemon's code server) reaps it.
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])  # field 22
 
 
 def _start_epoch(pid: int) -> float | None:
@@ -241,7 +252,7 @@ def _limited(storage: Any, pool: str, config: Any) -> bool:
     return pool in limits
 
 
-@dg.sensor(name="dead_runs_sensor", minimum_interval_seconds=SENSOR_SECONDS,
+@dg.sensor(name="dead_runs_sensor", minimum_interval_seconds=sensor_seconds(),
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Marks runs whose process died (SIGKILL, OOM, reboot) failed and frees their store pools "
                        "and `store` tag claims, so queued runs of that store start.")

@@ -17,6 +17,8 @@ dump (the details say plainly when the tool or its check command is missing).
 restore: verify, compare the manifest's Neo4j version with the target server's
 (refuse on a difference), stop, `database load --overwrite-destination=true`,
 start, wait for Bolt, count.
+quiesce (in place): the server stays stopped from before the safety dump until the load is done (one stop
+window), so a write attempted meanwhile is refused (Bolt is down), never acknowledged and then lost.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,7 @@ from cb_backups.stores.base import (
     disk_space_item,
     dropped_afterwards,
     require_scratch,
+    run_tool,
     version_problems,
 )
 from cb_backups.stores.volume import service_stopped
@@ -110,6 +113,13 @@ def _short(exc: BaseException) -> str:
     return text[:300]
 
 
+@dataclass(frozen=True)
+class _Stopped:
+    """What `quiesce` counted over Bolt before it stopped the server (the data cannot change while stopped)."""
+    inventory: Inventory
+    version: tuple[str | None, str]
+
+
 class Neo4jStore:
     name = "neo4j"
     restore_method = "stop, neo4j-admin database load --overwrite-destination, start"
@@ -121,6 +131,7 @@ class Neo4jStore:
         self.volume = volume  # unused: the dump is the method the runbook gives Neo4j
         # Community has one user database per server: a scratch restore needs a server of its own
         self.scratch_server = dict(scratch_server_options() if scratch_server is None else scratch_server)
+        self._stopped: _Stopped | None = None  # set while `quiesce` holds the server stopped
 
     # --- Bolt ----------------------------------------------------------------------------
     def _auth(self) -> tuple[str, str] | None:
@@ -179,6 +190,8 @@ class Neo4jStore:
 
     def server_version(self) -> tuple[str | None, str]:
         """(version, where it came from): `dbms.components()` over Bolt, else `neo4j-admin --version`."""
+        if self._stopped is not None:
+            return self._stopped.version
         try:
             for record in self._query(COMPONENTS_QUERY):
                 if record["name"] == "Neo4j Kernel" and record["versions"]:
@@ -196,7 +209,8 @@ class Neo4jStore:
     def backup(self, into: Path, progress: Progress = no_progress) -> BackupOutput:
         db = self.settings.database
         progress("counting nodes and relationships", 0, None)
-        inventory = self.inventory()  # online, before the stop; also proves Bolt works
+        # online, before the stop (also proves Bolt works); inside `quiesce`, what it counted before its stop
+        inventory = self._stopped.inventory if self._stopped is not None else self.inventory()
         version, source = self.server_version()
         if version is None:
             raise BackupFailed(self.name, "cannot tell the Neo4j version (neither `CALL dbms.components()` nor "
@@ -207,7 +221,7 @@ class Neo4jStore:
             produced.unlink(missing_ok=True)  # a leftover of a killed run would make the dump refuse
             progress("stopping Neo4j for the offline dump", 0, None)
             captured_at = self._offline(
-                [*self.settings.admin_command, "database", "dump", db, f"--to-path={work}"], "dump")
+                [*self.settings.admin_command, "database", "dump", db, f"--to-path={work}"], "dump", reopen=False)
             if not produced.is_file():
                 raise BackupFailed(self.name, f"neo4j-admin reported success but wrote no {produced}")
             record = self._take_dump(produced, into, progress)
@@ -269,6 +283,38 @@ class Neo4jStore:
                 raise RestoreFailed(self.name, str(exc).split(": ", 2)[-1]) from None
         return store.inventory()
 
+    def stage(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> None:
+        """Nothing to prepare beside the live data: the load needs the server stopped anyway."""
+
+    @contextmanager
+    def quiesce(self, target: Target) -> Iterator[None]:
+        """Stop the server until the load is done: one stop window spans the safety dump and the load.
+
+        Without it the safety dump starts Neo4j again and the load stops it once more: writes committed in
+        between would be in neither the safety backup nor the restored data. While stopped, Bolt refuses
+        every connection, so no write is acknowledged. The load's `restore` starts it again; on an error
+        before that, the exit starts the old data again.
+        """
+        if target.mode != "in_place" or self._for_target(target) is not self or not self.settings.stop_command:
+            yield  # another server, or no way to stop it: nothing here to hold
+            return
+        counted = _Stopped(self.inventory(), self.server_version())
+        run_tool(self.name, self.settings.stop_command, timeout=600)
+        self._stopped = counted
+        try:
+            yield
+        finally:
+            if self._stopped is not None:  # the load did not run or failed: the old data takes writes again
+                self._stopped = None
+                self._start_again()
+
+    def replaced(self) -> list[str]:
+        """The load overwrites the database: what it held is in the safety backup, nothing is kept aside."""
+        return []
+
+    def prune_replaced(self, keep_days: int) -> list[str]:
+        return []
+
     def compatibility(self, artifact: Artifact, target: Target) -> list[str]:
         """Neo4j loads a dump only into the exact version it came from."""
         def check() -> list[str]:
@@ -326,9 +372,19 @@ class Neo4jStore:
             return self
         return Neo4jStore(replace(self.settings, **overrides), self.volume, self.scratch_server)
 
-    def _offline(self, admin_argv: Sequence[str], what: str) -> str:
-        """stop; run neo4j-admin; ALWAYS start again; wait for Bolt. Returns when the data was frozen."""
+    def _offline(self, admin_argv: Sequence[str], what: str, reopen: bool = True) -> str:
+        """stop; run neo4j-admin; ALWAYS start again; wait for Bolt. Returns when the data was frozen.
+
+        Inside `quiesce` the server is already stopped: run neo4j-admin only, and start it again only when
+        `reopen` (after the load), so the safety dump does not open a window for writes.
+        """
         captured_at = datetime.now(UTC).isoformat(timespec="seconds")
+        if self._stopped is not None:
+            self._admin(admin_argv, what)  # on failure still stopped: quiesce's exit starts it again
+            if reopen:
+                self._stopped = None
+                self._start_again()
+            return captured_at
         failure: BaseException | None = None
         try:
             with service_stopped(self.name, self.settings.stop_command, self.settings.start_command):
@@ -346,6 +402,14 @@ class Neo4jStore:
             raise BackupFailed(self.name, f"neo4j-admin {what} finished but Neo4j did not answer Bolt within "
                                           f"{BOLT_WAIT_SECONDS:.0f}s after the start: {problem}")
         return captured_at
+
+    def _start_again(self) -> None:
+        if self.settings.start_command:
+            run_tool(self.name, self.settings.start_command, timeout=600)
+        problem = self.wait_for_bolt()
+        if problem is not None:
+            raise BackupFailed(self.name, f"Neo4j did not answer Bolt within {BOLT_WAIT_SECONDS:.0f}s after the "
+                                          f"start: {problem}")
 
     def _admin(self, argv: Sequence[str], what: str) -> str:
         try:

@@ -11,6 +11,11 @@ The repository is registered idempotently and re-registered when it is missing o
 drifted (the runbook's troubleshooting case "Snapshot repository not registered").
 
 Only user indices are snapshotted and counted (names starting with "." are system indices).
+
+quiesce (in place, snapshot method): `index.blocks.write: true` on the indices the restore replaces,
+from before the safety snapshot until the restore is done (writes answer 403 cluster_block_exception,
+never acknowledged and then lost); the restore closes and overwrites them, and ignores that setting in
+the snapshot (`ignore_index_settings`), so restored indices take writes. Removed on every exit path.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ from opensearchpy import exceptions as os_errors
 from cb_backups.config.redact import redact_url
 from cb_backups.config.settings import OpenSearchSettings, VolumeSettings
 from cb_backups.core.catalog import checksum_problems
-from cb_backups.core.errors import BackupFailed, ConfigError, RestoreFailed, RestoreRefused, StoreUnavailable
+from cb_backups.core.errors import (
+    BackupFailed,
+    CbBackupsError,
+    ConfigError,
+    RestoreFailed,
+    RestoreRefused,
+    StoreUnavailable,
+)
 from cb_backups.core.fileio import HashingWriter
 from cb_backups.core.model import (
     Artifact,
@@ -68,6 +80,7 @@ _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 DRILL_PREFIX = "drill_"
 SCRATCH_PREFIX = "scratch_"  # a restore job's scratch copies (a drill's are DRILL_PREFIX, dropped afterwards)
 T = TypeVar("T")
+WRITE_BLOCK = "index.blocks.write"
 
 
 def _public_url(url: str) -> str:
@@ -145,6 +158,7 @@ class OpenSearchStore:
         self.volume = volume
         self.url = _public_url(settings.url)
         self._client: OpenSearch | None = None
+        self._replacing: list[str] | None = None  # what `stage` found the in-place restore will replace
 
     # --- plumbing -------------------------------------------------------------------
     @property
@@ -411,7 +425,8 @@ class OpenSearchStore:
             names = self._scratch_names(indices, target)
             body: dict[str, Any] = {"indices": ",".join(indices), "ignore_unavailable": False,
                                     "include_global_state": False, "include_aliases": False,
-                                    "rename_pattern": "(.+)", "rename_replacement": names["replacement"]}
+                                    "rename_pattern": "(.+)", "rename_replacement": names["replacement"],
+                                    "ignore_index_settings": [WRITE_BLOCK]}
             renamed = names["map"]
             self._restore(record, body, renamed, progress, reopen=[])
         else:
@@ -421,11 +436,59 @@ class OpenSearchStore:
                 progress(f"closing {len(to_close)} indices", 0, len(indices))
                 self._must("close indices", self.client.indices.close, index=",".join(to_close))
             body = {"indices": ",".join(indices), "ignore_unavailable": False,
-                    "include_global_state": bool(target.options.get("include_global_state", True))}
+                    "include_global_state": bool(target.options.get("include_global_state", True)),
+                    # a safety snapshot was taken under quiesce's write block: the restored index must not keep it
+                    "ignore_index_settings": [WRITE_BLOCK]}
             renamed = {i: i for i in indices}
             self._restore(record, body, renamed, progress, reopen=to_close)
         counts = self._counts([renamed[i] for i in indices])
         return {"indices": {i: counts[renamed[i]] for i in indices}}
+
+    def stage(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> None:
+        """Nothing is restored beside the live indices; note which ones the restore replaces, for `quiesce`."""
+        self._replacing = None
+        record, _ = self._read_record(artifact) if artifact.manifest.method != "volume" else (None, [])
+        if record is not None:
+            wanted = target.options.get("indices")
+            self._replacing = [i for i in record["indices"] if not wanted or i in wanted]
+
+    @contextmanager
+    def quiesce(self, target: Target) -> Iterator[None]:
+        """`index.blocks.write: true` on the open indices the restore replaces (all open user indices when
+        `stage` did not say which), removed again on exit; indices that were blocked already stay blocked."""
+        if target.mode != "in_place" or self.settings.method == "volume":
+            yield  # the volume method stops the whole server for its restore
+            return
+        states = self._index_states()
+        names = self._replacing if self._replacing is not None else [i for i in states if not i.startswith(".")]
+        names = sorted(i for i in names if states.get(i) == "open")
+        if names:
+            current = self._must("GET _settings", self.client.indices.get_settings, index=",".join(names),
+                                 name=WRITE_BLOCK, flat_settings=True)
+            names = [i for i in names if str(current.get(i, {}).get("settings", {}).get(WRITE_BLOCK)) != "true"]
+        if names:
+            self._must("block writes", self.client.indices.put_settings, index=",".join(names),
+                       body={WRITE_BLOCK: True})
+
+        def unblock() -> None:  # the restored indices have no block; the old ones (after an error) lose theirs
+            if names:
+                self._must("unblock writes", self.client.indices.put_settings, index=",".join(names),
+                           body={WRITE_BLOCK: None}, ignore_unavailable=True)
+
+        try:
+            yield
+        except BaseException:
+            with suppress(CbBackupsError):  # the restore's own error is the one to report
+                unblock()
+            raise
+        unblock()
+
+    def replaced(self) -> list[str]:
+        """The restore overwrites the indices: what they held is in the safety snapshot, nothing is kept aside."""
+        return []
+
+    def prune_replaced(self, keep_days: int) -> list[str]:
+        return []
 
     def _scratch_names(self, indices: list[str], target: Target) -> dict[str, Any]:
         prefix = str(target.options.get("prefix", DRILL_PREFIX))

@@ -14,6 +14,11 @@ damaged upload; a scratch restore writes to `<collection><suffix>` instead.
 
 Volume method (`method: volume`): stop the service, tar its data folder, start it
 again (cb_backups/stores/volume.py). No Dagster here.
+
+quiesce (in place, snapshot method): `POST /locks {"write": true}` from before the safety snapshots
+until the uploads are done. The lock is node-wide: point writes (and collection creation) to every
+collection answer 403, never acknowledged and then lost; snapshot recovery still runs under it.
+Unlocked on every exit path, unless it was locked before the restore.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from cb_backups.stores.volume import extract_tar, service_stopped, tar_directory
 
 METHODS = ("snapshot", "volume")
 SNAPSHOT_EXT = ".snapshot"
+LOCK_MESSAGE = "cb-backups is restoring this server in place; writes are refused until it ends"
 VOLUME_FILE = "qdrant-volume.tar.gz"
 DEFAULT_SUFFIX = "__drill"
 SCRATCH_SUFFIX = "__scratch"  # a restore job's scratch copies (a drill's are DEFAULT_SUFFIX, dropped afterwards)
@@ -468,6 +474,45 @@ class QdrantStore:
                         "snapshots"]
             return []
         return version_problems(check)
+
+    def stage(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> None:
+        """Nothing to prepare: the snapshots are uploaded into the live collections."""
+
+    @contextmanager
+    def quiesce(self, target: Target) -> Iterator[None]:
+        """The write lock of Qdrant's `POST /locks` until the block ends (see the module docstring)."""
+        if target.mode != "in_place" or self.settings.method == "volume":
+            yield  # the volume method stops the whole service for its restore
+            return
+        previous = self._set_write_lock(True, LOCK_MESSAGE)
+        if previous.get("write"):  # someone locked it before us: it stays as they left it
+            yield
+            return
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(CbBackupsError):  # the restore's own error is the one to report
+                self._set_write_lock(False)
+            raise
+        self._set_write_lock(False)
+
+    def _set_write_lock(self, write: bool, message: str | None = None) -> dict[str, Any]:
+        """`POST /locks`; returns the previous lock options."""
+        action = "locking writes" if write else "unlocking writes"
+        with self._api(action), self._http() as http:
+            response = http.post(f"{self.url}/locks", json={"write": write, "error_message": message})
+            self._check(response, action)
+        try:
+            return dict(response.json()["result"] or {})
+        except (ValueError, KeyError, TypeError):
+            raise StoreUnavailable(self.name, f"{self.where} did not answer POST /locks like Qdrant") from None
+
+    def replaced(self) -> list[str]:
+        """The uploads replace the collections: what they held is in the safety backup, nothing is kept aside."""
+        return []
+
+    def prune_replaced(self, keep_days: int) -> list[str]:
+        return []
 
     def describe_target(self, target: Target) -> str:
         if target.mode == "scratch":

@@ -119,6 +119,19 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _without(settings: dict[str, Any], path: list[str]) -> dict[str, Any]:
+    """`settings` (nested as GET _settings answers, or flat dotted keys) without the setting at `path`."""
+    out = {k: v for k, v in settings.items() if k != ".".join(path)}
+    head, rest = path[0], path[1:]
+    if rest and isinstance(out.get(head), dict):
+        out[head] = _without(out[head], rest)
+        if not out[head]:
+            del out[head]
+    elif not rest:
+        out.pop(head, None)
+    return out
+
+
 def _java_replacement(replacement: str) -> str:
     """Java's `$1` group references as Python's `\\g<1>`."""
     return re.sub(r"\$(\d+)", r"\\g<\1>", replacement.replace("\\", "\\\\"))
@@ -539,6 +552,8 @@ class SnapshotService:
         if target in states:
             self.osmem.ok("DELETE", f"/{target}")
         settings = dict(meta["settings"])
+        for name in _as_list(body.get("ignore_index_settings")):  # spec: settings not taken from the snapshot
+            settings = _without(settings, name.removeprefix("index.").split("."))
         settings.update({k.removeprefix("index."): v for k, v in (body.get("index_settings") or {}).items()})
         create: dict[str, Any] = {"settings": {"index": settings}, "mappings": meta["mappings"]}
         if _truthy(body.get("include_aliases"), default=True) and meta.get("aliases") and target == index:

@@ -2,7 +2,8 @@
 
 Implements the endpoints cb-backups and its tests use (collections, points
 upsert/retrieve/delete/count/scroll, collection snapshots: create, list,
-download, delete, multipart upload, recover from a location), with Qdrant's
+download, delete, multipart upload, recover from a location; `POST|GET /locks`),
+with Qdrant's
 response envelopes (`{"result": ..., "status": "ok", "time": ...}`) and error
 bodies (`{"status": {"error": "..."}, "time": ...}`).
 
@@ -10,6 +11,11 @@ Snapshots are uncompressed tar archives (as Qdrant's are) holding the
 collection's config and points as JSON; their sha256 is reported as the
 snapshot's `checksum` and stored beside it in `<name>.checksum`, as Qdrant does.
 Recovering a snapshot replaces the collection's points with the archived ones.
+
+`POST /locks {"write": true}` forbids point writes and collection creation through the API (403,
+the lock's error message) until `{"write": false}`, as Qdrant 1.12 does; it answers the previous
+options. Like Qdrant's, snapshot recovery is not a checked write (it runs under the lock), and the
+lock is not persistent (a restart clears it).
 
 Run standalone::
 
@@ -335,6 +341,7 @@ class QdrantState:
         # test faults: "misreport_checksum" (describe a checksum that is not the file's),
         # "corrupt_download" (serve a snapshot with one byte flipped)
         self.faults: set[str] = set()
+        self.locks: dict[str, Any] = {"write": False, "error_message": None}  # POST /locks; not persisted
         snapshots_dir.mkdir(parents=True, exist_ok=True)
         if storage_dir is not None:
             self._load()
@@ -579,6 +586,8 @@ class Handler(BaseHTTPRequestHandler):
             return lambda: self._send_json(200, {"title": TITLE, "version": VERSION, "commit": COMMIT})
         if n == 1 and seg[0] in ("healthz", "livez", "readyz") and method == "GET":
             return lambda: self._send_raw(200, f"{seg[0]} check passed".encode(), "text/plain; charset=utf-8")
+        if seg == ["locks"] and method in ("GET", "POST"):
+            return self._get_locks if method == "GET" else self._set_locks
         if not seg or seg[0] != "collections":
             return None
         if n == 1 and method == "GET":
@@ -692,6 +701,27 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"Query deserialize error: {name}: provided string was not `true` or `false`")
         return value == "true"
 
+    # locks --------------------------------------------------------------------------
+    def _get_locks(self) -> None:
+        with self.state.lock:
+            self._ok(dict(self.state.locks))
+
+    def _set_locks(self) -> None:
+        body = self._json_body(required=True)
+        if not isinstance(body.get("write"), bool):
+            raise ApiError(400, "Json deserialize error: missing field `write`")
+        message = body.get("error_message")
+        with self.state.lock:
+            previous = dict(self.state.locks)
+            self.state.locks = {"write": body["write"], "error_message": message if isinstance(message, str) else None}
+        self._ok(previous)
+
+    def _check_write_lock(self) -> None:
+        """Qdrant's `check_write_lock`: a write while locked is refused with the lock's message."""
+        with self.state.lock:
+            if self.state.locks["write"]:
+                raise ApiError(403, self.state.locks["error_message"] or "Write operations are forbidden")
+
     # collections ------------------------------------------------------------------
     def _list_collections(self) -> None:
         with self.state.lock:
@@ -708,6 +738,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _create_collection(self, name: str) -> None:
         body = self._json_body(required=True)
+        self._check_write_lock()
         if not _NAME_RE.match(name):
             raise ApiError(422, f"Validation error in path parameters: [name: collection name {name!r} "
                                 "contains forbidden characters]")
@@ -736,6 +767,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body(required=True)
         wait = self._flag("wait", False)
         with self.state.lock:
+            self._check_write_lock()  # under the state lock: checked and applied at once
             coll = self.state.get(name)
             incoming: list[tuple[int | str, Any, dict[str, Any]]] = []
             if "points" in body:
@@ -766,6 +798,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body(required=True)
         wait = self._flag("wait", False)
         with self.state.lock:
+            self._check_write_lock()  # under the state lock: checked and applied at once
             coll = self.state.get(name)
             if "points" in body:
                 for raw in body["points"]:
