@@ -28,6 +28,8 @@ from cb_backups.core.catalog import Catalog
 from cb_backups.core.partitions import weekly_sunday_0100
 from cb_backups.core.specs import spec_for
 from cb_backups.demo.embedded import EmbeddedPostgres
+from cb_backups_tests.daemon import dagster_daemon
+from cb_backups_tests.daemon import wait_until as wait_for_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "cb_backups.cli.app"]
@@ -301,29 +303,12 @@ def daemon(home: Path, tmp_path: Path) -> Iterator[Path]:
     # Create the SQLite storage first: the daemon and `dagster job launch` creating it at once race on alembic.
     runs_of(home, "postgres_backup_job")
     env = {**os.environ, "CB_DEAD_RUNS_SENSOR_SECONDS": "2"}  # a tick every few seconds, not every minute
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-m", "cb_backups.definitions"],
-                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with dagster_daemon(log, env):
         yield log
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the daemon's own group: its code server and run processes
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 def daemon_wait(what: str, condition: Callable[[], Any], log: Path) -> Any:
-    deadline = time.monotonic() + DAEMON_TIMEOUT
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)  # polling interval of the wait, not a synchronisation
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    pytest.fail(f"timed out after {DAEMON_TIMEOUT:.0f}s waiting for {what}; daemon log tail:\n{tail}")
+    return wait_for_daemon(what, condition, log, DAEMON_TIMEOUT)
 
 
 def run_start_pid(home: Path, run_id: str) -> int | None:

@@ -7,10 +7,6 @@ this process (the same instance); the daemon's sensor requests the copies and it
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +22,7 @@ from cb_backups.defs.offsite import BY_STORE, OFFSITE_CHECK, manifest_sha
 from cb_backups.offsite import s3 as offsite
 from cb_backups.offsite.state import VERIFIED, offsite_state
 from cb_backups.report.build import offsite_seen
+from cb_backups_tests.daemon import dagster_daemon, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 VALKEY = BY_STORE["valkey"]
@@ -38,29 +35,12 @@ def daemon(offsite_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.Monk
     config.write_text("offsite:\n  sensor_interval_seconds: 5\n")
     monkeypatch.setenv("CB_CONFIG", str(config))
     log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-m", "cb_backups.definitions"],
-                                   cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
+    with dagster_daemon(log):
         yield log
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the daemon's own group: its code server and run processes
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 def wait_for(what: str, condition: Callable[[], bool], log: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)  # polling interval of the wait, not a synchronisation
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    raise AssertionError(f"timed out after {TIMEOUT:.0f}s waiting for {what}; daemon log tail:\n{tail}")
+    wait_until(what, condition, log, TIMEOUT)
 
 
 def copied(instance: dg.DagsterInstance, key: str, sha: str) -> bool:
