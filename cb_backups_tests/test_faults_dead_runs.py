@@ -9,6 +9,7 @@ dagster.yaml, so the store pools are limited to one slot as in production.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psycopg
 import pytest
 
 from cb_backups.cli.shutdown import children
@@ -30,6 +32,7 @@ from cb_backups.core.specs import spec_for
 from cb_backups.demo.embedded import EmbeddedPostgres
 from cb_backups_tests.daemon import dagster_daemon
 from cb_backups_tests.daemon import wait_until as wait_for_daemon
+from cb_backups_tests.databases import databases, own_database
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "cb_backups.cli.app"]
@@ -373,3 +376,57 @@ def test_daemon_sensor_frees_a_sigkilled_daemon_run(home: Path, pg_server: Embed
     assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
     assert "freed the slot" not in backup.stderr  # the daemon had already freed it
     assert Catalog(Path(os.environ["CB_BACKUP_DIR"])).get("postgres", key) is not None
+
+
+# --- a restore killed inside its closed window --------------------------------------------------------------
+
+
+def journal_phase(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text())["phase"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_sigkilled_in_place_restore_is_put_back_by_the_next_run(home: Path, pg_server: EmbeddedPostgres,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 cb_env: dict[str, str]) -> None:
+    """SIGKILL while the live database is moved aside and closed (the safety backup is running, held on a
+    table lock): the live name is missing. The next run of the store (a verify) puts it back, naming the
+    dead restore, and every row written before the restore is there; then an in-place restore works."""
+    acks = "CREATE TABLE acks (id bigint PRIMARY KEY)"
+    with own_database(pg_server, monkeypatch, "cbk", 20, setup=lambda conn: conn.execute(acks)) as db:
+        key = spec_for("postgres").partitions.get_partition_keys()[-1]
+        assert cli(["backup", "postgres", "--partition", key]).returncode == 0
+        with pg_server.connect(db) as conn:
+            conn.execute("INSERT INTO acks (id) VALUES (7)")  # written after the backup: only the live db has it
+        journal = Path(cb_env["CB_BACKUP_DIR"]) / "_restores" / "postgres.json"
+        proc = spawn(["restore", "postgres", "--backup", key, "--target", "in-place", "--yes"])
+        wait_until(lambda: journal_phase(journal) == "closed", "the restore to close the live database", proc=proc)
+        aside = json.loads(journal.read_text())["hold"]["aside"]
+        with contextlib.ExitStack() as stack:
+            lock = stack.enter_context(pg_server.connect(aside))
+            lock.autocommit = False
+            with contextlib.suppress(psycopg.errors.LockNotAvailable):  # pg_dump already has it: kill at once
+                lock.execute(f"LOCK TABLE {LOCKED_TABLE} IN ACCESS EXCLUSIVE MODE NOWAIT")
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        assert journal_phase(journal) == "closed"  # killed inside the window, and the journal says so
+        assert db not in databases(pg_server)  # the live name is gone: the application would be down
+
+        verified = cli(["verify", "postgres", "--partition", key])
+        assert verified.returncode == 0, verified.stderr
+        assert re.search(r"postgres: recovered the in-place restore of .* killed closed \(pid \d+ gone\): "
+                         rf"renamed {aside} back to {db}", verified.stderr), verified.stderr
+        assert not journal.exists()
+        with pg_server.connect(db) as conn:  # in service again, with the write the backup does not have
+            assert conn.execute("SELECT id FROM acks").fetchall() == [(7,)]
+
+        restored = cli(["restore", "postgres", "--backup", key, "--target", "in-place", "--yes"])
+        assert restored.returncode == 0, restored.stderr
+        with pg_server.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM acks").fetchone() == (0,)  # the backup's state
+        kept = [d for d in databases(pg_server) if d.startswith(f"{db}__replaced_")]
+        assert len(kept) == 1  # ... and the data it replaced, with row 7, kept aside
+        with pg_server.connect(kept[0]) as conn:
+            assert conn.execute("SELECT id FROM acks").fetchall() == [(7,)]

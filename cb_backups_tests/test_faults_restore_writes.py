@@ -11,9 +11,12 @@ target holds the backup's counts, and writes attempted during the restore were r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
+import signal
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -509,3 +512,47 @@ def test_failed_neo4j_restore_starts_the_server_again(neo4j_env: Neo4jSettings, 
         raise Boom
     run_cypher(neo4j_env, "MATCH (r:CODE_Repo {name: 'repo-0'}) SET r.after = 1")
     assert run_cypher(neo4j_env, "MATCH (r:CODE_Repo {name: 'repo-0'}) RETURN r.after") == [[1]]
+
+
+def test_valkey_restore_killed_while_the_server_is_stopped_is_rolled_back_by_the_next_run(
+        daemon_valkey: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL while the restore has Valkey stopped (its stop command holds there): the server stays down.
+    The next run of the store starts it again and, since a Valkey restore is not one atomic switch, restores
+    the safety backup the dead restore took, so the data is exactly as before the restore began."""
+    settings = load_settings()
+    store = open_store("valkey", settings)
+    assert isinstance(store, ValkeyStore)
+    load_valkey(store.client, scale=5)
+    Catalog(settings.backup_dir).write("valkey", KEY, store.backup)
+    store.client(db=5).set("after-backup", "1")  # only the live data (and so the safety backup) has it
+    data = Path(settings.store("valkey").data_dir)
+    hold, stopped = tmp_path / "hold-the-stop", tmp_path / "stopped"
+    hold.touch()
+    # The operator's stop command (e.g. `docker compose stop valkey`), here one that holds while `hold` exists.
+    monkeypatch.setenv("CB_VALKEY_STOP", shlex.join(["sh", "-c", f'kill "$(cat {data / "valkey.pid"})"; '
+                                                     f'while kill -0 "$(cat {data / "valkey.pid"})" 2>/dev/null; '
+                                                     f"do sleep 0.05; done; touch {stopped}; "
+                                                     f"while [ -e {hold} ]; do sleep 0.05; done"]))
+    cli = [sys.executable, "-m", "cb_backups.cli.app"]
+    proc = subprocess.Popen([*cli, "restore", "valkey", "--backup", KEY, "--target", "in-place", "--yes"],
+                            env=dict(os.environ), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_until(lambda: stopped.exists() or proc.poll() is not None, 240, "the restore to stop valkey")
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    hold.unlink()
+    journal = settings.catalog().restore_journal("valkey")
+    assert json.loads(journal.read_text())["phase"] == "restoring"
+    with pytest.raises(valkey.exceptions.ConnectionError):
+        store.client().ping()  # down: the application would be too
+
+    verified = subprocess.run([*cli, "verify", "valkey", "--partition", KEY], env=dict(os.environ), text=True,
+                              capture_output=True, timeout=300)
+    assert verified.returncode == 0, verified.stderr
+    assert "valkey: recovered the in-place restore of" in verified.stderr, verified.stderr
+    assert "started valkey again" in verified.stderr and "restored the safety backup" in verified.stderr
+    assert not journal.exists()
+    assert store.client(db=5).get("after-backup") == b"1"  # as before the restore: nothing lost

@@ -17,6 +17,7 @@ from typing import Any
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from cb_backups.cli import shutdown
+from cb_backups.core import process
 from cb_backups.core.errors import CbBackupsError, ConfigError
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -109,10 +110,9 @@ def execute(job: Any, instance: Any, *, partition: str | None = None, partition_
     SIGTERM/SIGINT stop it within seconds (shutdown.guard): the step is interrupted and its child processes
     killed, or else the children are killed and the run is marked failed from here.
     """
-    from cb_backups.defs import liveness
 
     claim_stores(job, partition, instance)
-    tags = liveness.process_tags()
+    tags = process.identity()
     options: dict[str, Any] = {}
     if partition and partition_as_tag:
         tags["dagster/partition"] = partition

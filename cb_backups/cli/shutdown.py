@@ -20,6 +20,8 @@ from os import _exit as hard_exit  # documented os API: exit now, from a thread,
 from pathlib import Path
 from typing import Any
 
+from cb_backups.core import process
+
 GRACE_SECONDS = 5.0
 KILL_WAIT_SECONDS = 2.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -74,7 +76,7 @@ def fail_own_runs(instance: Any) -> list[str]:
 
     from cb_backups.defs import liveness
 
-    mine = liveness.process_tags()
+    mine = process.identity()
     records = instance.get_run_records(filters=dg.RunsFilter(
         statuses=liveness.IN_PROGRESS, tags={liveness.PID_TAG: mine[liveness.PID_TAG],
                                              liveness.HOST_TAG: mine[liveness.HOST_TAG]}))

@@ -8,6 +8,7 @@ out of `repr`, and never appear in errors.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -126,6 +127,7 @@ class OpenSearchSettings:
     repository_type: str = "fs"
     repository_settings: dict[str, Any] = field(default_factory=lambda: {"location": "/mnt/backups", "compress": True})
     method: str = "snapshot"  # or "volume"
+    repository_host_path: str | None = None  # the fs repository folder as mounted HERE, when not at `location`
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Neo4jSettings:
     stop_command: tuple[str, ...] = ()
     start_command: tuple[str, ...] = ()
     dump_dir: str | None = None  # where neo4j-admin writes, as seen from this host
+    method: str = "dump"  # or "export" (online, over Bolt: stores/neo4j_export.py)
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,10 @@ def _strict_text(what: str, value: Any, allowed: str) -> str | None:
 
 def _words(what: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        return tuple(value.split())
+        try:  # shell-like quoting, so a command setting can hold e.g. `sh -c "..."`
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ConfigError(what, value, f"words with balanced quotes ({exc})") from None
     if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) and not isinstance(v, bool)
                                                for v in value):
         return tuple(str(v) for v in value)

@@ -59,6 +59,7 @@ VERIFICATION = "verification.json"
 SAFETY = "_safety"
 RETENTION_LOG = ("_retention", "deletions.jsonl")
 REPORTS = "_reports"
+RESTORES = "_restores"  # restore.recovery's journals of in-place restores in progress
 DOWNLOAD_PREFIX = ".restore-"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 
@@ -166,6 +167,16 @@ class Catalog:
     def deletions_log(self) -> Path:
         """The append-only log of every deletion retention made."""
         return self.root.joinpath(*RETENTION_LOG)
+
+    def restore_journal(self, store: str) -> Path:
+        """Where an in-place restore of `store` notes what it holds (writes stopped, data moved aside) while it
+        runs, so a later process can put the store back in service if it was killed (restore.recovery)."""
+        _check_name("store name", store)
+        return self.root / RESTORES / f"{store}.json"
+
+    def restore_journals(self) -> list[Path]:
+        folder = self.root / RESTORES
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
     @property
     def reports_dir(self) -> Path:

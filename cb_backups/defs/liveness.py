@@ -14,7 +14,6 @@ runs touch one store at once.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,10 +23,13 @@ from typing import Any
 
 import dagster as dg
 
-from cb_backups.core.errors import ConfigError
+from cb_backups.config.settings import load_settings
+from cb_backups.core import process
+from cb_backups.core.errors import CbBackupsError, ConfigError
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
+from cb_backups.restore.recovery import recover_restores, recover_store
 
-HOST_TAG, BOOT_TAG, PID_TAG, START_TAG = "cb/host", "cb/boot", "cb/pid", "cb/pid_start"
+HOST_TAG, BOOT_TAG, PID_TAG, START_TAG = process.HOST, process.BOOT, process.PID, process.START
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 SENSOR_ENV, DEFAULT_SENSOR_SECONDS = "CB_DEAD_RUNS_SENSOR_SECONDS", 60
 
@@ -52,56 +54,6 @@ def stores_of(store_tag: str | None) -> list[str]:
     return [*STORE_NAMES, FULL_SYSTEM] if store_tag == FULL_SYSTEM else [store_tag]
 
 
-def _boot_id() -> str:
-    path = Path("/proc/sys/kernel/random/boot_id")
-    return path.read_text().strip() if path.exists() else ""
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), None if no such process or only its zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
-    # A SIGKILLed run worker stays a zombie until its parent (e.g. the daemon's code server) reaps it.
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])  # field 22
-
-
-def _start_epoch(pid: int) -> float | None:
-    ticks = _start_ticks(pid)
-    if ticks is None:
-        return None
-    btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                 if line.startswith("btime "))
-    return btime + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _pid_exists(pid: int) -> bool:
-    if Path("/proc").is_dir():
-        return _start_ticks(pid) is not None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_tags(pid: int | None = None) -> dict[str, str]:
-    """Tags that let a later process tell whether this one still runs."""
-    pid = pid or os.getpid()
-    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(pid)}
-    if (boot := _boot_id()):
-        tags[BOOT_TAG] = boot
-    if (ticks := _start_ticks(pid)) is not None:
-        tags[START_TAG] = str(ticks)
-    return tags
-
-
 def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
     event = records[0].event_log_entry.dagster_event if records else None
@@ -112,24 +64,14 @@ def dead_reason(instance: dg.DagsterInstance, record: dg.RunRecord) -> str | Non
     """Why this in-progress run is dead ("pid N gone"), or None when it is alive or cannot be judged here."""
     tags = record.dagster_run.tags
     if PID_TAG in tags:
-        if tags.get(HOST_TAG) != socket.gethostname():
-            return None  # another host: its own process table, its own monitoring
-        pid = int(tags[PID_TAG])
-        if tags.get(BOOT_TAG) and tags[BOOT_TAG] != _boot_id():
-            return f"pid {pid} gone: the host restarted"
-        if not _pid_exists(pid):
-            return f"pid {pid} gone"
-        ticks = _start_ticks(pid)
-        if tags.get(START_TAG) and ticks is not None and str(ticks) != tags[START_TAG]:
-            return f"pid {pid} gone; the number now belongs to another process"
-        return None
+        return process.gone(dict(tags))
     if not isinstance(instance.run_launcher, dg.DefaultRunLauncher):
         return None  # e.g. DockerRunLauncher: the daemon's run monitoring checks the container
     pid = _worker_pid(instance, record.dagster_run.run_id)
     if pid is None:
         return None  # not started yet: run monitoring's start timeout covers it
-    started = _start_epoch(pid) if Path("/proc").is_dir() else None
-    if started is None and not _pid_exists(pid):
+    started = process.start_epoch(pid) if Path("/proc").is_dir() else None
+    if started is None and not process.pid_exists(pid):
         return f"pid {pid} gone"
     if started is not None and record.start_time and started > record.start_time + 1:
         return f"pid {pid} gone; the number now belongs to another process"
@@ -187,11 +129,30 @@ def holders(instance: dg.DagsterInstance, stores: Iterable[str]) -> list[Holder]
 
 
 def free_dead_runs(instance: dg.DagsterInstance, stores: Iterable[str]) -> list[str]:
-    """Mark dead runs of `stores` failed and free their slots and tag claims; one line per run freed."""
-    lines = []
+    """Mark dead runs of `stores` failed and free their slots and tag claims, then put back in service what
+    they left held (restore.recovery: a killed in-place restore, Neo4j stopped by a killed dump); one line
+    per thing done."""
+    stores = list(stores)
+    lines, dead = _free(instance, stores)
+    try:
+        settings = load_settings()
+    except CbBackupsError as exc:  # bad settings are reported by the run itself
+        return [*lines, f"could not check what dead runs left held: {exc}"] if dead else lines
+    configured = set(settings.configured_stores())
+    for store in sorted(dead & configured):
+        lines += recover_store(settings, store)
+    return lines + recover_restores(settings, [s for s in stores if s in configured])
+
+
+def _free(instance: dg.DagsterInstance, stores: list[str]) -> tuple[list[str], set[str]]:
+    """(one line per run freed, the stores of the dead ones)."""
+    lines: list[str] = []
+    dead: set[str] = set()
     for holder in holders(instance, stores):
         if holder.dead:
             record = instance.get_run_record_by_id(holder.run_id)
+            if record is not None:
+                dead |= set(stores_of(record.dagster_run.tags.get("store")))
             if record is not None and record.dagster_run.status in IN_PROGRESS:
                 # Failing the run frees its `store` tag claim (the run queue counts runs in progress).
                 instance.report_run_failed(record.dagster_run, f"the run's process died ({holder.dead}); "
@@ -201,7 +162,7 @@ def free_dead_runs(instance: dg.DagsterInstance, stores: Iterable[str]) -> list[
         elif holder.finished:
             instance.event_log_storage.free_concurrency_slots_for_run(holder.run_id)
             lines.append(f"freed the slot of finished run {holder.run_id} ({holder.status})")
-    return lines
+    return lines, dead
 
 
 def live_holders(instance: dg.DagsterInstance, stores: Iterable[str], *, exclude: str | None = None) -> list[Holder]:

@@ -14,7 +14,7 @@ import dagster as dg
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Progress, Target
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES, STORES, StoreSpec, spec_for
-from cb_backups.defs.liveness import store_pools
+from cb_backups.defs.liveness import free_dead_runs, store_pools
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.restore.execute import RestoreResult, execute_full_restore, execute_restore
@@ -86,6 +86,8 @@ def restore_job(spec: StoreSpec) -> dg.JobDefinition:
     def _restore(context: dg.OpExecutionContext, config: RestoreConfig,
                  backups: BackupsResource) -> Iterator[dg.AssetObservation | dg.Output[dict[str, Any]]]:
         target = _target(config, spec.name)
+        for line in free_dead_runs(context.instance, [spec.name]):  # e.g. an earlier restore killed midway
+            context.log.warning(line)
         try:
             plan = plan_restore(backups.settings(), spec.name, config.backup, config.source, target)
             for line in plan.describe():
@@ -114,6 +116,8 @@ def restore_job(spec: StoreSpec) -> dg.JobDefinition:
 def _full_restore(context: dg.OpExecutionContext, config: RestoreConfig,
                   backups: BackupsResource) -> Iterator[dg.AssetObservation | dg.Output[dict[str, Any]]]:
     target = _target(config, FULL_SYSTEM)
+    for line in free_dead_runs(context.instance, STORE_NAMES):
+        context.log.warning(line)
     try:
         full = plan_full_restore(backups.settings(), config.backup, config.source, target)
         for line in full.describe():

@@ -30,6 +30,7 @@ from cb_backups.core.model import Artifact, Inventory, Progress, Verification, n
 from cb_backups.core.specs import FULL_SYSTEM
 from cb_backups.full_system.backup import store_view, stores_in
 from cb_backups.offsite import s3 as offsite
+from cb_backups.restore.journal import CLOSED, RESTORING, journaled
 from cb_backups.restore.plan import FULL_PREFIX, LATEST, SAFETY_PREFIX, FullRestorePlan, RestorePlan, hms
 from cb_backups.restore.safety import prune_safety, take_safety_backup
 from cb_backups.stores.base import DRILL, Store, kept_aside, prune_kept_aside, quiesced, staged
@@ -216,16 +217,24 @@ def _apply(prepared: _Prepared, progress: Progress, started: float) -> RestoreRe
         staged(store, artifact, plan.target, progress)
     with contextlib.ExitStack() as closed:
         if in_place:
+            # If this process is killed inside the closed window, the journal lets the next run put the
+            # store back in service (restore.recovery). Restoring a safety backup: that one is the fallback.
+            entry = closed.enter_context(journaled(catalog, plan.store, artifact.partition_key, plan.target))
+            if artifact.manifest.kind == "safety":
+                entry.update(safety=artifact.partition_key)
             # Writes stop BEFORE the safety backup and stay stopped until the new data is in: a write
             # attempted meanwhile is refused, so the safety backup (and what the store keeps aside)
             # holds every acknowledged write. On error the store accepts writes again (quiesce's exit).
             progress(f"{plan.store}: closing {store.describe_target(plan.target)} to writes", 0, None)
             try:
-                closed.enter_context(quiesced(store, plan.target))
+                hold = closed.enter_context(quiesced(store, plan.target))
             except CbBackupsError as exc:
                 raise RestoreRefused(plan.store, f"could not stop writes to the target, so nothing was "
                                                  f"restored: {exc}") from None
+            entry.update(phase=CLOSED, hold=hold)
         safety = _safety_backup(prepared, catalog, progress) if in_place and plan.safety_backup else None
+        if in_place:
+            entry.update(phase=RESTORING, **({"safety": safety.partition_key} if safety else {}))
         counts = _restore(prepared, safety, progress)
     expected = artifact.manifest.inventory
     problems = store.compare_counts(expected, counts, plan.target)

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError
 from cb_backups.core.model import Artifact, BackupOutput, Health, Inventory, Progress, Target, Verification, no_progress
@@ -102,10 +102,12 @@ class GuardsInPlace(Protocol):
         `<db>__incoming` and count it), so writes stop for as short as possible; `restore` then reuses it."""
         ...
 
-    def quiesce(self, target: Target) -> contextlib.AbstractContextManager[None]:
+    def quiesce(self, target: Target) -> contextlib.AbstractContextManager[dict[str, Any] | None]:
         """Stop the in-place `target` accepting writes until the block ends. A write attempted meanwhile
         is refused or held and then fails: never acknowledged and lost. The safety backup taken inside
-        the block therefore holds every acknowledged write. On error the target accepts writes again."""
+        the block therefore holds every acknowledged write. On error the target accepts writes again.
+        Yields what it holds (JSON-able, e.g. the name it moved the data aside to), which the restore
+        journals so `Recovers.recover` can undo it if this process is killed inside the block."""
         ...
 
     def replaced(self) -> list[str]:
@@ -117,7 +119,33 @@ class GuardsInPlace(Protocol):
         ...
 
 
-def quiesced(store: Store, target: Target) -> contextlib.AbstractContextManager[None]:
+@runtime_checkable
+class Recovers(Protocol):
+    """A store that can be put back in service after the process holding it was killed (SIGKILL, OOM,
+    reboot) inside `quiesce`, or inside a backup that takes it offline (Neo4j's offline dump)."""
+
+    # True when an in-place `restore` switches old for new data in one step (PostgreSQL's rename), so a
+    # restore killed inside it leaves one or the other whole; False: it may leave the target half-written
+    # and recovery restores the safety backup taken before it.
+    swaps_in_place: bool
+
+    def recover(self, target: Target, hold: dict[str, Any] | None) -> list[str]:
+        """Undo what `hold` says this store was left in: writes stopped, data moved aside, server stopped.
+        `hold` is what `quiesce` yielded, `{}` for a restore killed before `quiesce` said, None for a killed
+        run that was not restoring (a backup). Idempotent, a no-op on a store in service; one line per
+        thing put back."""
+        ...
+
+
+def recovered(store: Store, target: Target, hold: dict[str, Any] | None) -> list[str]:
+    return store.recover(target, hold) if isinstance(store, Recovers) else []
+
+
+def swaps_in_place(store: Store) -> bool:
+    return isinstance(store, Recovers) and store.swaps_in_place
+
+
+def quiesced(store: Store, target: Target) -> contextlib.AbstractContextManager[dict[str, Any] | None]:
     """`store.quiesce(target)`, or nothing for a store that cannot hold writes off."""
     return store.quiesce(target) if isinstance(store, GuardsInPlace) else contextlib.nullcontext()
 

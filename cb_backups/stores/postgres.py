@@ -404,7 +404,7 @@ class PostgresStore:
 
     # --- writes during an in-place restore --------------------------------------
     @contextmanager
-    def quiesce(self, target: Target) -> Iterator[None]:
+    def quiesce(self, target: Target) -> Iterator[dict[str, Any] | None]:
         """Close the live database to every connection, end its sessions, and rename it aside.
 
         From then on the application's connections are refused ("database ... does not exist"),
@@ -419,12 +419,12 @@ class PostgresStore:
             if target.mode == "in_place":
                 self._recover(admin, final)
             if target.mode != "in_place" or not _exists(admin, final):
-                yield
+                yield None
                 return
             aside = self._move_aside(admin, final)
         self._source = aside
         try:
-            yield
+            yield {"database": final, "aside": aside}
         except BaseException:
             with self.connect("postgres") as admin:
                 if not _exists(admin, final):
@@ -458,18 +458,42 @@ class PostgresStore:
             sql.Identifier(aside), sql.Literal(_aside_comment(final))))
         return aside
 
-    def _recover(self, admin: psycopg.Connection[Any], final: str) -> None:
+    def _recover(self, admin: psycopg.Connection[Any], final: str) -> str | None:
         """A restore killed between moving `final` aside and the swap left it missing: rename the newest
         database it moved aside back (it holds the live data as it was when writes stopped)."""
         if _exists(admin, final):
-            return
+            return None
         marker = _aside_comment(final)
         rows = admin.execute("SELECT d.datname FROM pg_database d JOIN pg_shdescription c ON c.objoid = d.oid "
                              "WHERE c.description = %s ORDER BY d.datname DESC", (marker,)).fetchall()
         if rows:
+            # a killed restore's own sessions (its pg_dump, waiting on a lock) may linger: end them first
+            wait_until(lambda: self._terminate(admin, rows[0][0]) == 0, 60, f"the sessions of {rows[0][0]} to end")
             admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(rows[0][0]),
                                                                           sql.Identifier(final)))
             admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(final)))
+            return str(rows[0][0])
+        return None
+
+    swaps_in_place = True  # the new database is renamed in: a killed swap leaves old or new whole
+
+    def recover(self, target: Target, hold: dict[str, Any] | None) -> list[str]:
+        """A restore killed inside `quiesce`: the live name missing (its data moved aside) is renamed back,
+        and a live database left closed to connections (killed while closing it) is opened again."""
+        if target.mode != "in_place" or hold is None:
+            return []  # a killed backup leaves nothing held here
+        final = str(hold.get("database") or self._database(target))
+        _check_dbname(final)
+        done = []
+        with self.connect("postgres") as admin:
+            back = self._recover(admin, final)
+            if back:
+                done.append(f"renamed {back} back to {final} (the live data as it was when writes stopped)")
+            row = admin.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (final,)).fetchone()
+            if row is not None and not row[0]:
+                admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(final)))
+                done.append(f"{final} accepts connections again")
+        return done
 
     def replaced(self) -> list[str]:
         """Every `<db>__replaced_<stamp>` database on the server, with what it was."""

@@ -353,7 +353,7 @@ class ValkeyStore:
         """Nothing to prepare: the RDB is placed while the server is stopped."""
 
     @contextlib.contextmanager
-    def quiesce(self, target: Target) -> Iterator[None]:
+    def quiesce(self, target: Target) -> Iterator[dict[str, Any] | None]:
         """`CLIENT PAUSE <ms> WRITE` until the block ends, renewed while it lasts.
 
         Clients' write commands are held, not executed; the restore then stops the server, which
@@ -362,7 +362,7 @@ class ValkeyStore:
         the old one after an error) is unpaused.
         """
         if target.mode != "in_place":
-            yield
+            yield None
             return
         client = self.client()
         self._call(client.execute_command, "CLIENT", "PAUSE", PAUSE_MS, "WRITE")
@@ -378,12 +378,35 @@ class ValkeyStore:
         renewer = threading.Thread(target=renew, name="valkey-pause", daemon=True)
         renewer.start()
         try:
-            yield
+            yield {"paused_ms": PAUSE_MS}
         finally:
             done.set()
             renewer.join()
             with contextlib.suppress(valkey.exceptions.ValkeyError):
                 self.client().execute_command("CLIENT", "UNPAUSE")
+
+    swaps_in_place = False  # the server is stopped and its files replaced: a killed restore may leave either
+
+    def recover(self, target: Target, hold: dict[str, Any] | None) -> list[str]:
+        """A restore killed while the server was stopped: start it again (its pause, if any, is lifted too;
+        a pause also ends by itself within PAUSE_MS)."""
+        if target.mode != "in_place" or hold is None:
+            return []
+        done = []
+        try:
+            self.client().ping()
+        except valkey.exceptions.ValkeyError:
+            if not self.settings.start_command:
+                raise StoreUnavailable(self.name, "valkey does not answer and no start_command is set to start "
+                                                  "it again (CB_VALKEY_START)") from None
+            run_tool(self.name, self.settings.start_command, timeout=120)
+            wait_until(lambda: self.client().info("persistence").get("loading") == 0, 300, "valkey to start")
+            done.append("started valkey again")
+        if "paused_ms" in hold:
+            with contextlib.suppress(valkey.exceptions.ValkeyError):
+                self.client().execute_command("CLIENT", "UNPAUSE")
+                done.append("writes accepted again (CLIENT UNPAUSE)")
+        return done
 
     def _asides(self) -> list[Path]:
         data_dir = Path(self.settings.data_dir) if self.settings.data_dir else None
