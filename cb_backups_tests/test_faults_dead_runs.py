@@ -139,6 +139,9 @@ def test_sigkilled_backup_inside_pg_dump_never_wedges_the_store(home: Path, pg_s
     proc, dead_run = started_backup(home, pg_server, key)
     os.killpg(proc.pid, signal.SIGKILL)  # the OOM-kill / container-kill case: no cleanup at all
     proc.wait()
+    # Its server session, still waiting for the lock, notices the client is gone (client_connection_check_interval)
+    # and ends instead of taking the lock later and holding it against the next runs.
+    wait_until(lambda: pg_dump_sessions(pg_server) == 0, "the dead pg_dump's server session to end", timeout=60)
     table_lock()
     assert slot_holders(home, "store_postgres") == {dead_run}  # the wedge: a dead run holds the slot
 

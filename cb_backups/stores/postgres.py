@@ -126,6 +126,11 @@ class PostgresStore:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(PGHOST=self.settings.host, PGPORT=str(self.settings.port), PGUSER=self.settings.user)
+        # A pg_dump/pg_restore killed with its run (SIGKILL) leaves its server session behind, e.g. waiting on a
+        # lock and then holding its own; the server checks every 5 s whether the client is gone and ends it.
+        options = env.get("PGOPTIONS", "")
+        if "client_connection_check_interval" not in options:
+            env["PGOPTIONS"] = f"{options} -c client_connection_check_interval=5000".strip()
         if self.settings.password:
             env["PGPASSWORD"] = self.settings.password
         return env
