@@ -21,6 +21,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
 from cb_backups.config.settings import QdrantSettings
+from cb_backups.demo.sample_data import load_qdrant
 from cb_backups_tests.emulators.qdrant import QdrantEmulator
 
 EMULATOR_API_KEY = "qd-T3st-k3y-5e1f0a"
@@ -122,6 +123,30 @@ def qdrant_seeded(qdrant_client: QdrantClient) -> Iterator[SeededCollections]:
     seeded = SeededCollections(qdrant_client, names, {names[a]: c for a, (_, c) in APP_COLLECTIONS.items()})
     try:
         yield seeded
+    finally:
+        for collection in qdrant_client.get_collections().collections:
+            if collection.name.startswith(prefix):
+                qdrant_client.delete_collection(collection.name)
+
+
+@dataclass
+class HybridCollection:
+    """The application's hybrid-search collection (sample_data.load_qdrant) and its alias."""
+
+    client: QdrantClient
+    collection: str
+    alias: str
+    count: int
+
+
+@pytest.fixture()
+def qdrant_hybrid(qdrant_client: QdrantClient) -> Iterator[HybridCollection]:
+    """Named dense + sparse vectors, payload indexes, quantization, an alias; dropped afterwards."""
+    prefix = f"cbt{uuid.uuid4().hex[:8]}_"
+    count = load_qdrant(qdrant_client, prefix + "memories_v1", prefix + "memories", scale=60,
+                        dense={"text": 32, "code": 16})
+    try:
+        yield HybridCollection(qdrant_client, prefix + "memories_v1", prefix + "memories", count)
     finally:
         for collection in qdrant_client.get_collections().collections:
             if collection.name.startswith(prefix):

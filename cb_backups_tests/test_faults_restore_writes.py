@@ -35,14 +35,18 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, load_settings
+from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, Settings, load_settings
+from cb_backups.core import process
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.model import Target
 from cb_backups.core.net import free_port, wait_until
 from cb_backups.demo.embedded import EmbeddedPostgres, valkey_bin_dir
 from cb_backups.demo.sample_data import load_valkey
+from cb_backups.restore import journal
 from cb_backups.restore.execute import execute_restore
 from cb_backups.restore.plan import plan_restore
+from cb_backups.restore.recovery import recover_restores
+from cb_backups.restore.safety import take_safety_backup
 from cb_backups.stores.base import DRILL
 from cb_backups.stores.registry import open_store
 from cb_backups.stores.valkey import ValkeyStore
@@ -556,3 +560,49 @@ def test_valkey_restore_killed_while_the_server_is_stopped_is_rolled_back_by_the
     assert "started valkey again" in verified.stderr and "restored the safety backup" in verified.stderr
     assert not journal.exists()
     assert store.client(db=5).get("after-backup") == b"1"  # as before the restore: nothing lost
+
+
+# --- a restore killed midway: the next run puts the store back (restore.recovery) --------------------------
+
+
+def dead_identity() -> dict[str, str]:
+    """process.identity() of a process that has since died, as a SIGKILLed restore's journal holds."""
+    proc = subprocess.Popen(["sleep", "60"])
+    identity = process.identity(proc.pid)
+    proc.kill()
+    proc.wait()
+    return identity
+
+
+def killed_restore(settings: Settings, store: str, backup: str, hold: dict | None, safety: str) -> Path:
+    """The journal a restore leaves when it is SIGKILLed while overwriting the data (phase restoring)."""
+    path = settings.catalog().restore_journal(store)
+    journal.write(path, journal.Entry(store, backup, {"mode": "in_place", "options": {}}, dead_identity(),
+                                      "2026-12-01T00:00:00Z", journal.RESTORING, hold, safety))
+    return path
+
+
+def test_qdrant_restore_killed_with_writes_locked_is_unlocked_and_rolled_back(
+        cb_env: dict[str, str], qdrant_url: str, qdrant_api_key: str | None, qdrant_seeded: SeededCollections,
+        qdrant_client: QdrantClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CB_QDRANT_URL", qdrant_url)
+    if qdrant_api_key:
+        monkeypatch.setenv("CB_QDRANT_API_KEY", qdrant_api_key)
+    settings = load_settings()
+    store = open_store("qdrant", settings)
+    Catalog(settings.backup_dir).write("qdrant", DAY, store.backup)
+    collection = qdrant_seeded.name("code_embeddings")
+    vector = [1.0] + [0.0] * 255
+    qdrant_client.upsert(collection, points=[qm.PointStruct(id=10**7, vector=vector)], wait=True)  # after the backup
+    safety = take_safety_backup(settings.catalog(), store)
+    qdrant_client.delete(collection, points_selector=qm.PointIdsList(points=[1]), wait=True)  # the half-done restore
+    killed = store.quiesce(Target("in_place"))  # kept referenced: never exited, the process was killed in here
+    hold = killed.__enter__()
+    path = killed_restore(settings, "qdrant", DAY, hold, safety.partition_key)
+
+    lines = recover_restores(settings)
+    assert len(lines) == 1 and "writes unlocked" in lines[0] and "restored the safety backup" in lines[0], lines
+    assert not path.exists()
+    assert {int(p.id) for p in qdrant_client.retrieve(collection, ids=[1, 10**7])} == {1, 10**7}  # as before
+    qdrant_client.upsert(collection, points=[qm.PointStruct(id=10**7 + 1, vector=vector)], wait=True)  # takes writes
+    assert recover_restores(settings) == []  # done once, for good

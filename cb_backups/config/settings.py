@@ -115,7 +115,7 @@ class ValkeySettings:
 class QdrantSettings:
     url: str = "http://localhost:6333"
     api_key: str | None = field(default=None, repr=False)
-    method: str = "snapshot"  # or "volume"
+    method: str = "snapshot"  # or "full_snapshot" (single node; restore via volumes.qdrant), "volume"
 
 
 @dataclass(frozen=True)

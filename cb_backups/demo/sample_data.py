@@ -116,3 +116,62 @@ def load_valkey(client_for_db: Any, scale: int = 200, seed: int = 7) -> dict[int
     limits.rpush("queue:reindex", *[f"repo-{j}" for j in range(10)])
     limits.execute()
     return {db: int(client_for_db(db).dbsize()) for db in (0, 1)}
+
+
+# --- Qdrant: the application's hybrid-search collection ------------------------------------------------
+# named dense vectors (text and code embeddings) plus a sparse (BM25-style) vector, payload indexes for
+# the filters the application runs, and an alias the application queries through (so a collection can be
+# rebuilt and switched without a deploy)
+QDRANT_DENSE = {"text": 384, "code": 256}
+QDRANT_SPARSE = "keywords"
+QDRANT_INDEXES: dict[str, Any] = {
+    "user_id": {"type": "keyword", "is_tenant": True},
+    "app": "keyword",
+    "created_at": "datetime",
+    "content": {"type": "text", "tokenizer": "word", "lowercase": True},
+}
+
+
+def qdrant_points(count: int, seed: int = 7, start: int = 0, dense: dict[str, int] | None = None) -> list[Any]:
+    """`count` memories as qdrant-client PointStructs with every named dense vector and the sparse one."""
+    from qdrant_client import models as qm
+
+    rng = random.Random(seed)
+    dims = dense or QDRANT_DENSE
+    points = []
+    for n in range(start, start + count):
+        indices = sorted(rng.sample(range(30_000), 12))
+        vectors: dict[str, Any] = {name: [round(rng.uniform(-1, 1), 5) for _ in range(size)]
+                                   for name, size in dims.items()}
+        vectors[QDRANT_SPARSE] = qm.SparseVector(indices=indices, values=[round(rng.uniform(0.1, 3), 4)
+                                                                          for _ in indices])
+        payload = {"content": f"memory {n}: {_text(rng, 8)}", "user_id": f"u{n % 7}",
+                   "app": ("cli", "ui", "mcp")[n % 3], "created_at": f"2026-11-{1 + n % 28:02d}T10:00:00Z"}
+        points.append(qm.PointStruct(id=str(uuid.UUID(int=rng.getrandbits(128), version=4)), vector=vectors,
+                                     payload=payload))
+    return points
+
+
+def load_qdrant(client: Any, collection: str = "memories_v1", alias: str | None = "memories", scale: int = 200,
+                seed: int = 7, dense: dict[str, int] | None = None) -> int:
+    """Create the application's collection (named dense + sparse vectors, payload indexes, scalar
+    quantization), upsert `scale` memories in batches and point `alias` at it. Returns the points."""
+    from qdrant_client import models as qm
+
+    dims = dense or QDRANT_DENSE
+    client.create_collection(
+        collection,
+        vectors_config={name: qm.VectorParams(size=size, distance=qm.Distance.COSINE) for name, size in dims.items()},
+        sparse_vectors_config={QDRANT_SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+        hnsw_config=qm.HnswConfigDiff(m=32, ef_construct=200),
+        quantization_config=qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(
+            type=qm.ScalarType.INT8, quantile=0.99, always_ram=True)))
+    for field, schema in QDRANT_INDEXES.items():
+        client.create_payload_index(collection, field, field_schema=schema, wait=True)
+    points = qdrant_points(scale, seed, dense=dims)
+    for begin in range(0, len(points), 100):
+        client.upsert(collection, points=points[begin:begin + 100], wait=True)
+    if alias:
+        client.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(
+            create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias))])
+    return len(points)

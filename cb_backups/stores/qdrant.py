@@ -12,6 +12,22 @@ Restore uploads each snapshot to `POST /collections/{name}/snapshots/upload`
 with `priority=snapshot` and the recorded checksum, so Qdrant itself refuses a
 damaged upload; a scratch restore writes to `<collection><suffix>` instead.
 
+A collection snapshot holds the collection's config, points, vectors (dense, named, sparse) and
+payload indexes, but not its aliases, through which the application queries. So the manifest also
+records every alias and each collection's config (`options.collections`: vectors, sparse vectors,
+HNSW, quantization, payload index schema); a restore recreates the aliases of the restored
+collections in one atomic `POST /collections/aliases` (a scratch copy gets `<alias><suffix>` ->
+`<collection><suffix>`), then checks config, payload indexes and aliases against the manifest
+(RestoreFailed when they differ; the points are counted by the caller).
+
+Full-storage method (`method: full_snapshot`, single-node servers): `POST /snapshots` (every
+collection and the aliases at one moment), downloaded streamed and checked against Qdrant's
+checksum, then deleted on the server. Qdrant recovers a storage snapshot only at start-up
+(`qdrant --storage-snapshot FILE --force-snapshot`), so an in-place restore runs
+`volumes.qdrant.stop_command`, then `volumes.qdrant.start_command` with `{snapshot}` replaced by
+the verified file's path, waits for the server, and checks counts, config and aliases. A scratch
+restore (drills) uploads the collection snapshots inside the archive as `<collection><suffix>`.
+
 Volume method (`method: volume`): stop the service, tar its data folder, start it
 again (cb_backups/stores/volume.py). No Dagster here.
 
@@ -27,6 +43,7 @@ import contextlib
 import json
 import shutil
 import tarfile
+import tempfile
 import time
 import uuid
 import warnings
@@ -44,7 +61,14 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from cb_backups.config.redact import redact_url
 from cb_backups.config.settings import QdrantSettings, VolumeSettings
 from cb_backups.core.catalog import checksum_problems
-from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError, RestoreRefused, StoreUnavailable
+from cb_backups.core.errors import (
+    BackupFailed,
+    CbBackupsError,
+    ConfigError,
+    RestoreFailed,
+    RestoreRefused,
+    StoreUnavailable,
+)
 from cb_backups.core.fileio import CHUNK, HashingWriter
 from cb_backups.core.model import (
     Artifact,
@@ -68,7 +92,10 @@ from cb_backups.stores.base import (
 )
 from cb_backups.stores.volume import extract_tar, service_stopped, tar_directory
 
-METHODS = ("snapshot", "volume")
+METHODS = ("snapshot", "full_snapshot", "volume")
+FULL_FILE = "qdrant-full.snapshot"
+SNAPSHOT_PLACEHOLDER = "{snapshot}"  # in volumes.qdrant.start_command: the storage snapshot to recover
+CONFIG_SECTIONS = ("vectors", "sparse_vectors", "hnsw_config", "quantization_config", "payload_schema")
 SNAPSHOT_EXT = ".snapshot"
 LOCK_MESSAGE = "cb-backups is restoring this server in place; writes are refused until it ends"
 VOLUME_FILE = "qdrant-volume.tar.gz"
@@ -133,10 +160,22 @@ def scan_archive(path: Path) -> tuple[str, int, int]:
     return reader.sha256, reader.bytes, members
 
 
+def config_differences(expected: Any, actual: Any, where: str) -> list[str]:
+    """What `actual` lacks or holds differently from `expected`; keys only `actual` has are ignored
+    (a newer server may add settings with defaults)."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        problems: list[str] = []
+        for key in sorted(expected):
+            problems += config_differences(expected[key], actual.get(key), f"{where}.{key}")
+        return problems
+    if expected != actual:
+        return [f"{where} is {json.dumps(actual)[:120]}, the backup had {json.dumps(expected)[:120]}"]
+    return []
+
+
 class QdrantStore:
     name = "qdrant"
-    restore_method = "upload each collection snapshot (priority snapshot)"
-    consistency_markers = ("snapshots",)
+    consistency_markers = ("snapshots", "full_snapshot", "aliases")
 
     def __init__(self, settings: QdrantSettings, volume: VolumeSettings | None = None) -> None:
         if settings.method not in METHODS:
@@ -149,6 +188,13 @@ class QdrantStore:
         self.url = settings.url.rstrip("/")
         self.where = redact_url(self.url)
         self._clients: dict[int, QdrantClient] = {}
+
+    @property
+    def restore_method(self) -> str:
+        if self.settings.method == "full_snapshot":
+            return ("stop, start with the storage snapshot recovery (volumes.qdrant.start_command), check "
+                    "config and aliases; scratch: upload its collection snapshots")
+        return "upload each collection snapshot (priority snapshot), recreate the aliases, check config"
 
     # --- plumbing ---------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -252,6 +298,8 @@ class QdrantStore:
     def backup(self, into: Path, progress: Progress = no_progress) -> BackupOutput:
         if self.settings.method == "volume":
             return self._backup_volume(into, progress)
+        if self.settings.method == "full_snapshot":
+            return self._backup_full(into, progress)
         version = self.server_version()
         names = self.collections()
         files: list[FileRecord] = []
@@ -259,52 +307,111 @@ class QdrantStore:
         snapshots: dict[str, str] = {}
         checksums: dict[str, str] = {}
         file_names: dict[str, str] = {}
-        vectors: dict[str, Any] = {}
+        configs: dict[str, Any] = {}
         drift: dict[str, list[int]] = {}
+        aliases = self.aliases(BackupFailed)
         for index, collection in enumerate(names):
             progress(f"qdrant: snapshot of {collection}", index, len(names))
             counts[collection] = self.count(collection)
-            vectors[collection] = self._vectors_config(collection)
-            record, snapshot, checksum = self._snapshot_collection(collection, into, progress)
+            configs[collection] = self.collection_config(collection, BackupFailed)
+            record, snapshot, checksum = self._snapshot(collection, into / snapshot_file_name(collection), progress)
             after = self.count(collection)
             if after != counts[collection]:
                 drift[collection] = [counts[collection], after]
             files.append(record)
             snapshots[collection], checksums[collection], file_names[collection] = snapshot, checksum, record.name
         progress("qdrant: snapshots downloaded", len(names), len(names))
-        markers: dict[str, Any] = {"snapshots": snapshots, "checksums": checksums, "files": file_names}
+        markers: dict[str, Any] = {"snapshots": snapshots, "checksums": checksums, "files": file_names,
+                                   "aliases": aliases}
         if drift:
             markers["count_drift"] = drift  # points changed while the snapshot was taken: [before, after]
-        return BackupOutput(files=files, method="snapshot", options={"vectors": vectors, "url": self.where},
+        return BackupOutput(files=files, method="snapshot", options=self._options(configs),
                             versions={"qdrant": version}, inventory={"collections": counts}, markers=markers)
 
-    def _vectors_config(self, collection: str) -> Any:
-        with self._api(f"reading collection {collection!r}", BackupFailed):
-            params = self._client().get_collection(collection).config.params
-        vectors = params.vectors
-        if vectors is None:
-            return None
-        if isinstance(vectors, dict):
-            return {k: v.model_dump(mode="json", exclude_none=True) for k, v in vectors.items()}
-        return vectors.model_dump(mode="json", exclude_none=True)
+    def _backup_full(self, into: Path, progress: Progress) -> BackupOutput:
+        version = self.server_version()
+        self._require_single_node()
+        names = self.collections()
+        counts = {c: self.count(c) for c in names}
+        configs = {c: self.collection_config(c, BackupFailed) for c in names}
+        aliases = self.aliases(BackupFailed)
+        progress("qdrant: full-storage snapshot", 0, None)
+        record, snapshot, checksum = self._snapshot(None, into / FULL_FILE, progress)
+        after = self.inventory()["collections"]
+        markers: dict[str, Any] = {"full_snapshot": snapshot, "checksum": checksum, "file": record.name,
+                                   "collections": names, "aliases": aliases}
+        drift = {c: [n, after.get(c, 0)] for c, n in counts.items() if after.get(c, 0) != n}
+        if drift:
+            markers["count_drift"] = drift  # points changed while the snapshot was taken: [before, after]
+        return BackupOutput(files=[record], method="full_snapshot", options=self._options(configs),
+                            versions={"qdrant": version}, inventory={"collections": counts}, markers=markers)
 
-    def _snapshot_collection(self, collection: str, into: Path, progress: Progress) -> tuple[FileRecord, str, str]:
-        with self._api(f"creating a snapshot of collection {collection!r}", BackupFailed):
-            description = self._client(SLOW_TIMEOUT).create_snapshot(collection, wait=True)
+    def _options(self, configs: dict[str, Any]) -> dict[str, Any]:
+        vectors = {c: config.get("vectors") for c, config in configs.items()}  # kept for older readers
+        return {"vectors": vectors, "collections": configs, "url": self.where}
+
+    def _require_single_node(self) -> None:
+        """Qdrant's storage snapshot covers one node only: refuse a cluster rather than back up a part."""
+        with self._api("reading the cluster status", BackupFailed), self._http() as http:
+            response = http.get(f"{self.url}/cluster")
+            if response.status_code == 404:
+                return  # a server without the cluster API is a single node
+            self._check(response, "reading the cluster status", BackupFailed)
+        status = (response.json().get("result") or {}).get("status")
+        if status != "disabled":
+            raise ConfigError("qdrant method for a cluster", "full_snapshot",
+                              "snapshot (a full-storage snapshot holds one node's shards only)")
+
+    def collection_config(self, collection: str, error: type[CbBackupsError] = StoreUnavailable) -> dict[str, Any]:
+        """What a restore must bring back besides the points: vectors, HNSW, quantization, payload indexes."""
+        action = f"reading collection {collection!r}"
+        with self._api(action, error), self._http() as http:
+            response = http.get(f"{self.url}/collections/{quote(collection, safe='')}")
+            self._check(response, action, error)
+        try:
+            info = response.json()["result"]
+            config = info["config"]
+            params = config["params"]
+        except (ValueError, KeyError, TypeError):
+            raise error(self.name, f"{self.where} did not describe collection {collection!r} like Qdrant") from None
+        schema = {field: {k: v for k, v in index.items() if k in ("data_type", "params") and v is not None}
+                  for field, index in sorted((info.get("payload_schema") or {}).items())}
+        return {"vectors": params.get("vectors"), "sparse_vectors": params.get("sparse_vectors") or {},
+                "hnsw_config": config.get("hnsw_config"), "quantization_config": config.get("quantization_config"),
+                "payload_schema": schema}
+
+    def aliases(self, error: type[CbBackupsError] = StoreUnavailable) -> dict[str, str]:
+        """Every alias on the server: alias -> collection."""
+        with self._api("listing aliases", error), self._http() as http:
+            response = http.get(f"{self.url}/aliases")
+            self._check(response, "listing aliases", error)
+        try:
+            return {a["alias_name"]: a["collection_name"] for a in response.json()["result"]["aliases"]}
+        except (ValueError, KeyError, TypeError):
+            raise error(self.name, f"{self.where} did not answer GET /aliases like Qdrant") from None
+
+    def _snapshot(self, collection: str | None, path: Path, progress: Progress) -> tuple[FileRecord, str, str]:
+        """Create a snapshot of `collection` (None: the full storage), download it to `path`, check it against
+        Qdrant's checksum and size, delete it on the server (also when anything failed)."""
+        what = f"collection {collection!r}" if collection is not None else "the full storage"
+        client = self._client(SLOW_TIMEOUT)
+        with self._api(f"creating a snapshot of {what}", BackupFailed):
+            description = client.create_snapshot(collection, wait=True) if collection is not None \
+                else client.create_full_snapshot(wait=True)
         if description is None:
-            raise BackupFailed(self.name, f"collection {collection!r}: Qdrant did not describe the new snapshot")
+            raise BackupFailed(self.name, f"{what}: Qdrant did not describe the new snapshot")
         snapshot = description.name
         try:
             checksum = description.checksum or self._listed_checksum(collection, snapshot)
             if not checksum:
-                raise BackupFailed(self.name, f"collection {collection!r}: Qdrant reported no checksum for snapshot "
+                raise BackupFailed(self.name, f"{what}: Qdrant reported no checksum for snapshot "
                                               f"{snapshot} (Qdrant >= 1.9 reports one); cannot verify the download")
-            record = self._download(collection, snapshot, into / snapshot_file_name(collection), progress)
+            record = self._download(collection, snapshot, path, progress)
             if record.sha256 != checksum:
-                raise BackupFailed(self.name, f"collection {collection!r}: downloaded snapshot {snapshot} has sha256 "
+                raise BackupFailed(self.name, f"{what}: downloaded snapshot {snapshot} has sha256 "
                                               f"{record.sha256}, but Qdrant reported {checksum}")
             if description.size and record.bytes != description.size:
-                raise BackupFailed(self.name, f"collection {collection!r}: downloaded {record.bytes} bytes of snapshot "
+                raise BackupFailed(self.name, f"{what}: downloaded {record.bytes} bytes of snapshot "
                                               f"{snapshot}, Qdrant reported {description.size}")
         except BaseException:
             self._delete_snapshot_quietly(collection, snapshot)
@@ -312,30 +419,38 @@ class QdrantStore:
         self._delete_snapshot(collection, snapshot)
         return record, snapshot, checksum
 
-    def _listed_checksum(self, collection: str, snapshot: str) -> str | None:
-        with self._api(f"listing snapshots of collection {collection!r}", BackupFailed):
-            for item in self._client().list_snapshots(collection):
+    def _listed_checksum(self, collection: str | None, snapshot: str) -> str | None:
+        with self._api("listing snapshots", BackupFailed):
+            client = self._client()
+            listed = client.list_snapshots(collection) if collection is not None else client.list_full_snapshots()
+            for item in listed:
                 if item.name == snapshot:
                     return item.checksum
         return None
 
-    def _download(self, collection: str, snapshot: str, path: Path, progress: Progress) -> FileRecord:
-        url = f"{self.url}/collections/{quote(collection, safe='')}/snapshots/{quote(snapshot, safe='')}"
-        action = f"downloading snapshot {snapshot} of collection {collection!r}"
+    def _download(self, collection: str | None, snapshot: str, path: Path, progress: Progress) -> FileRecord:
+        base = f"{self.url}/collections/{quote(collection, safe='')}" if collection is not None else self.url
+        url = f"{base}/snapshots/{quote(snapshot, safe='')}"
+        label = collection if collection is not None else "the full storage"
+        action = f"downloading snapshot {snapshot} of {label!r}"
         with self._api(action, BackupFailed), self._http(SLOW_TIMEOUT) as http, http.stream("GET", url) as response:
             self._check(response, action, BackupFailed)
             total = int(response.headers.get("content-length") or 0) or None
             with HashingWriter(path) as out:
                 for block in response.iter_bytes(CHUNK):
                     out.write(block)
-                    progress(f"qdrant: downloading {collection}", out.bytes, total)
+                    progress(f"qdrant: downloading {label}", out.bytes, total)
         return FileRecord(path.name, out.bytes, out.sha256)
 
-    def _delete_snapshot(self, collection: str, snapshot: str) -> None:
-        with self._api(f"deleting server-side snapshot {snapshot} of collection {collection!r}", BackupFailed):
-            self._client(SLOW_TIMEOUT).delete_snapshot(collection, snapshot, wait=True)
+    def _delete_snapshot(self, collection: str | None, snapshot: str) -> None:
+        with self._api(f"deleting server-side snapshot {snapshot}", BackupFailed):
+            client = self._client(SLOW_TIMEOUT)
+            if collection is not None:
+                client.delete_snapshot(collection, snapshot, wait=True)
+            else:
+                client.delete_full_snapshot(snapshot, wait=True)
 
-    def _delete_snapshot_quietly(self, collection: str, snapshot: str) -> None:
+    def _delete_snapshot_quietly(self, collection: str | None, snapshot: str) -> None:
         # the original failure matters more; a leftover snapshot stays visible in Qdrant
         with contextlib.suppress(CbBackupsError):
             self._delete_snapshot(collection, snapshot)
@@ -366,6 +481,8 @@ class QdrantStore:
     def verify(self, artifact: Artifact) -> Verification:
         if artifact.manifest.method == "volume":
             return self._verify_volume(artifact)
+        if artifact.manifest.method == "full_snapshot":
+            return self._verify_full(artifact)
         markers = artifact.manifest.markers
         snapshots, checksums, files = (markers.get(k) for k in ("snapshots", "checksums", "files"))
         if not all(isinstance(m, dict) for m in (snapshots, checksums, files)):
@@ -399,6 +516,33 @@ class QdrantStore:
         for name in sorted(set(recorded) - set(files.values())):
             problems.append(f"{name}: in the manifest but not mapped to a collection")
         return Verification(not problems, problems, {"collections": details})
+
+    def _verify_full(self, artifact: Artifact) -> Verification:
+        markers = artifact.manifest.markers
+        name, checksum = markers.get("file"), markers.get("checksum")
+        recorded = {f.name: f for f in artifact.manifest.files}
+        if not isinstance(name, str) or name not in recorded or not isinstance(checksum, str):
+            return Verification(False, ["manifest markers lack the full snapshot's file and checksum"])
+        path = artifact.path(name)
+        if not path.is_file():
+            return Verification(False, [f"full snapshot file {name} is missing"])
+        try:
+            digest, size, members = scan_archive(path)
+        except ARCHIVE_ERRORS as exc:
+            return Verification(False, [f"{name} is not a readable snapshot archive ({exc})"])
+        problems: list[str] = []
+        if digest != checksum:
+            problems.append(f"{name} sha256 {digest[:12]}… differs from the checksum Qdrant reported "
+                            f"({checksum[:12]}…)")
+        elif digest != recorded[name].sha256 or size != recorded[name].bytes:
+            problems.append(f"{name} differs from the manifest's size/sha256")
+        if members == 0:
+            problems.append(f"{name} is an empty archive")
+        mapping = _full_snapshot_mapping(path) if not problems else None
+        if mapping is not None:
+            problems += [f"collection {c}: not in the full snapshot's config.json"
+                         for c in markers.get("collections") or [] if c not in mapping]
+        return Verification(not problems, problems, {"file": name, "bytes": size, "members": members})
 
     def _verify_volume(self, artifact: Artifact) -> Verification:
         problems: list[str] = []
@@ -439,11 +583,116 @@ class QdrantStore:
             raise RestoreRefused(self.name, str(exc)) from None
         self._check_versions(artifact.manifest.versions.get("qdrant"), server)
         markers = artifact.manifest.markers
-        for index, (collection, destination) in enumerate(plan.items()):
-            progress(f"qdrant: uploading {collection} -> {destination}", index, len(plan))
-            self._upload(artifact.path(markers["files"][collection]), destination, markers["checksums"][collection])
-        progress("qdrant: snapshots uploaded", len(plan), len(plan))
+        if artifact.manifest.method == "full_snapshot":
+            if target.mode == "in_place":
+                self._recover_storage(artifact, target, progress)
+            else:
+                self._upload_from_full(artifact, plan, progress)
+        else:
+            for index, (collection, destination) in enumerate(plan.items()):
+                progress(f"qdrant: uploading {collection} -> {destination}", index, len(plan))
+                self._upload(artifact.path(markers["files"][collection]), destination,
+                             markers["checksums"][collection])
+            progress("qdrant: snapshots uploaded", len(plan), len(plan))
+        self._restore_aliases(artifact, plan, target)
+        problems = self._restored_problems(artifact, plan, target)
+        if problems:
+            raise RestoreFailed(self.name, "the restored collections differ from the backup: " + "; ".join(problems))
         return self._count_plan(plan)
+
+    # --- aliases and config after a restore ------------------------------------------------------
+    def _wanted_aliases(self, artifact: Artifact, plan: dict[str, str], target: Target) -> dict[str, str]:
+        """The backup's aliases of the restored collections, under the target's names."""
+        suffix = "" if target.mode == "in_place" else target.options.get("suffix", DEFAULT_SUFFIX)
+        recorded = artifact.manifest.markers.get("aliases") or {}
+        return {f"{alias}{suffix}": plan[collection] for alias, collection in sorted(recorded.items())
+                if collection in plan}
+
+    def _restore_aliases(self, artifact: Artifact, plan: dict[str, str], target: Target) -> None:
+        """One `POST /collections/aliases`: Qdrant applies its actions atomically, so the application never
+        sees an alias missing or half moved. Aliases the backup did not have are left as they are."""
+        wanted = self._wanted_aliases(artifact, plan, target)
+        current = self.aliases(RestoreFailed)
+        actions: list[dict[str, Any]] = []
+        for alias, collection in wanted.items():
+            if current.get(alias) == collection:
+                continue
+            if alias in current:
+                actions.append({"delete_alias": {"alias_name": alias}})
+            actions.append({"create_alias": {"collection_name": collection, "alias_name": alias}})
+        if not actions:
+            return
+        action = f"recreating aliases {', '.join(sorted(wanted))}"
+        with self._api(action, RestoreFailed), self._http() as http:
+            response = http.post(f"{self.url}/collections/aliases", json={"actions": actions})
+            self._check(response, action, RestoreFailed)
+
+    def _restored_problems(self, artifact: Artifact, plan: dict[str, str], target: Target) -> list[str]:
+        """Config, payload indexes and aliases of the restored collections against the manifest."""
+        problems: list[str] = []
+        configs = artifact.manifest.options.get("collections") or {}
+        for collection, destination in plan.items():
+            expected = configs.get(collection)
+            if not isinstance(expected, dict):
+                continue  # a backup from before configs were recorded
+            actual = self.collection_config(destination, RestoreFailed)
+            have = actual.get("payload_schema") or {}
+            problems += [f"{destination}: payload index {field!r} missing"
+                         for field in sorted(set(expected.get("payload_schema") or {}) - set(have))]
+            for section in CONFIG_SECTIONS:
+                wanted = expected.get(section)
+                if section == "payload_schema" and isinstance(wanted, dict):
+                    wanted = {k: v for k, v in wanted.items() if k in have}  # a missing one is reported above
+                if section in expected:
+                    problems += config_differences(wanted, actual.get(section), f"{destination}.{section}")
+        current = self.aliases(RestoreFailed)
+        for alias, collection in self._wanted_aliases(artifact, plan, target).items():
+            if current.get(alias) != collection:
+                problems.append(f"alias {alias} points to {current.get(alias)!r}, expected {collection!r}")
+        return problems
+
+    # --- full-storage snapshots --------------------------------------------------------------------
+    def _recovery_command(self, snapshot: Path) -> tuple[str, ...]:
+        start = tuple(self.volume.start_command)
+        if not self.volume.stop_command or not any(SNAPSHOT_PLACEHOLDER in part for part in start):
+            raise ConfigError("qdrant volumes.qdrant stop_command/start_command for a full_snapshot restore",
+                              " ".join(start) or None,
+                              "a stop command, and a start command that recovers {snapshot}, e.g. "
+                              "qdrant --storage-snapshot {snapshot} --force-snapshot")
+        return tuple(part.replace(SNAPSHOT_PLACEHOLDER, str(snapshot)) for part in start)
+
+    def _recover_storage(self, artifact: Artifact, target: Target, progress: Progress) -> None:
+        """Qdrant's storage snapshot recovery: stop, start with the verified file, wait until it answers."""
+        path = artifact.path(artifact.manifest.markers["file"])
+        start = self._recovery_command(path.resolve())
+        progress("qdrant: restarting with the storage snapshot recovery", 0, None)
+        try:
+            with service_stopped(self.name, self.volume.stop_command, start):
+                pass
+            self.wait_ready(float(target.options.get("ready_timeout", 120)))
+        except (BackupFailed, StoreUnavailable) as exc:
+            raise RestoreFailed(self.name, f"storage snapshot recovery: {exc}") from None
+        progress("qdrant: storage snapshot recovered", 1, 1)
+
+    def _upload_from_full(self, artifact: Artifact, plan: dict[str, str], progress: Progress) -> None:
+        """Scratch copies from a full snapshot: each collection snapshot inside it, uploaded under its new name."""
+        path = artifact.path(artifact.manifest.markers["file"])
+        mapping = _full_snapshot_mapping(path)
+        if mapping is None:
+            raise RestoreRefused(self.name, f"{path.name} has no config.json mapping collections to their "
+                                            "snapshots; restore it in place")
+        with tempfile.TemporaryDirectory(prefix="cb-qdrant-") as work, tarfile.open(path, "r:*") as tar:
+            for index, (collection, destination) in enumerate(plan.items()):
+                progress(f"qdrant: uploading {collection} -> {destination}", index, len(plan))
+                inner = tar.extractfile(mapping[collection])
+                if inner is None:
+                    raise RestoreRefused(self.name, f"{path.name}: {mapping[collection]} is not a file")
+                part = Path(work) / "collection.snapshot"
+                with HashingWriter(part) as out:
+                    shutil.copyfileobj(inner, out, CHUNK)
+                self._upload(part, destination, out.sha256)
+                part.unlink()
+        progress("qdrant: snapshots uploaded", len(plan), len(plan))
 
     def _count_plan(self, plan: dict[str, str]) -> Inventory:
         """The restored collections counted now, under the backup's names."""
@@ -451,12 +700,18 @@ class QdrantStore:
 
     def _restore_plan(self, artifact: Artifact, target: Target) -> dict[str, str]:
         """Backup collection -> target collection."""
-        known = sorted((artifact.manifest.markers.get("snapshots") or {}).keys())
+        markers = artifact.manifest.markers
+        full = artifact.manifest.method == "full_snapshot"
+        known = sorted(markers.get("collections") or []) if full else sorted((markers.get("snapshots") or {}).keys())
         wanted = target.options.get("collections") or known
         unknown = sorted(set(wanted) - set(known))
         if unknown:
             raise ConfigError("qdrant collection to restore", unknown[0], ", ".join(known) or "none in this backup")
         if target.mode == "in_place":
+            if full and sorted(wanted) != known:
+                raise ConfigError("qdrant collections of an in-place full_snapshot restore", sorted(wanted),
+                                  "all of them (the storage recovery restores every collection); "
+                                  "or restore to scratch")
             return {c: c for c in wanted}
         suffix = target.options.get("suffix", DEFAULT_SUFFIX)
         if not isinstance(suffix, str) or not suffix:
@@ -473,28 +728,52 @@ class QdrantStore:
                 return [f"the backup is from Qdrant {backed_up}, the target runs {have}, which cannot load newer "
                         "snapshots"]
             return []
-        return version_problems(check)
+        problems = version_problems(check)
+        if artifact.manifest.method == "full_snapshot" and target.mode == "in_place":
+            try:
+                self._recovery_command(Path(SNAPSHOT_PLACEHOLDER))
+            except ConfigError as exc:
+                problems.append(str(exc))
+        return problems
 
     def stage(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> None:
         """Nothing to prepare: the snapshots are uploaded into the live collections."""
 
     @contextmanager
-    def quiesce(self, target: Target) -> Iterator[None]:
+    def quiesce(self, target: Target) -> Iterator[dict[str, Any] | None]:
         """The write lock of Qdrant's `POST /locks` until the block ends (see the module docstring)."""
         if target.mode != "in_place" or self.settings.method == "volume":
-            yield  # the volume method stops the whole service for its restore
+            yield None  # the volume method stops the whole service for its restore
             return
         previous = self._set_write_lock(True, LOCK_MESSAGE)
         if previous.get("write"):  # someone locked it before us: it stays as they left it
-            yield
+            yield None
             return
         try:
-            yield
+            yield {"write_lock": LOCK_MESSAGE}
         except BaseException:
             with contextlib.suppress(CbBackupsError):  # the restore's own error is the one to report
                 self._set_write_lock(False)
             raise
         self._set_write_lock(False)
+
+    swaps_in_place = False  # snapshots are uploaded collection by collection
+
+    def recover(self, target: Target, hold: dict[str, Any] | None) -> list[str]:
+        """A restore killed with writes locked: lift the lock if it is still ours (its message says so)."""
+        if target.mode != "in_place" or hold is None:
+            return []
+        with self._api("reading the write lock"), self._http() as http:
+            response = http.get(f"{self.url}/locks")
+            self._check(response, "reading the write lock")
+        try:
+            current = dict(response.json()["result"] or {})
+        except (ValueError, KeyError, TypeError):
+            raise StoreUnavailable(self.name, f"{self.where} did not answer GET /locks like Qdrant") from None
+        if current.get("write") and current.get("error_message") == LOCK_MESSAGE:
+            self._set_write_lock(False)
+            return ["writes unlocked (POST /locks)"]
+        return []
 
     def _set_write_lock(self, write: bool, message: str | None = None) -> dict[str, Any]:
         """`POST /locks`; returns the previous lock options."""
@@ -516,8 +795,11 @@ class QdrantStore:
 
     def describe_target(self, target: Target) -> str:
         if target.mode == "scratch":
-            return f"collections <name>{target.options.get('suffix', DEFAULT_SUFFIX)} at {self.where}"
-        return f"the collections at {self.where}"
+            suffix = target.options.get("suffix", DEFAULT_SUFFIX)
+            return f"collections <name>{suffix} and aliases <alias>{suffix} at {self.where}"
+        if self.settings.method == "full_snapshot":
+            return f"the whole storage (every collection and alias) of {self.where}, restarted"
+        return f"the collections and their aliases at {self.where}"
 
     def scratch_target(self, purpose: str) -> Target:
         return Target("scratch", {"suffix": DEFAULT_SUFFIX if purpose == DRILL else SCRATCH_SUFFIX})
@@ -610,6 +892,19 @@ class QdrantStore:
                     raise StoreUnavailable(self.name, f"{self.where} did not answer within {timeout:.0f}s "
                                                       "after the start command") from None
                 time.sleep(0.2)
+
+
+def _full_snapshot_mapping(path: Path) -> dict[str, str] | None:
+    """collection -> inner snapshot file, from a full snapshot's config.json (None when it has none)."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            member = tar.extractfile("config.json")
+            if member is None:
+                return None
+            mapping = json.load(member).get("collections_mapping")
+    except (KeyError, ValueError, AttributeError, *ARCHIVE_ERRORS):
+        return None
+    return {str(k): str(v) for k, v in mapping.items()} if isinstance(mapping, dict) else None
 
 
 def _replace_contents(data_dir: Path, source: Path) -> None:

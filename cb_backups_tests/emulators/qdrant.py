@@ -1,11 +1,18 @@
 """A Qdrant 1.12 REST emulator for tests: real HTTP, real state, real snapshot archives.
 
-Implements the endpoints cb-backups and its tests use (collections, points
-upsert/retrieve/delete/count/scroll, collection snapshots: create, list,
-download, delete, multipart upload, recover from a location; `POST|GET /locks`),
-with Qdrant's
+Implements the endpoints cb-backups and its tests use (collections with unnamed, named dense and
+sparse vectors, HNSW/quantization config and payload indexes; points upsert/retrieve/delete/count/
+scroll; collection snapshots: create, list, download, delete, multipart upload, recover from a
+location; full-storage snapshots `/snapshots`; the aliases API; `POST|GET /locks`), with Qdrant's
 response envelopes (`{"result": ..., "status": "ok", "time": ...}`) and error
-bodies (`{"status": {"error": "..."}, "time": ...}`).
+bodies (`{"status": {"error": "..."}, "time": ...}`). Collection names resolve aliases for reads and
+point operations, as Qdrant's do; deleting a collection deletes its aliases.
+
+Full-storage snapshots are tars of `config.json` (`collections_mapping`: collection -> inner
+snapshot file, `collections_aliases`: alias -> collection) plus one collection snapshot per
+collection. As in Qdrant they are recovered only at start-up:
+`--storage-snapshot FILE [--force-snapshot]` (without `--force-snapshot` an existing collection
+of the same name stops the start).
 
 Snapshots are uncompressed tar archives (as Qdrant's are) holding the
 collection's config and points as JSON; their sha256 is reported as the
@@ -59,6 +66,7 @@ PEER_ID = 3766212330831337
 DISTANCES = ("Cosine", "Euclid", "Dot", "Manhattan")
 OPEN_EXACT = ("/", "/healthz")  # Qdrant's api-key whitelist
 OPEN_PREFIX = ("/readyz", "/livez")
+HEALTH_BODIES = {"healthz": "healthz check passed", "livez": "healthz check passed", "readyz": "all shards are ready"}
 CHUNK = 64 * 1024
 FORMAT = "cb-qdrant-emulator-snapshot"
 _NAME_RE = re.compile(r"^[^/\\\x00*<>:|?\"]{1,255}$")
@@ -123,6 +131,41 @@ def check_vector_params(value: Any, where: str) -> dict[str, Any]:
     return {k: v for k, v in value.items() if v is not None}
 
 
+PAYLOAD_TYPES = ("keyword", "integer", "float", "geo", "text", "bool", "datetime", "uuid")
+
+
+def check_sparse_params(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"Format error in JSON body: {where}: expected a map")
+    modifier = value.get("modifier")
+    if modifier is not None and modifier not in ("none", "idf"):
+        raise ApiError(400, f"Format error in JSON body: {where}.modifier: unknown variant `{modifier}`, "
+                            "expected `none` or `idf`")
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def parse_sparse_config(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ApiError(400, "Format error in JSON body: sparse_vectors: expected a map")
+    return {name: check_sparse_params(v, f"sparse_vectors.{name}") for name, v in raw.items()}
+
+
+def parse_field_schema(raw: Any) -> dict[str, Any]:
+    """`field_schema` as a type name or params -> {"data_type", "params"?} (PayloadIndexInfo without points)."""
+    if isinstance(raw, str) and raw in PAYLOAD_TYPES:
+        return {"data_type": raw}
+    if isinstance(raw, dict) and raw.get("type") in PAYLOAD_TYPES:
+        return {"data_type": raw["type"], "params": dict(raw)}
+    if raw is None:
+        raise ApiError(400, "Bad request: field_schema is required to create a payload index")
+    raise ApiError(400, f"Format error in JSON body: field_schema: unknown variant {json.dumps(raw)[:60]}, "
+                        f"expected one of {', '.join(f'`{t}`' for t in PAYLOAD_TYPES)}")
+
+
 def parse_vectors_config(raw: Any) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -133,31 +176,71 @@ def parse_vectors_config(raw: Any) -> dict[str, Any]:
     raise ApiError(400, "Format error in JSON body: vectors: expected a map")
 
 
+def canonical_vectors(raw: Any) -> dict[str, Any]:
+    """A stored point's vectors as {name: value}; the unnamed dense vector is named ""."""
+    if raw is None:
+        return {}
+    return dict(raw) if isinstance(raw, dict) else {"": raw}
+
+
+def output_vectors(vectors: dict[str, Any]) -> Any:
+    """Qdrant's VectorStruct: a plain list for a point with only the unnamed vector, else a map."""
+    if set(vectors) == {""}:
+        return vectors[""]
+    return dict(vectors)
+
+
 class Collection:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], payload_schema: dict[str, Any] | None = None) -> None:
         self.config = config
         self.points: dict[int | str, dict[str, Any]] = {}
+        self.payload_schema: dict[str, dict[str, Any]] = dict(payload_schema or {})  # field -> data_type, params
 
     @property
     def vectors(self) -> dict[str, Any]:
         return self.config["params"].get("vectors") or {}
 
-    def check_vector(self, vector: Any) -> Any:
+    @property
+    def sparse(self) -> dict[str, Any]:
+        return self.config["params"].get("sparse_vectors") or {}
+
+    def check_vector(self, vector: Any) -> dict[str, Any]:
+        """Validate a point's vectors against the config; returns them as {name: value}."""
         spec = self.vectors
-        if "size" in spec:  # one unnamed vector
-            if isinstance(vector, dict):
-                vector = vector.get("")
-            self._check_dims(vector, spec["size"], "")
-            return vector
-        if not isinstance(vector, dict):
-            if not spec:
+        dense = {"": spec} if "size" in spec else spec
+        given = canonical_vectors(vector)
+        if not isinstance(vector, dict) and "" not in dense:
+            if not dense:
                 raise ApiError(400, "Wrong input: Not existing vector name error: ")
             raise ApiError(400, "Wrong input: Collection has named vectors; give a vector per name")
-        for name, value in vector.items():
-            if name not in spec:
+        checked: dict[str, Any] = {}
+        for name, value in given.items():
+            if name in dense:
+                self._check_dims(value, dense[name]["size"], name)
+                checked[name] = value
+            elif name in self.sparse:
+                checked[name] = self._check_sparse(value, name)
+            else:
                 raise ApiError(400, f"Wrong input: Not existing vector name error: {name}")
-            self._check_dims(value, spec[name]["size"], name)
-        return vector
+        return checked
+
+    @staticmethod
+    def _check_sparse(value: Any, name: str) -> dict[str, Any]:
+        if not isinstance(value, dict) or not isinstance(value.get("indices"), list) \
+                or not isinstance(value.get("values"), list):
+            raise ApiError(400, f"Format error in JSON body: sparse vector {name!r} must have `indices` and `values`")
+        indices, values = value["indices"], value["values"]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in indices) \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ApiError(400, f"Format error in JSON body: sparse vector {name!r}: indices must be unsigned "
+                                "integers and values numbers")
+        if len(indices) != len(values):
+            raise ApiError(422, f"Validation error in JSON body: [{name}: values and indices must be the same "
+                                "length]")
+        if len(set(indices)) != len(indices):
+            raise ApiError(422, f"Validation error in JSON body: [{name}: indices must be unique]")
+        pairs = sorted(zip(indices, values, strict=True))  # Qdrant keeps sparse vectors sorted by index
+        return {"indices": [i for i, _ in pairs], "values": [v for _, v in pairs]}
 
     @staticmethod
     def _check_dims(vector: Any, size: int, name: str) -> None:
@@ -168,16 +251,18 @@ class Collection:
 
     def info(self) -> dict[str, Any]:
         n = len(self.points)
-        names = 1 if "size" in self.vectors else len(self.vectors)
+        schema = {field: {**index, "points": sum(1 for p in self.points.values()
+                                                 if payload_value(p["payload"], field) not in (None, []))}
+                  for field, index in sorted(self.payload_schema.items())}
         return {
             "status": "green",
             "optimizer_status": "ok",
-            "vectors_count": n * names,
+            "vectors_count": sum(len(p["vector"]) for p in self.points.values()),
             "indexed_vectors_count": 0,
             "points_count": n,
             "segments_count": 2,
             "config": self.config,
-            "payload_schema": {},
+            "payload_schema": schema,
         }
 
 
@@ -255,12 +340,17 @@ def select_payload(payload: dict[str, Any], selector: Any) -> dict[str, Any] | N
     return payload
 
 
-def select_vector(vector: Any, selector: Any) -> Any:
+def select_vector(vectors: dict[str, Any], selector: Any) -> Any:
     if not selector:
         return None
-    if isinstance(selector, list) and isinstance(vector, dict):
-        return {k: v for k, v in vector.items() if k in selector}
-    return vector
+    if isinstance(selector, list):
+        return {k: v for k, v in vectors.items() if k in selector}
+    return output_vectors(vectors)
+
+
+def vector_selector(body: dict[str, Any]) -> Any:
+    """`with_vector`, or its documented alias `with_vectors`."""
+    return body.get("with_vector", body.get("with_vectors", False))
 
 
 def record(key: int | str, point: dict[str, Any], with_payload: Any, with_vector: Any) -> dict[str, Any]:
@@ -332,19 +422,24 @@ def parse_multipart(chunks: Iterator[bytes], boundary: bytes,
 class QdrantState:
     """All collections and snapshots; one lock keeps every operation atomic."""
 
-    def __init__(self, snapshots_dir: Path, storage_dir: Path | None = None) -> None:
+    def __init__(self, snapshots_dir: Path, storage_dir: Path | None = None,
+                 storage_snapshot: Path | None = None, force_snapshot: bool = False) -> None:
         self.lock = threading.RLock()
         self.collections: dict[str, Collection] = {}
+        self.aliases: dict[str, str] = {}  # alias -> collection
         self.snapshots_dir = snapshots_dir
         self.storage_dir = storage_dir
         self.operation_id = 0
         # test faults: "misreport_checksum" (describe a checksum that is not the file's),
-        # "corrupt_download" (serve a snapshot with one byte flipped)
+        # "corrupt_download" (serve a snapshot with one byte flipped),
+        # "forget_payload_indexes" (a recovered collection loses its payload indexes)
         self.faults: set[str] = set()
         self.locks: dict[str, Any] = {"write": False, "error_message": None}  # POST /locks; not persisted
         snapshots_dir.mkdir(parents=True, exist_ok=True)
         if storage_dir is not None:
             self._load()
+        if storage_snapshot is not None:
+            self.recover_storage(Path(storage_snapshot), force_snapshot)
 
     # persistence (only with a storage dir) -----------------------------------
     def _collection_dir(self, name: str) -> Path:
@@ -353,6 +448,9 @@ class QdrantState:
 
     def _load(self) -> None:
         assert self.storage_dir is not None
+        aliases = self.storage_dir / "aliases.json"
+        if aliases.is_file():
+            self.aliases = dict(json.loads(aliases.read_text()))
         base = self.storage_dir / "collections"
         if not base.is_dir():
             return
@@ -361,10 +459,8 @@ class QdrantState:
             if not state_file.is_file():
                 continue
             data = json.loads(state_file.read_text())
-            coll = Collection(data["config"])
-            for item in data["points"]:
-                coll.points[point_key(item["id"])] = {"vector": item["vector"], "payload": item["payload"]}
-            self.collections[folder.name] = coll
+            self.collections[folder.name] = collection_from(data["config"], data["points"],
+                                                            data.get("payload_schema"))
 
     def persist(self, name: str) -> None:
         if self.storage_dir is None:
@@ -373,20 +469,79 @@ class QdrantState:
         coll = self.collections.get(name)
         if coll is None:
             shutil.rmtree(folder, ignore_errors=True)
+            self.persist_aliases()
             return
         folder.mkdir(parents=True, exist_ok=True)
-        data = {"config": coll.config,
-                "points": [{"id": k, **p} for k, p in sorted(coll.points.items(), key=lambda i: sort_key(i[0]))]}
+        data = {"config": coll.config, "payload_schema": coll.payload_schema, "points": sorted_points(coll)}
         tmp = folder / ".state.json.tmp"
         tmp.write_text(json.dumps(data))
         os.replace(tmp, folder / "state.json")
 
+    def persist_aliases(self) -> None:
+        if self.storage_dir is None:
+            return
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.storage_dir / ".aliases.json.tmp"
+        tmp.write_text(json.dumps(self.aliases))
+        os.replace(tmp, self.storage_dir / "aliases.json")
+
     # helpers --------------------------------------------------------------------
     def get(self, name: str) -> Collection:
-        coll = self.collections.get(name)
+        """A collection by name or alias."""
+        coll = self.collections.get(name) or self.collections.get(self.aliases.get(name, ""))
         if coll is None:
             raise not_found_collection(name)
         return coll
+
+    def drop(self, name: str) -> bool:
+        """Delete a collection (by its own name) and every alias of it."""
+        existed = self.collections.pop(name, None) is not None
+        if existed:
+            self.aliases = {a: c for a, c in self.aliases.items() if c != name}
+        self.persist(name)
+        return existed
+
+    # aliases -----------------------------------------------------------------------
+    def list_aliases(self, collection: str | None = None) -> list[dict[str, str]]:
+        with self.lock:
+            if collection is not None and collection not in self.collections:
+                raise not_found_collection(collection)
+            return [{"alias_name": a, "collection_name": c} for a, c in sorted(self.aliases.items())
+                    if collection is None or c == collection]
+
+    def change_aliases(self, actions: Any) -> None:
+        """Apply every action or none (Qdrant's alias changes are atomic)."""
+        if not isinstance(actions, list):
+            raise ApiError(400, "Format error in JSON body: missing field `actions`")
+        with self.lock:
+            aliases = dict(self.aliases)
+            for action in actions:
+                kind = next(iter(action), None) if isinstance(action, dict) and len(action) == 1 else None
+                args = action.get(kind) if kind else None
+                if not isinstance(args, dict):
+                    raise ApiError(400, "Format error in JSON body: actions: data did not match any variant of "
+                                        "untagged enum AliasOperations")
+                if kind == "create_alias":
+                    alias, target = _text_arg(args, "alias_name"), _text_arg(args, "collection_name")
+                    if target not in self.collections:
+                        raise not_found_collection(target)
+                    if alias in self.collections:
+                        raise ApiError(409, f"Wrong input: Collection `{alias}` already exists!")
+                    aliases[alias] = target
+                elif kind == "delete_alias":
+                    alias = _text_arg(args, "alias_name")
+                    if aliases.pop(alias, None) is None:
+                        raise ApiError(404, f"Not found: Alias {alias} does not exists!")
+                elif kind == "rename_alias":
+                    old, new = _text_arg(args, "old_alias_name"), _text_arg(args, "new_alias_name")
+                    if old not in aliases:
+                        raise ApiError(404, f"Not found: Alias {old} does not exists!")
+                    aliases[new] = aliases.pop(old)
+                else:
+                    raise ApiError(400, "Format error in JSON body: actions: data did not match any variant of "
+                                        "untagged enum AliasOperations")
+            self.aliases = aliases
+            self.persist_aliases()
 
     def next_operation(self) -> int:
         self.operation_id += 1
@@ -399,33 +554,50 @@ class QdrantState:
     def create_snapshot(self, name: str) -> dict[str, Any]:
         with self.lock:
             coll = self.get(name)
-            config = json.loads(json.dumps(coll.config))
-            points = [{"id": k, **p} for k, p in sorted(coll.points.items(), key=lambda i: sort_key(i[0]))]
+            name = next(n for n, c in self.collections.items() if c is coll)  # an alias snapshots its collection
+            frozen = _frozen(coll)
         now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
         snap_name = f"{name}-{PEER_ID}-{now.strftime('%Y-%m-%d-%H-%M-%S')}.snapshot"
         folder = self.collection_snapshots(name)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{snap_name}.{uuid.uuid4().hex[:8]}.tmp"
-        with tempfile.TemporaryFile(dir=folder) as body:
-            for item in points:
-                body.write(json.dumps(item, separators=(",", ":")).encode() + b"\n")
-            points_size = body.tell()
-            body.seek(0)
-            meta = {"format": FORMAT, "format_version": 1, "collection": name, "points": len(points),
-                    "created": now.isoformat(), "qdrant_version": VERSION}
-            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-                _add_bytes(tar, "snapshot.json", json.dumps(meta, indent=2).encode())
-                _add_bytes(tar, "config.json", json.dumps(config, indent=2).encode())
-                info = tarfile.TarInfo("points.jsonl")
-                info.size, info.mtime, info.mode = points_size, int(time.time()), 0o644
-                tar.addfile(info, body)
-        digest = _sha256_path(tmp)
-        os.replace(tmp, folder / snap_name)
-        (folder / f"{snap_name}.checksum").write_text(digest)
+        write_collection_archive(tmp, name, *frozen, now)
+        self._publish(tmp, folder / snap_name)
         return self.describe(name, snap_name)
 
+    def create_full_snapshot(self) -> dict[str, Any]:
+        """Every collection and the aliases, copied under one lock: one consistent moment."""
+        with self.lock:
+            frozen = {name: _frozen(coll) for name, coll in self.collections.items()}
+            aliases = dict(self.aliases)
+        now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+        snap_name = f"full-snapshot-{now.strftime('%Y-%m-%d-%H-%M-%S')}.snapshot"
+        tmp = self.snapshots_dir / f".{snap_name}.{uuid.uuid4().hex[:8]}.tmp"
+        with tempfile.TemporaryDirectory(dir=self.snapshots_dir, prefix=".full-") as work:
+            mapping: dict[str, str] = {}
+            for index, (name, parts) in enumerate(sorted(frozen.items())):
+                inner = f"{name}-{PEER_ID}-{now.strftime('%Y-%m-%d-%H-%M-%S')}.snapshot"
+                mapping[name] = inner
+                write_collection_archive(Path(work) / f"{index}.snapshot", name, *parts, now)
+            config = {"collections_mapping": mapping, "collections_aliases": aliases}
+            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+                _add_bytes(tar, "config.json", json.dumps(config, indent=2).encode())
+                for index, name in enumerate(sorted(frozen)):
+                    tar.add(Path(work) / f"{index}.snapshot", arcname=mapping[name])
+        self._publish(tmp, self.snapshots_dir / snap_name)
+        return self.describe_path(self.snapshots_dir / snap_name)
+
+    @staticmethod
+    def _publish(tmp: Path, final: Path) -> None:
+        digest = _sha256_path(tmp)
+        os.replace(tmp, final)
+        final.with_name(f"{final.name}.checksum").write_text(digest)
+
     def describe(self, collection: str, snap_name: str) -> dict[str, Any]:
-        path = self.collection_snapshots(collection) / snap_name
+        return self.describe_path(self.collection_snapshots(collection) / snap_name)
+
+    def describe_path(self, path: Path) -> dict[str, Any]:
+        snap_name = path.name
         stat = path.stat()
         checksum_file = path.with_name(f"{snap_name}.checksum")
         checksum = checksum_file.read_text().strip() if checksum_file.is_file() else _sha256_path(path)
@@ -434,35 +606,107 @@ class QdrantState:
         created = datetime.fromtimestamp(stat.st_mtime, UTC).replace(tzinfo=None, microsecond=0)
         return {"name": snap_name, "creation_time": created.isoformat(), "size": stat.st_size, "checksum": checksum}
 
-    def list_snapshots(self, collection: str) -> list[dict[str, Any]]:
-        self.get(collection)
-        folder = self.collection_snapshots(collection)
+    def list_snapshots(self, collection: str | None) -> list[dict[str, Any]]:
+        """A collection's snapshots, or (None) the full-storage ones."""
+        if collection is not None:
+            self.get(collection)
+        folder = self.snapshots_dir if collection is None else self.collection_snapshots(collection)
         if not folder.is_dir():
             return []
-        return [self.describe(collection, p.name) for p in sorted(folder.iterdir())
-                if p.suffix == ".snapshot" and not p.name.startswith(".")]
+        return [self.describe_path(p) for p in sorted(folder.iterdir())
+                if p.suffix == ".snapshot" and not p.name.startswith(".") and p.is_file()]
 
-    def snapshot_path(self, collection: str, snap_name: str) -> Path:
-        self.get(collection)
-        path = self.collection_snapshots(collection) / snap_name
+    def snapshot_path(self, collection: str | None, snap_name: str) -> Path:
+        if collection is not None:
+            self.get(collection)
+        folder = self.snapshots_dir if collection is None else self.collection_snapshots(collection)
+        path = folder / snap_name
         if "/" in snap_name or snap_name.startswith(".") or not path.is_file():
             raise ApiError(404, f"Not found: Snapshot {snap_name} not found")
         return path
 
-    def delete_snapshot(self, collection: str, snap_name: str) -> None:
+    def delete_snapshot(self, collection: str | None, snap_name: str) -> None:
         path = self.snapshot_path(collection, snap_name)
         path.unlink()
         path.with_name(f"{snap_name}.checksum").unlink(missing_ok=True)
 
     def recover(self, collection: str, archive: Path) -> None:
-        """Replace (or create) `collection` from a snapshot archive."""
-        config, points = read_snapshot(archive)
-        coll = Collection(config)
-        for item in points:
-            coll.points[point_key(item["id"])] = {"vector": item.get("vector"), "payload": item.get("payload") or {}}
+        """Replace (or create) `collection` from a snapshot archive; its aliases stay (they are not in it)."""
+        coll = collection_from(*read_snapshot(archive))
+        if "forget_payload_indexes" in self.faults:
+            coll.payload_schema = {}
         with self.lock:
             self.collections[collection] = coll
             self.persist(collection)
+
+    def recover_storage(self, archive: Path, force: bool) -> None:
+        """Qdrant's `--storage-snapshot`: every collection of a full snapshot, and its aliases."""
+        recovered: dict[str, Collection] = {}
+        try:
+            with tarfile.open(archive, "r:") as tar, tempfile.TemporaryDirectory() as work:
+                config = json.load(_member(tar, "config.json"))
+                for name, inner in config["collections_mapping"].items():
+                    path = Path(work) / "inner.snapshot"
+                    with open(path, "wb") as out:
+                        shutil.copyfileobj(_member(tar, inner), out, CHUNK)
+                    recovered[name] = collection_from(*read_snapshot(path))
+                aliases = dict(config.get("collections_aliases") or {})
+        except (tarfile.TarError, KeyError, ValueError, OSError, ApiError) as exc:
+            raise SystemExit(f"qdrant emulator: storage snapshot {archive} is not readable: {exc}") from None
+        with self.lock:
+            existing = sorted(set(recovered) & set(self.collections))
+            if existing and not force:
+                raise SystemExit(f"qdrant emulator: collection {existing[0]} already exists; "
+                                 "use --force-snapshot to overwrite it")
+            for name, coll in recovered.items():
+                self.collections[name] = coll
+                self.persist(name)
+            self.aliases = {**{a: c for a, c in self.aliases.items() if c not in recovered}, **aliases}
+            self.persist_aliases()
+
+
+def sorted_points(coll: Collection) -> list[dict[str, Any]]:
+    return [{"id": k, **p} for k, p in sorted(coll.points.items(), key=lambda i: sort_key(i[0]))]
+
+
+def _frozen(coll: Collection) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """A deep copy of what a snapshot holds (taken under the state lock)."""
+    config, schema = json.loads(json.dumps(coll.config)), json.loads(json.dumps(coll.payload_schema))
+    return config, [json.loads(json.dumps(p)) for p in sorted_points(coll)], schema
+
+
+def collection_from(config: dict[str, Any], points: list[dict[str, Any]],
+                    payload_schema: dict[str, Any] | None) -> Collection:
+    coll = Collection(config, payload_schema)
+    for item in points:
+        coll.points[point_key(item["id"])] = {"vector": canonical_vectors(item.get("vector")),
+                                              "payload": item.get("payload") or {}}
+    return coll
+
+
+def write_collection_archive(path: Path, name: str, config: dict[str, Any], points: list[dict[str, Any]],
+                             payload_schema: dict[str, Any], now: datetime) -> None:
+    with tempfile.TemporaryFile(dir=path.parent) as body:
+        for item in points:
+            body.write(json.dumps(item, separators=(",", ":")).encode() + b"\n")
+        points_size = body.tell()
+        body.seek(0)
+        meta = {"format": FORMAT, "format_version": 1, "collection": name, "points": len(points),
+                "created": now.isoformat(), "qdrant_version": VERSION}
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, "snapshot.json", json.dumps(meta, indent=2).encode())
+            _add_bytes(tar, "config.json", json.dumps(config, indent=2).encode())
+            _add_bytes(tar, "payload_index.json", json.dumps(payload_schema, indent=2).encode())
+            info = tarfile.TarInfo("points.jsonl")
+            info.size, info.mtime, info.mode = points_size, int(time.time()), 0o644
+            tar.addfile(info, body)
+
+
+def _text_arg(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"Format error in JSON body: missing field `{key}`")
+    return value
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -479,7 +723,7 @@ def _sha256_path(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_snapshot(archive: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def read_snapshot(archive: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Read and validate an emulator snapshot; ApiError 400 when it is not one."""
     try:
         with tarfile.open(archive, "r:") as tar:
@@ -490,12 +734,13 @@ def read_snapshot(archive: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             if meta.get("format") != FORMAT:
                 raise ApiError(400, "Wrong input: Snapshot format is not supported")
             config = json.load(_member(tar, "config.json"))
+            schema = json.load(_member(tar, "payload_index.json")) if "payload_index.json" in names else {}
             points = [json.loads(line) for line in _member(tar, "points.jsonl") if line.strip()]
     except (tarfile.TarError, ValueError, OSError) as exc:
         raise ApiError(400, f"Wrong input: Snapshot is not a valid archive: {exc}") from None
     if len(points) != meta.get("points"):
         raise ApiError(400, "Wrong input: Snapshot is damaged: point count differs from its metadata")
-    return config, points
+    return config, points, schema
 
 
 def _member(tar: tarfile.TarFile, name: str) -> io.BufferedReader:
@@ -584,14 +829,22 @@ class Handler(BaseHTTPRequestHandler):
         n = len(seg)
         if n == 0 and method == "GET":
             return lambda: self._send_json(200, {"title": TITLE, "version": VERSION, "commit": COMMIT})
-        if n == 1 and seg[0] in ("healthz", "livez", "readyz") and method == "GET":
-            return lambda: self._send_raw(200, f"{seg[0]} check passed".encode(), "text/plain; charset=utf-8")
+        if n == 1 and seg[0] in HEALTH_BODIES and method == "GET":
+            return lambda: self._send_raw(200, HEALTH_BODIES[seg[0]].encode(), "text/plain; charset=utf-8")
         if seg == ["locks"] and method in ("GET", "POST"):
             return self._get_locks if method == "GET" else self._set_locks
+        if seg == ["cluster"] and method == "GET":  # a single node: distributed mode is off
+            return lambda: self._ok({"status": "disabled"})
+        if seg == ["aliases"] and method == "GET":
+            return lambda: self._ok({"aliases": self.state.list_aliases()})
+        if seg and seg[0] == "snapshots":
+            return self._full_snapshot_route(method, seg[1:])
         if not seg or seg[0] != "collections":
             return None
         if n == 1 and method == "GET":
             return self._list_collections
+        if seg == ["collections", "aliases"] and method == "POST":
+            return self._change_aliases
         if n < 2:
             return None
         name = seg[1]
@@ -610,6 +863,8 @@ class Handler(BaseHTTPRequestHandler):
             ("POST", ("snapshots",)): self._create_snapshot,
             ("POST", ("snapshots", "upload")): self._upload_snapshot,
             ("PUT", ("snapshots", "recover")): self._recover_snapshot,
+            ("GET", ("aliases",)): lambda c: self._ok({"aliases": self.state.list_aliases(c)}),
+            ("PUT", ("index",)): self._create_index,
         }
         handler = table.get((method, rest))
         if handler is not None:
@@ -620,6 +875,19 @@ class Handler(BaseHTTPRequestHandler):
             return lambda: self._delete_snapshot(name, rest[1])
         if len(rest) == 2 and rest[0] == "points" and method == "GET":
             return lambda: self._get_point(name, rest[1])
+        if len(rest) == 2 and rest[0] == "index" and method == "DELETE":
+            return lambda: self._delete_index(name, rest[1])
+        return None
+
+    def _full_snapshot_route(self, method: str, rest: list[str]) -> Callable[[], None] | None:
+        if not rest and method == "GET":
+            return lambda: self._ok(self.state.list_snapshots(None))
+        if not rest and method == "POST":
+            return self._create_full_snapshot
+        if len(rest) == 1 and method == "GET":
+            return lambda: self._download_snapshot(None, rest[0])
+        if len(rest) == 1 and method == "DELETE":
+            return lambda: self._delete_snapshot(None, rest[0])
         return None
 
     def _body_chunks(self) -> Iterator[bytes]:
@@ -748,19 +1016,61 @@ class Handler(BaseHTTPRequestHandler):
                   "write_consistency_factor": body.get("write_consistency_factor") or 1,
                   "on_disk_payload": True if body.get("on_disk_payload") is None else body["on_disk_payload"]}
         if body.get("sparse_vectors"):
-            params["sparse_vectors"] = body["sparse_vectors"]
+            params["sparse_vectors"] = parse_sparse_config(body["sparse_vectors"])
+        config = default_config(params)
+        for section in ("hnsw_config", "optimizers_config", "wal_config"):
+            given = body.get(section)
+            if given is not None and not isinstance(given, dict):
+                raise ApiError(400, f"Format error in JSON body: {section}: expected a map")
+            key = "optimizer_config" if section == "optimizers_config" else section
+            config[key].update({k: v for k, v in (given or {}).items() if v is not None})
+        if body.get("quantization_config") is not None:
+            config["quantization_config"] = body["quantization_config"]
         with self.state.lock:
-            if name in self.state.collections:
+            if name in self.state.collections or name in self.state.aliases:
                 raise ApiError(409, f"Wrong input: Collection `{name}` already exists!")
-            self.state.collections[name] = Collection(default_config(params))
+            self.state.collections[name] = Collection(config)
             self.state.persist(name)
         self._ok(True)
 
     def _delete_collection(self, name: str) -> None:
         with self.state.lock:
-            existed = self.state.collections.pop(name, None) is not None
-            self.state.persist(name)
+            existed = self.state.drop(name)
         self._ok(existed)
+
+    def _change_aliases(self) -> None:
+        body = self._json_body(required=True)
+        self.state.change_aliases(body.get("actions"))
+        self._ok(True)
+
+    # payload indexes -------------------------------------------------------------------
+    def _create_index(self, name: str) -> None:
+        body = self._json_body(required=True)
+        wait = self._flag("wait", False)
+        field = body.get("field_name")
+        if not isinstance(field, str) or not field:
+            raise ApiError(400, "Format error in JSON body: missing field `field_name`")
+        index = parse_field_schema(body.get("field_schema"))
+        with self.state.lock:
+            self._check_write_lock()  # a payload index change is a collection update, as in Qdrant
+            coll = self.state.get(name)
+            coll.payload_schema[field] = index
+            op = self.state.next_operation()
+            self.state.persist(self._own_name(coll))
+        self._ok({"operation_id": op, "status": "completed" if wait else "acknowledged"})
+
+    def _delete_index(self, name: str, field: str) -> None:
+        wait = self._flag("wait", False)
+        with self.state.lock:
+            self._check_write_lock()
+            coll = self.state.get(name)
+            coll.payload_schema.pop(field, None)
+            op = self.state.next_operation()
+            self.state.persist(self._own_name(coll))
+        self._ok({"operation_id": op, "status": "completed" if wait else "acknowledged"})
+
+    def _own_name(self, coll: Collection) -> str:
+        return next(n for n, c in self.state.collections.items() if c is coll)
 
     # points ----------------------------------------------------------------------------
     def _upsert(self, name: str) -> None:
@@ -791,7 +1101,7 @@ class Handler(BaseHTTPRequestHandler):
             for key, vector, payload in checked:
                 coll.points[key] = {"vector": vector, "payload": payload}
             op = self.state.next_operation()
-            self.state.persist(name)
+            self.state.persist(self._own_name(coll))
         self._ok({"operation_id": op, "status": "completed" if wait else "acknowledged"})
 
     def _delete_points(self, name: str) -> None:
@@ -809,7 +1119,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 raise ApiError(400, "Format error in JSON body: expected `points` or `filter`")
             op = self.state.next_operation()
-            self.state.persist(name)
+            self.state.persist(self._own_name(coll))
         self._ok({"operation_id": op, "status": "completed" if wait else "acknowledged"})
 
     def _retrieve(self, name: str) -> None:
@@ -821,7 +1131,7 @@ class Handler(BaseHTTPRequestHandler):
                 key = point_key(raw)
                 if key in coll.points:
                     found.append(record(key, coll.points[key], body.get("with_payload", True),
-                                        body.get("with_vector", False)))
+                                        vector_selector(body)))
         self._ok(found)
 
     def _get_point(self, name: str, raw_id: str) -> None:
@@ -854,7 +1164,7 @@ class Handler(BaseHTTPRequestHandler):
             if start is not None:
                 keys = [k for k in keys if sort_key(k) >= start]
             page = keys[:limit]
-            points = [record(k, coll.points[k], body.get("with_payload", True), body.get("with_vector", False))
+            points = [record(k, coll.points[k], body.get("with_payload", True), vector_selector(body))
                       for k in page]
             next_offset = keys[limit] if len(keys) > limit else None
         self._ok({"points": points, "next_page_offset": next_offset})
@@ -872,7 +1182,16 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._ok(description)
 
-    def _download_snapshot(self, name: str, snap_name: str) -> None:
+    def _create_full_snapshot(self) -> None:
+        self._drain()
+        wait = self._flag("wait", True)
+        description = self.state.create_full_snapshot()
+        if not wait:
+            self._accepted()
+            return
+        self._ok(description)
+
+    def _download_snapshot(self, name: str | None, snap_name: str) -> None:
         self._drain()
         path = self.state.snapshot_path(name, snap_name)
         size = path.stat().st_size
@@ -890,7 +1209,7 @@ class Handler(BaseHTTPRequestHandler):
                 first = False
                 self.wfile.write(block)
 
-    def _delete_snapshot(self, name: str, snap_name: str) -> None:
+    def _delete_snapshot(self, name: str | None, snap_name: str) -> None:
         self._drain()
         wait = self._flag("wait", True)
         self.state.delete_snapshot(name, snap_name)
@@ -956,7 +1275,8 @@ class Handler(BaseHTTPRequestHandler):
             if parts.scheme == "file":
                 path = Path(unquote(parts.path)).resolve()
                 if not path.is_relative_to(self.state.snapshots_dir.resolve()):
-                    raise ApiError(403, "Forbidden: Snapshot file must be inside the snapshots directory")
+                    raise ApiError(400, f"Bad request: Snapshot file \"{path}\" must be inside the snapshots "
+                                        "directory")
                 if not path.is_file():
                     raise ApiError(404, f"Not found: Snapshot file {path} does not exist")
                 archive = path
@@ -1004,7 +1324,7 @@ class QdrantEmulator:
 
     def __init__(self, api_key: str | None = None, storage_dir: Path | None = None,
                  snapshots_dir: Path | None = None, host: str = "127.0.0.1", port: int = 0,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, storage_snapshot: Path | None = None, force_snapshot: bool = False) -> None:
         self._tmp = None
         if snapshots_dir is None:
             if storage_dir is not None:
@@ -1012,7 +1332,8 @@ class QdrantEmulator:
             else:
                 self._tmp = tempfile.TemporaryDirectory(prefix="qdrant-emulator-")
                 snapshots_dir = Path(self._tmp.name) / "snapshots"
-        self.state = QdrantState(Path(snapshots_dir), Path(storage_dir) if storage_dir else None)
+        self.state = QdrantState(Path(snapshots_dir), Path(storage_dir) if storage_dir else None,
+                                 storage_snapshot, force_snapshot)
         self.api_key = api_key
         self.host, self.port, self.verbose = host, port, verbose
         self._server: EmulatorHTTPServer | None = None
@@ -1068,10 +1389,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=os.environ.get("QDRANT__SERVICE__API_KEY"))
     parser.add_argument("--storage", type=Path, help="persist collections here (write-through)")
     parser.add_argument("--snapshots", type=Path, help="snapshot folder (default: <storage>/snapshots or a temp dir)")
+    parser.add_argument("--storage-snapshot", type=Path, help="recover this full-storage snapshot at start-up")
+    parser.add_argument("--force-snapshot", action="store_true", help="let the recovery overwrite collections")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     emulator = QdrantEmulator(api_key=args.api_key, storage_dir=args.storage, snapshots_dir=args.snapshots,
-                              host=args.host, port=args.port, verbose=args.verbose)
+                              host=args.host, port=args.port, verbose=args.verbose,
+                              storage_snapshot=args.storage_snapshot, force_snapshot=args.force_snapshot)
     url = emulator.start()
     print(f"qdrant emulator {VERSION} listening on {url}", flush=True)
     stop = threading.Event()
