@@ -45,9 +45,9 @@ from cb_backups.demo.sample_data import load_valkey
 from cb_backups.restore import journal
 from cb_backups.restore.execute import execute_restore
 from cb_backups.restore.plan import plan_restore
-from cb_backups.restore.recovery import recover_restores
+from cb_backups.restore.recovery import recover_restores, recover_store
 from cb_backups.restore.safety import take_safety_backup
-from cb_backups.stores.base import DRILL
+from cb_backups.stores.base import DRILL, run_tool
 from cb_backups.stores.registry import open_store
 from cb_backups.stores.valkey import ValkeyStore
 from cb_backups_tests.databases import databases, own_database
@@ -606,3 +606,37 @@ def test_qdrant_restore_killed_with_writes_locked_is_unlocked_and_rolled_back(
     assert {int(p.id) for p in qdrant_client.retrieve(collection, ids=[1, 10**7])} == {1, 10**7}  # as before
     qdrant_client.upsert(collection, points=[qm.PointStruct(id=10**7 + 1, vector=vector)], wait=True)  # takes writes
     assert recover_restores(settings) == []  # done once, for good
+
+
+def test_neo4j_restore_killed_while_stopped_is_started_and_rolled_back(neo4j_env: Neo4jSettings,
+                                                                       neo4j_seeded: dict) -> None:
+    """Killed inside the stop window, while the load overwrote the database: the next run starts Neo4j and
+    loads the safety dump taken before, so the graph is as it was (the node added after the backup is back)."""
+    settings = load_settings()
+    store = open_store("neo4j", settings)
+    Catalog(settings.backup_dir).write("neo4j", DAY, store.backup)
+    run_cypher(neo4j_env, "CREATE (:CODE_Repo {name: 'after-backup'})")
+    safety = take_safety_backup(settings.catalog(), store)
+    run_cypher(neo4j_env, "MATCH (r:CODE_Repo {name: 'repo-0'}) DETACH DELETE r")  # the half-done load
+    killed = store.quiesce(Target("in_place"))  # kept referenced: never exited, the process was killed in here
+    hold = killed.__enter__()
+    with pytest.raises((DriverError, OSError)):
+        run_cypher(neo4j_env, "RETURN 1")  # stopped
+    path = killed_restore(settings, "neo4j", DAY, hold, safety.partition_key)
+
+    lines = recover_restores(settings)
+    assert len(lines) == 1 and "started Neo4j again" in lines[0] and "restored the safety backup" in lines[0], lines
+    assert not path.exists()
+    names = {row[0] for row in run_cypher(neo4j_env, "MATCH (r:CODE_Repo) RETURN r.name")}
+    assert {"after-backup", "repo-0"} <= names  # exactly the data from before the restore
+
+
+def test_neo4j_left_stopped_by_a_killed_dump_is_started_by_the_dead_run_cleanup(neo4j_env: Neo4jSettings,
+                                                                                neo4j_seeded: dict) -> None:
+    settings = load_settings()
+    run_tool("neo4j", settings.store("neo4j").stop_command, timeout=120)  # as the offline dump does first
+    with pytest.raises((DriverError, OSError)):
+        run_cypher(neo4j_env, "RETURN 1")
+    assert recover_store(settings, "neo4j") == ["neo4j: started Neo4j again"]
+    assert run_cypher(neo4j_env, "RETURN 1") == [[1]]
+    assert recover_store(settings, "neo4j") == []  # a running server is left alone

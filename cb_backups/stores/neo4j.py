@@ -12,8 +12,11 @@ this host's filesystem, `dump_dir` is a folder it writes to that cb-backups can
 read; it must have the same path on both sides (mount it at the same path in
 the container). Without `dump_dir` the dump is written straight into the backup folder.
 
-verify: size > 1 KB and `neo4j-admin database check --from-path` on a copy of the
-dump (the details say plainly when the tool or its check command is missing).
+verify: the dump is judged by its format, not its size (an empty database's dump is
+small and valid): the container header Neo4j 5 writes (`DZV1` = zstd, `DGV1` = gzip;
+see `dump_format_problems`), streamed to its end so a truncated or damaged archive
+fails, and `neo4j-admin database check --from-path` on a copy of the dump where
+the tool has that command (the details say plainly when it is missing).
 restore: verify, compare the manifest's Neo4j version with the target server's
 (refuse on a difference), stop, `database load --overwrite-destination=true`,
 start, wait for Bolt, count.
@@ -23,11 +26,14 @@ window), so a write attempted meanwhile is refused (Bolt is down), never acknowl
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shlex
 import shutil
+import struct
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import neo4j
+import zstandard
 from neo4j import GraphDatabase
 from neo4j.exceptions import DriverError, Neo4jError
 
@@ -64,6 +71,7 @@ from cb_backups.core.model import (
     Verification,
     no_progress,
 )
+from cb_backups.stores import neo4j_export
 from cb_backups.stores.base import (
     Scratch,
     counts_problems,
@@ -76,7 +84,8 @@ from cb_backups.stores.base import (
 from cb_backups.stores.volume import service_stopped
 
 DUMP_FILE = "neo4j.dump"
-MIN_DUMP_BYTES = 1024  # runbook: "File should be >1KB for a non-empty database"
+METHODS = ("dump", "export")
+EXPORT_METHOD = "online export over Bolt (read committed, no downtime)"
 ADMIN_TIMEOUT = 6 * 3600.0
 BOLT_WAIT_SECONDS = 120.0
 LABELS_QUERY = "MATCH (n) UNWIND labels(n) AS label RETURN label, count(*) AS c"
@@ -122,12 +131,16 @@ class _Stopped:
 
 class Neo4jStore:
     name = "neo4j"
-    restore_method = "stop, neo4j-admin database load --overwrite-destination, start"
-    consistency_markers = ("offline",)
+    consistency_markers = ("offline", "online_export")
 
     def __init__(self, settings: Neo4jSettings, volume: VolumeSettings | None = None,
                  scratch_server: Mapping[str, Any] | None = None) -> None:
+        if settings.method not in METHODS:
+            raise ConfigError("neo4j method", settings.method, ", ".join(METHODS))
         self.settings = settings
+        self.restore_method = ("empty the graph, recreate the schema, load the export over Bolt in batches"
+                               if settings.method == "export" else
+                               "stop, neo4j-admin database load --overwrite-destination, start")
         self.volume = volume  # unused: the dump is the method the runbook gives Neo4j
         # Community has one user database per server: a scratch restore needs a server of its own
         self.scratch_server = dict(scratch_server_options() if scratch_server is None else scratch_server)
@@ -176,7 +189,9 @@ class Neo4jStore:
         admin = self.settings.admin_command
         items["neo4j_admin"] = "ok" if admin and shutil.which(admin[0]) else \
             f"admin_command {admin[0] if admin else '(empty)'!r} not found on PATH"
-        if not (self.settings.stop_command and self.settings.start_command):
+        if self.settings.method == "export":
+            items["offline_dump"] = "ok"  # not used: the export reads the running server over Bolt
+        elif not (self.settings.stop_command and self.settings.start_command):
             items["offline_dump"] = ("stop_command and start_command are not both set: Community Edition's "
                                      "`neo4j-admin database dump` refuses a running database")
         else:
@@ -207,6 +222,8 @@ class Neo4jStore:
         return (match.group(1), "neo4j-admin --version") if match else (None, "unknown")
 
     def backup(self, into: Path, progress: Progress = no_progress) -> BackupOutput:
+        if self.settings.method == "export":
+            return self._export(into, progress)
         db = self.settings.database
         progress("counting nodes and relationships", 0, None)
         # online, before the stop (also proves Bolt works); inside `quiesce`, what it counted before its stop
@@ -237,15 +254,17 @@ class Neo4jStore:
         )
 
     def verify(self, artifact: Artifact) -> Verification:
+        if artifact.manifest.method == EXPORT_METHOD:
+            return self._verify_export(artifact)
         problems: list[str] = []
         details: dict[str, Any] = {}
         path = artifact.path(DUMP_FILE)
         if not path.is_file():
             return Verification(False, [f"{DUMP_FILE} is missing from {artifact.directory}"])
-        size = path.stat().st_size
-        details["bytes"] = size
-        if size <= MIN_DUMP_BYTES:
-            problems.append(f"{DUMP_FILE} is {size} bytes; a dump of a non-empty database is larger than 1 KB")
+        details["bytes"] = path.stat().st_size
+        fmt, format_problems = dump_format_problems(path)
+        details["format"] = fmt
+        problems += [f"{DUMP_FILE}: {p}" for p in format_problems]
         if not artifact.manifest.versions.get("neo4j"):
             problems.append("the manifest records no Neo4j version (restore would not know what it may load into)")
         check_ok, check_detail = self._check_dump(path)
@@ -262,6 +281,8 @@ class Neo4jStore:
         verification = self.verify(artifact)
         if not verification.ok:
             raise RestoreRefused(self.name, "the backup did not verify: " + "; ".join(verification.problems))
+        if artifact.manifest.method == EXPORT_METHOD:
+            return store._load_export(artifact, progress)
         wanted = artifact.manifest.versions.get("neo4j")
         have, source = store.server_version()
         if have is None:
@@ -287,7 +308,7 @@ class Neo4jStore:
         """Nothing to prepare beside the live data: the load needs the server stopped anyway."""
 
     @contextmanager
-    def quiesce(self, target: Target) -> Iterator[None]:
+    def quiesce(self, target: Target) -> Iterator[dict[str, Any] | None]:
         """Stop the server until the load is done: one stop window spans the safety dump and the load.
 
         Without it the safety dump starts Neo4j again and the load stops it once more: writes committed in
@@ -295,18 +316,31 @@ class Neo4jStore:
         every connection, so no write is acknowledged. The load's `restore` starts it again; on an error
         before that, the exit starts the old data again.
         """
-        if target.mode != "in_place" or self._for_target(target) is not self or not self.settings.stop_command:
-            yield  # another server, or no way to stop it: nothing here to hold
+        if target.mode != "in_place" or self._for_target(target) is not self or not self.settings.stop_command \
+                or self.settings.method == "export":
+            yield None  # another server, no way to stop it, or the export (which needs Bolt up): nothing to hold
             return
         counted = _Stopped(self.inventory(), self.server_version())
         run_tool(self.name, self.settings.stop_command, timeout=600)
         self._stopped = counted
         try:
-            yield
+            yield {"stopped": True}
         finally:
             if self._stopped is not None:  # the load did not run or failed: the old data takes writes again
                 self._stopped = None
                 self._start_again()
+
+    swaps_in_place = False  # the load overwrites the database in place
+
+    def recover(self, target: Target, hold: dict[str, Any] | None) -> list[str]:
+        """A restore killed while Neo4j was stopped (or a killed offline dump, hold None): start it again.
+        Only when Bolt does not answer and a start command is set; a running server is left alone."""
+        if target.mode != "in_place" or self._for_target(target) is not self or not self.settings.start_command:
+            return []
+        if self.bolt_problem() is None:
+            return []
+        self._start_again()
+        return ["started Neo4j again"]
 
     def replaced(self) -> list[str]:
         """The load overwrites the database: what it held is in the safety backup, nothing is kept aside."""
@@ -316,7 +350,11 @@ class Neo4jStore:
         return []
 
     def compatibility(self, artifact: Artifact, target: Target) -> list[str]:
-        """Neo4j loads a dump only into the exact version it came from."""
+        """Neo4j loads a dump only into the exact version it came from; an export loads over Cypher."""
+        if artifact.manifest.method == EXPORT_METHOD:
+            problem = self._for_target(target).bolt_problem()
+            return [problem] if problem else []
+
         def check() -> list[str]:
             wanted = artifact.manifest.versions.get("neo4j")
             have, source = self._for_target(target).server_version()
@@ -355,6 +393,69 @@ class Neo4jStore:
 
     def before_delete(self, artifact: Artifact) -> None:
         """A dump keeps nothing outside its folder."""
+
+    # --- the online export (neo4j_export.py holds the format) ----------------------------------------
+    def _export(self, into: Path, progress: Progress) -> BackupOutput:
+        before = self.inventory()  # also proves Bolt works
+        version, source = self.server_version()
+        captured_at = datetime.now(UTC).isoformat(timespec="seconds")
+        progress("exporting the graph over Bolt", 0, None)
+        with neo4j_export.bolt(self.settings) as db:
+            done = neo4j_export.export_graph(db, into, progress)
+        after = self.inventory()
+        held = done.digest.inventory()
+        if not before == after == held:
+            # no snapshot isolation in Community: counts that moved mean the file may not be one state
+            moved = counts_problems(before, after, ("labels", "relationships")) or \
+                counts_problems(before, held, ("labels", "relationships"))
+            raise BackupFailed(self.name, f"the graph changed during the export ({'; '.join(moved)}); stop the "
+                                          "writers around it (pre_backup/post_backup hooks) or use method: dump")
+        return BackupOutput(
+            files=[done.record],
+            method=EXPORT_METHOD,
+            options={"database": self.settings.database, "digest": done.digest.hexdigest(),
+                     "schema_source": done.schema_source, "schema_statements": done.schema,
+                     "schema_notes": done.notes, "version_source": source},
+            versions={"neo4j": version or "unknown"},
+            inventory=held,
+            markers={"online_export": "read committed: each record as committed when the scan read it"},
+            captured_at=captured_at,
+        )
+
+    def _verify_export(self, artifact: Artifact) -> Verification:
+        path = artifact.path(neo4j_export.EXPORT_FILE)
+        if not path.is_file():
+            return Verification(False, [f"{neo4j_export.EXPORT_FILE} is missing from {artifact.directory}"])
+        digest, problems = neo4j_export.check_file(path)
+        wanted = artifact.manifest.options.get("digest")
+        if not problems and digest.hexdigest() != wanted:
+            problems.append(f"the export's digest {digest.hexdigest()[:16]}... is not the manifest's "
+                            f"{str(wanted)[:16]}...")
+        if not problems:
+            problems += counts_problems(artifact.manifest.inventory, digest.inventory(),
+                                        sections=("labels", "relationships"))
+        return Verification(not problems, problems, {"digest": digest.hexdigest(), "nodes": digest.nodes,
+                                                     "relationships": digest.relationships})
+
+    def _load_export(self, artifact: Artifact, progress: Progress) -> Inventory:
+        """Empty this server's graph and schema, load the export, and prove it: digest and counts."""
+        wanted = artifact.manifest.options.get("digest")
+        with neo4j_export.bolt(self.settings, RestoreFailed) as db:
+            progress("emptying the target graph", 0, None)
+            neo4j_export.empty_graph(db, progress)
+            neo4j_export.restore_graph(db, artifact.path(neo4j_export.EXPORT_FILE), progress)
+            progress("recomputing the digest of the restored graph", 0, None)
+            live = neo4j_export.live_digest(db, progress)
+            if live.hexdigest() != wanted:
+                raise RestoreFailed(self.name, f"the restored graph's digest {live.hexdigest()[:16]}... differs from "
+                                               f"the backup's {str(wanted)[:16]}... ({live.nodes} nodes, "
+                                               f"{live.relationships} relationships)")
+            if artifact.manifest.options.get("schema_source") == "SHOW CONSTRAINTS / SHOW INDEXES":
+                _, schema, _ = neo4j_export.schema_statements(db)
+                if len(schema) != artifact.manifest.options.get("schema_statements"):
+                    raise RestoreFailed(self.name, f"{len(schema)} indexes/constraints after the restore, the "
+                                                   f"backup has {artifact.manifest.options.get('schema_statements')}")
+        return self.inventory()
 
     # --- helpers -----------------------------------------------------------------------------------
     def _for_target(self, target: Target) -> Neo4jStore:
@@ -497,3 +598,66 @@ class Neo4jStore:
         if _UNKNOWN_COMMAND.search(output):
             return None, f"not available in this neo4j-admin: {tail}"
         return False, f"exited {done.returncode}: {tail}"
+
+
+# --- the dump container (org.neo4j.dbms.archive: DumpFormatSelector, Dumper, StandardCompressionFormat) ------
+DZV1, DGV1 = b"DZV1", b"DGV1"  # Neo4j 5: 'D' + zstd/gzip + format version 1
+ZSTD_FRAME, GZIP_STREAM = b"\x28\xb5\x2f\xfd", b"\x1f\x8b"  # pre-5 dumps: a bare zstd or gzip stream
+ZSTD_INNER = b"zstd"  # StandardCompressionFormat.ZSTD writes it first inside the compressed stream
+_METADATA = struct.Struct(">iqq")  # Dumper.writeArchiveMetadata: version 1, file count, byte count
+
+
+def dump_format_problems(path: Path) -> tuple[str, list[str]]:
+    """(format name, problems) of a Neo4j dump, read as a stream to its very end.
+
+    zstd dumps carry a file and byte count and a content checksum: both are checked, so a
+    truncated, cut or altered dump fails; gzip dumps carry a CRC checked at their end.
+    """
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+        if magic == DZV1:
+            fmt, compressed = "DZV1 (zstd)", True
+        elif magic == DGV1:
+            fmt, compressed = "DGV1 (gzip)", False
+        elif magic.startswith(ZSTD_FRAME) or magic.startswith(GZIP_STREAM):
+            fmt, compressed = "legacy (before Neo4j 5)", magic.startswith(ZSTD_FRAME)
+            fh.seek(0)
+        else:
+            return "unknown", [f"not a Neo4j dump: it starts with {magic!r}, a Neo4j 5 dump starts with "
+                               f"{DZV1!r} (zstd) or {DGV1!r} (gzip)"]
+        try:
+            if compressed:
+                stream: Any = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True,
+                                                                         closefd=False)
+                inner = stream.read(len(ZSTD_INNER) + _METADATA.size)
+                if inner[:4] != ZSTD_INNER or len(inner) < len(ZSTD_INNER) + _METADATA.size:
+                    return fmt, ["the zstd stream does not start with Neo4j's 'zstd' marker and metadata"]
+                version, files, size = _METADATA.unpack(inner[4:])
+                if version != 1:
+                    return fmt, [f"archive metadata version {version}; Neo4j 5 writes version 1"]
+            else:
+                stream, files, size = gzip.GzipFile(fileobj=fh, mode="rb"), None, None
+            with stream:
+                found_files, found_bytes = _walk_tar(stream)
+                while stream.read(CHUNK):  # to the end: the zstd checksum / gzip CRC is checked there
+                    pass
+        except (OSError, EOFError, ValueError, tarfile.TarError, zstandard.ZstdError) as exc:
+            return fmt, [f"the archive is damaged or truncated: {_short(exc)}"]
+    if files is not None and (files, size) != (found_files, found_bytes):
+        return fmt, [f"the dump's metadata announces {files} files / {size} bytes, the archive holds "
+                     f"{found_files} / {found_bytes}"]
+    return fmt, []
+
+
+def _walk_tar(stream: Any) -> tuple[int, int]:
+    """Files and bytes in the tar, every byte read (tarfile raises on a cut entry)."""
+    files = size = 0
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if member.isfile():
+                files += 1
+                size += member.size
+                body = tar.extractfile(member)
+                while body is not None and body.read(CHUNK):
+                    pass
+    return files, size

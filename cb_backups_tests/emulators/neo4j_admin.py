@@ -12,13 +12,21 @@ Run as `python -m cb_backups_tests.emulators.neo4j_admin --state DIR database ..
 without --from-path) refuse while the server runs — it holds the store lock — with
 Neo4j's "The database is in use. Stop database '<db>' and try again." (exit 1).
 
-Dump format (the emulator's own, not Neo4j's binary one)::
+Dump file: Neo4j 5's container layout (org.neo4j.dbms.archive: DumpFormatSelector,
+DumpZstdFormatV1, DumpGzipFormatV1, StandardCompressionFormat, Dumper), holding the
+emulator's own store files instead of Neo4j's record stores::
 
-    b"NEO4J-EMULATOR-DUMP\\n"
-    {"format": 1, "neo4j_version": "5.26.4", "database": "neo4j", "created_at": "..."}\\n
-    gzip( NDJSON records: {"t":"node","id":..,"labels":[..],"props":{..}}
-                          {"t":"rel","id":..,"type":..,"start":..,"end":..,"props":{..}}
-                          {"t":"end","nodes":N,"relationships":M} )
+    b"DZV1" + zstd frame (content checksum on) of:
+        b"zstd"                                  StandardCompressionFormat.ZSTD's inner marker
+        >i 1, >q files, >q bytes                 Dumper.writeArchiveMetadata (version 1)
+        POSIX tar: ./  ./emulator-dump.json  ./graph.ndjson
+    or, with NEO4J_EMULATOR_DUMP_FORMAT=gzip (Neo4j's fallback when zstd is unavailable):
+    b"DGV1" + gzip of the same tar (no metadata block, as in Neo4j)
+
+    emulator-dump.json  {"format": 2, "neo4j_version": "5.26.4", "database": "neo4j", "created_at": "..."}
+    graph.ndjson        {"t":"node","id":..,"labels":[..],"props":{..}}
+                        {"t":"rel","id":..,"type":..,"start":..,"end":..,"props":{..}}
+                        {"t":"end","nodes":N,"relationships":M}
 
 The graph is read from / written to the stopped server's FalkorDB RDB through an
 offline FalkorDB that has no network listener at all (unix socket only).
@@ -28,16 +36,22 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import math
 import os
+import struct
 import sys
+import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+import zstandard
 
 from cb_backups_tests.emulators.neo4j import (
     BOLT_GRAPH_KEY,
@@ -48,7 +62,6 @@ from cb_backups_tests.emulators.neo4j import (
     store_lock,
 )
 
-MAGIC = b"NEO4J-EMULATOR-DUMP\n"
 BATCH = 200
 SYSTEM_DB = "system"
 
@@ -122,26 +135,65 @@ def graphs(client: Any) -> list[str]:
 
 # --- dump files ---------------------------------------------------------------------------
 
+ZSTD_MAGIC = b"DZV1"
+GZIP_MAGIC = b"DGV1"
+ZSTD_INNER = b"zstd"
+HEADER_ENTRY = "./emulator-dump.json"
+GRAPH_ENTRY = "./graph.ndjson"
 
-def write_dump(client: Any, database: str, out: IO[bytes], version: str) -> tuple[int, int]:
-    """Stream the graph of `database` (stored under BOLT_GRAPH_KEY) into `out`."""
-    header = {"format": 1, "neo4j_version": version, "database": database,
-              "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    out.write(MAGIC + json.dumps(header).encode() + b"\n")
+
+def write_dump(client: Any, database: str, out: IO[bytes], version: str, work: Path) -> tuple[int, int]:
+    """Write the graph of `database` (stored under BOLT_GRAPH_KEY) as a Neo4j 5 dump into `out`.
+
+    The tar needs every entry's size up front (and the zstd metadata the totals), so the records go
+    to a temporary file in `work` first, as Neo4j's Dumper sizes the store files before writing.
+    """
+    header = json.dumps({"format": 2, "neo4j_version": version, "database": database,
+                         "created_at": datetime.now(UTC).isoformat(timespec="seconds")}).encode() + b"\n"
+    fd, records_tmp = tempfile.mkstemp(prefix=".graph-", dir=work)
+    try:
+        with os.fdopen(fd, "wb") as body:
+            nodes, rels = _write_records(client, body)
+        entries = [(HEADER_ENTRY, len(header)), (GRAPH_ENTRY, os.path.getsize(records_tmp))]
+        gzip_format = os.environ.get("NEO4J_EMULATOR_DUMP_FORMAT") == "gzip"
+        out.write(GZIP_MAGIC if gzip_format else ZSTD_MAGIC)
+        if gzip_format:
+            compressed: Any = gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6)
+        else:
+            compressed = zstandard.ZstdCompressor(write_checksum=True).stream_writer(out, closefd=False)
+            compressed.write(ZSTD_INNER + struct.pack(">iqq", 1, len(entries), sum(size for _, size in entries)))
+        with compressed, tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            root = tarfile.TarInfo("./")
+            root.type, root.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(root)
+            tar.addfile(_entry(HEADER_ENTRY, len(header)), io.BytesIO(header))
+            with open(records_tmp, "rb") as records:
+                tar.addfile(_entry(GRAPH_ENTRY, entries[1][1]), records)
+    finally:
+        Path(records_tmp).unlink(missing_ok=True)
+    return nodes, rels
+
+
+def _entry(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o644
+    return info
+
+
+def _write_records(client: Any, body: IO[bytes]) -> tuple[int, int]:
     nodes = rels = 0
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as body:
-        if BOLT_GRAPH_KEY in graphs(client):
-            for node_id, labels, props in _paged(client, BOLT_GRAPH_KEY, "MATCH (n) WHERE id(n) > $after "
-                                                 "RETURN id(n), labels(n), properties(n) ORDER BY id(n) LIMIT 1000"):
-                body.write(_record({"t": "node", "id": node_id, "labels": labels, "props": props}))
-                nodes += 1
-            for rel_id, rtype, start, end, props in _paged(
-                    client, BOLT_GRAPH_KEY, "MATCH (a)-[r]->(b) WHERE id(r) > $after "
-                    "RETURN id(r), type(r), id(a), id(b), properties(r) ORDER BY id(r) LIMIT 1000"):
-                body.write(_record({"t": "rel", "id": rel_id, "type": rtype, "start": start, "end": end,
-                                    "props": props}))
-                rels += 1
-        body.write(_record({"t": "end", "nodes": nodes, "relationships": rels}))
+    if BOLT_GRAPH_KEY in graphs(client):
+        for node_id, labels, props in _paged(client, BOLT_GRAPH_KEY, "MATCH (n) WHERE id(n) > $after "
+                                             "RETURN id(n), labels(n), properties(n) ORDER BY id(n) LIMIT 1000"):
+            body.write(_record({"t": "node", "id": node_id, "labels": labels, "props": props}))
+            nodes += 1
+        for rel_id, rtype, start, end, props in _paged(
+                client, BOLT_GRAPH_KEY, "MATCH (a)-[r]->(b) WHERE id(r) > $after "
+                "RETURN id(r), type(r), id(a), id(b), properties(r) ORDER BY id(r) LIMIT 1000"):
+            body.write(_record({"t": "rel", "id": rel_id, "type": rtype, "start": start, "end": end,
+                                "props": props}))
+            rels += 1
+    body.write(_record({"t": "end", "nodes": nodes, "relationships": rels}))
     return nodes, rels
 
 
@@ -159,29 +211,66 @@ def _record(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
+@contextmanager
+def _tar_stream(fh: IO[bytes]) -> Iterator[tarfile.TarFile]:
+    """The tar inside a dump, after checking the container header as Neo4j's DumpFormatSelector does."""
+    magic = fh.read(4)
+    if magic == GZIP_MAGIC:
+        inner: Any = gzip.GzipFile(fileobj=fh, mode="rb")
+    elif magic == ZSTD_MAGIC:
+        inner = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True, closefd=False)
+        if inner.read(4) != ZSTD_INNER:
+            raise AdminError("Not in ZSTD format")
+        version = struct.unpack(">iqq", _exactly(inner, 20))[0]
+        if version != 1:
+            raise AdminError(f"Cannot read archive meta-data. I don't recognise this archive version: {version}.")
+    else:
+        raise AdminError(f"Unsupported format backup format: {list(magic)}")
+    with inner, tarfile.open(fileobj=inner, mode="r|") as tar:
+        yield tar
+
+
+def _exactly(stream: Any, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise AdminError("dump is truncated")
+    return bytes(data)
+
+
 def read_header(fh: IO[bytes]) -> dict[str, Any]:
-    if fh.read(len(MAGIC)) != MAGIC:
-        raise AdminError("not a Neo4j dump (bad magic)")
-    line = fh.readline(65536)
+    """The emulator's store header (the first entry of the tar)."""
+    for header in _iter(fh):
+        return header
+    raise AdminError("dump is empty")
+
+
+def _iter(fh: IO[bytes]) -> Iterator[dict[str, Any]]:
     try:
-        header = json.loads(line)
-    except ValueError as exc:
-        raise AdminError("damaged dump header") from exc
-    if not isinstance(header, dict) or header.get("format") != 1 or "neo4j_version" not in header:
-        raise AdminError("unsupported dump header")
-    return header
+        with _tar_stream(fh) as tar:
+            header: dict[str, Any] | None = None
+            for member in tar:
+                if member.name == HEADER_ENTRY:
+                    payload = tar.extractfile(member)
+                    header = json.loads(payload.read()) if payload else None
+                    if not isinstance(header, dict) or header.get("format") != 2 or "neo4j_version" not in header:
+                        raise AdminError("unsupported dump header")
+                    yield header
+                elif member.name == GRAPH_ENTRY:
+                    if header is None:
+                        raise AdminError("damaged dump: the graph comes before its header")
+                    body = tar.extractfile(member)
+                    for line in body or ():
+                        yield json.loads(line)
+            if header is None:
+                raise AdminError("not a dump of this server (no emulator-dump.json in it)")
+    except (OSError, EOFError, zlib.error, ValueError, tarfile.TarError, zstandard.ZstdError) as exc:
+        raise AdminError(f"damaged dump: {exc}") from exc
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """Header first, then every record; raises AdminError on any damage."""
     with open(path, "rb") as fh:
-        yield read_header(fh)
-        try:
-            with gzip.GzipFile(fileobj=fh, mode="rb") as body:
-                for line in body:
-                    yield json.loads(line)
-        except (OSError, EOFError, zlib.error, ValueError) as exc:
-            raise AdminError(f"damaged dump body: {exc}") from exc
+        yield from _iter(fh)
 
 
 def check_dump(path: Path) -> tuple[dict[str, Any], int, int]:
@@ -307,7 +396,7 @@ def cmd_dump(state: Path, database: str, to_path: Path, overwrite: bool) -> str:
             fd, tmp = tempfile.mkstemp(prefix=f".{database}.dump.", dir=to_path)
             try:
                 with os.fdopen(fd, "wb") as out:
-                    nodes, rels = write_dump(client, database, out, version_of(state))
+                    nodes, rels = write_dump(client, database, out, version_of(state), to_path)
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, target)
