@@ -640,3 +640,23 @@ def test_neo4j_left_stopped_by_a_killed_dump_is_started_by_the_dead_run_cleanup(
     assert recover_store(settings, "neo4j") == ["neo4j: started Neo4j again"]
     assert run_cypher(neo4j_env, "RETURN 1") == [[1]]
     assert recover_store(settings, "neo4j") == []  # a running server is left alone
+
+
+def test_opensearch_restore_killed_with_writes_blocked_is_unblocked_and_rolled_back(
+        opensearch_env: OpenSearchSettings, opensearch_client: OpenSearch) -> None:
+    settings = load_settings()
+    store = open_store("opensearch", settings)
+    Catalog(settings.backup_dir).write("opensearch", DAY, store.backup)
+    opensearch_client.index(index="memories", id="after-backup", body={"user_id": "x"}, refresh=True)
+    safety = take_safety_backup(settings.catalog(), store)
+    opensearch_client.delete(index="memories", id="after-backup", refresh=True)  # the half-done restore
+    killed = store.quiesce(Target("in_place"))  # kept referenced: never exited, the process was killed in here
+    hold = killed.__enter__()
+    assert hold is not None and "memories" in hold["blocked"]
+    path = killed_restore(settings, "opensearch", DAY, hold, safety.partition_key)
+
+    lines = recover_restores(settings)
+    assert len(lines) == 1 and "writes unblocked on" in lines[0] and "restored the safety backup" in lines[0], lines
+    assert not path.exists()
+    assert opensearch_client.exists(index="memories", id="after-backup")  # as before the restore
+    opensearch_client.index(index="memories", id="later", body={"user_id": "x"}, refresh=True)  # takes writes

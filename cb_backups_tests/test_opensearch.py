@@ -327,10 +327,11 @@ def test_failed_restore_reopens_the_indices_it_closed(tmp_path: Path, opensearch
 
     store = OpenSearchStore(opensearch_settings)
     artifact = Catalog(tmp_path).write("opensearch", KEY, store.backup)
-    location = Path(opensearch_settings.repository_settings["location"])
-    for docs in location.glob(f"indices/{artifact.manifest.markers['uuid']}/memories.ndjson"):
-        docs.unlink()
-    _add_docs(opensearch_client, "memories", 2)
-    with pytest.raises(RestoreFailed, match=r"memories.*reopened"):
-        store.restore(artifact, Target("in_place"))
+    opensearch_client.transport.perform_request("POST", "/_emulator/faults", body={"restore_failures": ["memories"]})
+    try:
+        _add_docs(opensearch_client, "memories", 2)
+        with pytest.raises(RestoreFailed, match=r"memories.*reopened"):
+            store.restore(artifact, Target("in_place"))
+    finally:
+        opensearch_client.transport.perform_request("POST", "/_emulator/faults", body={})
     assert opensearch_client.count(index="memories")["count"] == 302  # reopened, untouched

@@ -29,6 +29,13 @@ request never completes with the wrong bytes:
   uploads are aborted on failure, and any left by a killed process are
   aborted before the next copy of the same partition.
 
+Files a backup keeps outside its folder (an OpenSearch snapshot repository's blobs, listed in the
+backup's `repository_files.json`) are stored content-addressed, ``<prefix>/<store>/_blobs/<sha256>``,
+shared by every slot that lists them: a blob already there with that size and sha256 is not sent
+again, so a copy of an incremental snapshot sends only its new blobs. They are uploaded after the
+slot's own files (the list first, so off-site retention always sees it) and before its manifest.
+`delete_unreferenced_blobs` removes only blobs that no slot's list (complete or not) names.
+
 Where the server supports S3 additional checksums, objects are also uploaded
 with ``ChecksumAlgorithm=SHA256`` (the server verifies each request body);
 servers that refuse it are detected once and the copy falls back to
@@ -60,6 +67,7 @@ from botocore.config import Config
 
 from cb_backups.config.redact import redact
 from cb_backups.config.settings import S3Settings
+from cb_backups.core.blobs import BLOBS_FILE, CARRIED_DIR, Blob, BlobList, carried_root, parse_blob_list, read_blob_list
 from cb_backups.core.catalog import MANIFEST, write_seal
 from cb_backups.core.errors import CbBackupsError, ConfigError, VerificationFailed
 from cb_backups.core.fileio import CHUNK, HashingWriter, atomic_write_bytes, fsync_dir, private_dir, sha256_file
@@ -68,6 +76,7 @@ from cb_backups.core.model import Artifact, Manifest, Progress, Verification, no
 log = logging.getLogger(__name__)
 
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
+BLOB_FOLDER = "_blobs"  # under <prefix>/<store>/: never a partition key (those never start with "_")
 STORAGE_CLASSES = ("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
                    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE")
 SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
@@ -164,6 +173,10 @@ class S3Target:
     def key(self, store: str, partition_key: str, name: str) -> str:
         """`<prefix>/<store>/<partition_key>/<file>`."""
         return f"{self.folder(store)}{partition_key}/{name}"
+
+    def blob_key(self, store: str, sha256: str) -> str:
+        """`<prefix>/<store>/_blobs/<sha256>`: one object per content, shared by the slots listing it."""
+        return f"{self.folder(store)}{BLOB_FOLDER}/{sha256}"
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -392,14 +405,57 @@ def upload_artifact(artifact: Artifact, target: S3Target, progress: Progress = n
         sent.label = f"{store} {pk}: {record.name} -> {target.url(key)}"
         uploaded.append(_upload_file(target, store, artifact.path(record.name), key, record.bytes,
                                      record.sha256, sent))
+    blob_stats = _upload_blobs(artifact, target, sent, force)
     sent.label = f"{store} {pk}: {MANIFEST} -> {target.url(manifest_key)}"
     _upload_file(target, store, manifest_path, manifest_key, manifest_bytes, manifest_sha, sent)
     seconds = time.monotonic() - started
     copy = OffsiteCopy(store, pk, target.bucket, uploaded, manifest_key, round(seconds, 3),
-                       target.checksum_algorithm if target.checksums_supported else None)
+                       target.checksum_algorithm if target.checksums_supported else None, extra=blob_stats)
+    copy.extra["bytes_uploaded"] = copy.bytes + manifest_bytes + blob_stats.get("blob_bytes_uploaded", 0)
     log.info("s3: copied %s %s (%d bytes) to %s in %.1fs (%.1f MiB/s)", store, pk, copy.bytes,
              target.url(target.key(store, pk, "")), seconds, copy.throughput_mib_s)
     return copy
+
+
+def _blob_list(artifact: Artifact) -> BlobList | None:
+    try:
+        return read_blob_list(artifact)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VerificationFailed(artifact.store, f"{BLOBS_FILE}: cannot read ({exc})") from None
+
+
+def _distinct(blobs: BlobList) -> dict[str, list[Blob]]:
+    """The listed files by sha256 (one remote object each)."""
+    found: dict[str, list[Blob]] = {}
+    for blob in blobs.files:
+        found.setdefault(blob.sha256, []).append(blob)
+    return found
+
+
+def _remote_blob_ok(stored: dict[str, Any] | None, blob: Blob) -> bool:
+    return (stored is not None and stored.get("ContentLength") == blob.bytes
+            and (stored.get("Metadata") or {}).get(SHA256_METADATA) == blob.sha256)
+
+
+def _upload_blobs(artifact: Artifact, target: S3Target, sent: _Counter, force: bool) -> dict[str, Any]:
+    """Send the listed repository files S3 lacks (by sha256); `force` re-sends every one."""
+    blobs = _blob_list(artifact)
+    if blobs is None:
+        return {}
+    root = carried_root(artifact) or Path(blobs.root)
+    stats = {"blobs": len(blobs.files), "blobs_uploaded": 0, "blob_bytes_uploaded": 0, "blobs_present": 0,
+             "blob_bytes_present": 0}
+    for sha, same in _distinct(blobs).items():
+        blob, key = same[0], target.blob_key(artifact.store, sha)
+        if not force and _remote_blob_ok(head(target, key), blob):
+            stats["blobs_present"] += 1
+            stats["blob_bytes_present"] += blob.bytes
+            continue
+        sent.label = f"{artifact.store} {artifact.partition_key}: {blob.path} -> {target.url(key)}"
+        _upload_file(target, artifact.store, root / blob.path, key, blob.bytes, sha, sent)
+        stats["blobs_uploaded"] += 1
+        stats["blob_bytes_uploaded"] += blob.bytes
+    return stats
 
 
 class _Counter:
@@ -596,9 +652,43 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> 
                     problems.append(f"{record.name}: remote content ({size} bytes, sha256 "
                                     f"{digest.hexdigest()[:12]}…) differs from the manifest "
                                     f"({record.bytes} bytes, {record.sha256[:12]}…)")
+        problems += _blob_problems(artifact, target, deep, details)
     except CbBackupsError as exc:
         problems.append(str(exc))
     return Verification(ok=not problems, problems=problems, details=details)
+
+
+def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: dict[str, Any]) -> list[str]:
+    """Every listed repository file present off-site with its size and sha256 (each object read once)."""
+    blobs = _blob_list(artifact)
+    if blobs is None:
+        return []
+    problems = []
+    details["blobs_checked"] = 0
+    for sha, same in _distinct(blobs).items():
+        blob, key = same[0], target.blob_key(artifact.store, sha)
+        details["blobs_checked"] += 1
+        stored = head(target, key)
+        if stored is None:
+            problems.append(f"repository file {blob.path}: missing remotely ({target.url(key)})")
+            continue
+        if not _remote_blob_ok(stored, blob):
+            meta = str((stored.get("Metadata") or {}).get(SHA256_METADATA))
+            problems.append(f"repository file {blob.path}: {target.url(key)} is {stored.get('ContentLength')} "
+                            f"bytes with sha256 metadata {meta[:12]}…, the manifest says {blob.bytes} bytes, "
+                            f"{sha[:12]}…")
+            continue
+        if deep:
+            digest, size = hashlib.sha256(), 0
+            for block in _stream(target, key):
+                digest.update(block)
+                size += len(block)
+            details["bytes_read"] += size
+            if size != blob.bytes or digest.hexdigest() != sha:
+                problems.append(f"repository file {blob.path}: remote content ({size} bytes, sha256 "
+                                f"{digest.hexdigest()[:12]}…) differs from the manifest ({blob.bytes} bytes, "
+                                f"{sha[:12]}…)")
+    return problems
 
 
 # --- download (restore from off-site) ---------------------------------------------------
@@ -650,10 +740,47 @@ def download_artifact(store: str, partition_key: str, target: S3Target, into_dir
             raise target.error("downloading", target.url(key), exc) from None
         os.replace(partial, final)
         done += record.bytes
+    if any(r.name == BLOBS_FILE for r in manifest.files):
+        _download_blobs(store, target, into_dir, progress)
     atomic_write_bytes(into_dir / MANIFEST, raw)
     write_seal(into_dir)  # sealed as downloaded; the manifest itself is checked against S3 by the restore
     fsync_dir(into_dir)
     return into_dir
+
+
+def _download_blobs(store: str, target: S3Target, into_dir: Path, progress: Progress) -> None:
+    """The listed repository files into `<into_dir>/repository/<path>`, each verified while streaming."""
+    try:
+        blobs = parse_blob_list((into_dir / BLOBS_FILE).read_bytes())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VerificationFailed(store, f"{BLOBS_FILE}: cannot read ({exc})") from None
+    done, total = 0, blobs.total_bytes
+    for blob in blobs.files:
+        key = target.blob_key(store, blob.sha256)
+        final = into_dir / CARRIED_DIR / blob.path
+        private_dir(final.parent)
+        partial = final.with_name(f".{final.name}.part")
+        try:
+            for attempt in _retrying(target):
+                with attempt, HashingWriter(partial) as out:
+                    for block in _stream_raw(target, key):
+                        out.write(block)
+                        progress(f"{store}: repository file {blob.path}", done + out.bytes, total)
+            if out.bytes != blob.bytes or out.sha256 != blob.sha256:
+                raise VerificationFailed(store, f"repository file {blob.path} from {target.url(key)}: {out.bytes} "
+                                                f"bytes, sha256 {out.sha256[:12]}…; the manifest says {blob.bytes} "
+                                                f"bytes, {blob.sha256[:12]}…")
+        except CbBackupsError:
+            partial.unlink(missing_ok=True)
+            raise
+        except Exception as exc:
+            partial.unlink(missing_ok=True)
+            if _not_found(exc):
+                raise VerificationFailed(store, f"repository file {blob.path}: missing remotely "
+                                                f"({target.url(key)})") from None
+            raise target.error("downloading", target.url(key), exc) from None
+        os.replace(partial, final)
+        done += blob.bytes
 
 
 def _stream_raw(target: S3Target, key: str) -> Iterator[bytes]:
@@ -713,3 +840,28 @@ def delete_offsite(store: str, partition_key: str, target: S3Target) -> list[str
     abort_incomplete_uploads(target, folder, quiet=True)
     return deleted
 
+
+
+def delete_unreferenced_blobs(store: str, target: S3Target) -> list[str]:
+    """Delete the shared blobs of `store` that no slot's repository file list names (complete copies and
+    copies still being uploaded alike: the list is uploaded before any blob). A list that cannot be read
+    stops this: nothing is deleted on a guess. Returns the deleted keys."""
+    folder = target.folder(store)
+    listed: set[str] = set()
+    for key in _keys(target, folder):
+        parts = key[len(folder):].split("/")
+        if len(parts) == 2 and parts[1] == BLOBS_FILE and parts[0] != BLOB_FOLDER:
+            raw = get_bytes(target, key)
+            if raw is None:
+                continue  # deleted meanwhile: its slot is gone
+            try:
+                listed |= {b.sha256 for b in parse_blob_list(raw).files}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise OffsiteError(f"s3: {target.url(key)} cannot be read ({exc}); no shared blob deleted") from None
+    deleted = []
+    prefix = f"{folder}{BLOB_FOLDER}/"
+    for key in list(_keys(target, prefix)):
+        if key[len(prefix):] not in listed:
+            _delete_key(target, key)
+            deleted.append(key)
+    return deleted

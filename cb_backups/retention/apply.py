@@ -164,8 +164,9 @@ def apply_local(plan_: PrunePlan, catalog: Catalog, store: str,
 
 def apply_offsite(plan_: PrunePlan, target: S3Target, store: str, backup_dir: Path | None = None,
                   now: datetime | None = None) -> list[DeletionRecord]:
-    """Delete the plan's off-site copies (manifest first), log each deletion under `backup_dir`."""
-    from cb_backups.offsite.s3 import delete_offsite
+    """Delete the plan's off-site copies (manifest first), log each deletion under `backup_dir`; then the
+    shared repository blobs that no remaining slot lists (a blob a kept slot lists is never deleted)."""
+    from cb_backups.offsite.s3 import delete_offsite, delete_unreferenced_blobs
 
     _check_plan(plan_, OFFSITE)
     stamp = iso(now or utcnow())
@@ -183,6 +184,13 @@ def apply_offsite(plan_: PrunePlan, target: S3Target, store: str, backup_dir: Pa
         _append_log(backup_dir, [record])
         records.append(record)
         log.info("retention: deleted off-site %s %s (%s)", store, key, reason)
+    if records:
+        try:
+            blobs = delete_unreferenced_blobs(store, target)
+            if blobs:
+                log.info("retention: deleted %d off-site %s blob(s) no kept slot lists", len(blobs), store)
+        except CbBackupsError as exc:
+            failures.append(f"shared blobs: {exc}")
     if failures:
         raise RetentionIncomplete(f"{store}: {len(failures)} off-site deletion(s) failed: " + "; ".join(failures),
                                   records)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -35,6 +36,7 @@ from opensearchpy import exceptions as os_errors
 
 from cb_backups.config.redact import redact_url
 from cb_backups.config.settings import OpenSearchSettings, VolumeSettings
+from cb_backups.core.blobs import BlobList, HashCache, blob_problems, carried_root, read_blob_list, write_blob_list
 from cb_backups.core.catalog import checksum_problems
 from cb_backups.core.errors import (
     BackupFailed,
@@ -64,6 +66,13 @@ from cb_backups.stores.base import (
     named_counts_problems,
     require_scratch,
     version_problems,
+)
+from cb_backups.stores.opensearch_files import (
+    GENERATIONS_FILE,
+    RepositoryFilesError,
+    list_snapshot_files,
+    unpack_generations,
+    write_generations,
 )
 from cb_backups.stores.volume import extract_tar, list_tar, service_stopped, tar_directory
 
@@ -154,9 +163,14 @@ class OpenSearchStore:
         if settings.method == "volume" and (volume is None or not volume.data_dir):
             raise ConfigError("volumes.opensearch.data_dir", None if volume is None else volume.data_dir,
                               "the OpenSearch data folder (needed by method: volume)")
+        host_path = settings.repository_host_path
+        if host_path is not None and not Path(host_path).is_absolute():
+            raise ConfigError("opensearch.repository_host_path", host_path,
+                              "an absolute path: the fs repository folder as mounted on this host")
         self.settings = settings
         self.volume = volume
         self.url = _public_url(settings.url)
+        self.hashes = HashCache()  # one per store object (one run): a blob shared by slots is hashed once
         self._client: OpenSearch | None = None
         self._replacing: list[str] | None = None  # what `stage` found the in-place restore will replace
 
@@ -273,6 +287,37 @@ class OpenSearchStore:
         have = current.get("settings", {})
         return all(_stringify(have.get(k)) == _stringify(v) for k, v in desired["settings"].items())
 
+    def repository_root(self) -> Path | None:
+        """The fs repository folder as cb-backups reads it: `repository_host_path`, else `location` when it
+        is an absolute path (the runbook mounts the same folder at the same path); None for s3/relative."""
+        if self.settings.repository_type != "fs":
+            return None
+        if self.settings.repository_host_path:
+            return Path(self.settings.repository_host_path)
+        location = Path(str(self.settings.repository_settings.get("location", "")))
+        return location if location.is_absolute() else None
+
+    def _repository_files(self, into: Path, snap_uuid: str) -> tuple[list[FileRecord], dict[str, Any]]:
+        """List (size, sha256) every repository file the snapshot needs; copy the generation files (which
+        the next snapshot replaces) into the backup. Nothing when the repository is not readable here."""
+        root = self.repository_root()
+        if root is None or not root.is_dir():
+            why = ("the repository is of type s3" if self.settings.repository_type != "fs" else
+                   f"the repository folder {root or self.settings.repository_settings.get('location')} is not "
+                   "readable here (set opensearch.repository_host_path)")
+            return [], {"repository_files": f"not listed: {why}"}
+        try:
+            needed = list_snapshot_files(root, snap_uuid)
+            blobs = BlobList(str(root), [self.hashes.blob(root, path) for path in needed.blobs])
+            generations = write_generations(into, root, needed.generations)
+        except (OSError, RepositoryFilesError) as exc:
+            raise BackupFailed(STORE, f"cannot list the repository files of snapshot {snap_uuid} in {root}: "
+                                      f"{exc}") from None
+        listed = write_blob_list(into, blobs)
+        summary = {"repository_files": len(blobs.files), "repository_bytes": blobs.total_bytes,
+                   "repository_generation": needed.generation, "repository_root": str(root)}
+        return [listed, generations], summary
+
     # --- backup ---------------------------------------------------------------------
     def backup(self, into: Path, progress: Progress = no_progress) -> BackupOutput:
         if self.settings.method == "volume":
@@ -313,13 +358,16 @@ class OpenSearchStore:
             "end_time": info.get("end_time"),
             "doc_counts": counts,
         }
+        extra, summary = self._repository_files(into, str(info.get("uuid")))
+        record.update(summary)
         with HashingWriter(into / SNAPSHOT_FILE) as out:
             out.write((json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
         return BackupOutput(
-            files=[FileRecord(SNAPSHOT_FILE, out.bytes, out.sha256)],
+            files=[FileRecord(SNAPSHOT_FILE, out.bytes, out.sha256), *extra],
             method="snapshot",
             options={"repository": self.settings.repository, "repository_type": self.settings.repository_type,
-                     "repository_registration": repo_state, "include_global_state": True, "indices": indices},
+                     "repository_registration": repo_state, "include_global_state": True, "indices": indices,
+                     **summary},
             versions={"opensearch": str(info.get("version", version))},
             inventory={"indices": counts},
             markers={"snapshot": name, "uuid": info.get("uuid"), "repository": self.settings.repository},
@@ -365,6 +413,9 @@ class OpenSearchStore:
         record, problems = self._read_record(artifact)
         if record is None:
             return Verification(False, problems)
+        problems += self._files_problems(artifact)
+        if carried_root(artifact) is not None:  # a downloaded copy: its files are checked, no cluster needed yet
+            return Verification(not problems, problems, {"snapshot": record["snapshot"], "carried": True})
         if record["repository"] == self.settings.repository:
             try:
                 self.ensure_repository()  # self-healing: a fresh cluster has the files but no registration
@@ -397,6 +448,54 @@ class OpenSearchStore:
         details = {"snapshot": name, "uuid": info.get("uuid"), "state": info.get("state"), "shards": shards}
         return Verification(not problems, problems, details)
 
+    def _files_problems(self, artifact: Artifact) -> list[str]:
+        """Re-hash every repository file the manifest lists (at the repository, or in a downloaded copy)."""
+        try:
+            blobs = read_blob_list(artifact)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return [f"repository file list: cannot read ({exc})"]
+        if blobs is None:
+            return []
+        root = carried_root(artifact) or self.repository_root() or Path(blobs.root)
+        return blob_problems(blobs, root, self.hashes)
+
+    @contextmanager
+    def _published(self, artifact: Artifact, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """A downloaded copy's files put into a new folder inside the repository location (so inside the
+        cluster's path.repo), registered read-only under a new name; unregistered and removed afterwards.
+        Yields the record with that repository."""
+        root, carried = self.repository_root(), carried_root(artifact)
+        location = str(self.settings.repository_settings.get("location", ""))
+        if root is None or carried is None or not location:
+            raise RestoreRefused(STORE, "a restore from a downloaded copy needs an fs repository folder readable "
+                                        "here (opensearch.repository_settings.location, or "
+                                        "opensearch.repository_host_path)")
+        blobs = read_blob_list(artifact)
+        assert blobs is not None  # _files_problems passed
+        folder = f"cb-restore-{uuid.uuid4().hex[:8]}"
+        dest = root / folder
+        name = f"{self.settings.repository}-restore-{folder[-8:]}"
+        try:
+            dest.mkdir(parents=True)
+            for blob in blobs.files:  # moved, not copied: the download folder is removed afterwards anyway
+                (dest / blob.path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(carried / blob.path, dest / blob.path)
+            unpack_generations(artifact.path(GENERATIONS_FILE), dest)
+            body = {"type": "fs", "settings": {"location": f"{location.rstrip('/')}/{folder}", "readonly": True}}
+            self._must(f"register read-only repository [{name}]", self.client.snapshot.create_repository,
+                       repository=name, body=body)
+            found = self._must(f"GET snapshot {record['snapshot']}", self.client.snapshot.get, repository=name,
+                               snapshot=record["snapshot"])
+            infos = found.get("snapshots") or [{}]
+            if infos[0].get("uuid") != record["uuid"]:
+                raise RestoreRefused(STORE, f"the downloaded repository holds snapshot {record['snapshot']} with "
+                                            f"uuid {infos[0].get('uuid')}, the backup recorded {record['uuid']}")
+            yield {**record, "repository": name}
+        finally:
+            with suppress(CbBackupsError, os_errors.OpenSearchException):
+                self._call("unregister", self.client.snapshot.delete_repository, repository=name, ignore=404)
+            shutil.rmtree(dest, ignore_errors=True)
+
     # --- restore --------------------------------------------------------------------
     def restore(self, artifact: Artifact, target: Target, progress: Progress = no_progress) -> Inventory:
         if target.mode not in ("in_place", "scratch"):
@@ -411,6 +510,12 @@ class OpenSearchStore:
         verification = self.verify(artifact)
         if not verification.ok:
             raise RestoreRefused(STORE, "; ".join(verification.problems))
+        if carried_root(artifact) is None:
+            return self._restore_record(record, target, progress)
+        with self._published(artifact, record) as published:
+            return self._restore_record(published, target, progress)
+
+    def _restore_record(self, record: dict[str, Any], target: Target, progress: Progress) -> Inventory:
         indices = list(record["indices"])
         wanted = target.options.get("indices")
         if wanted:
@@ -453,11 +558,11 @@ class OpenSearchStore:
             self._replacing = [i for i in record["indices"] if not wanted or i in wanted]
 
     @contextmanager
-    def quiesce(self, target: Target) -> Iterator[None]:
+    def quiesce(self, target: Target) -> Iterator[dict[str, Any] | None]:
         """`index.blocks.write: true` on the open indices the restore replaces (all open user indices when
         `stage` did not say which), removed again on exit; indices that were blocked already stay blocked."""
         if target.mode != "in_place" or self.settings.method == "volume":
-            yield  # the volume method stops the whole server for its restore
+            yield None  # the volume method stops the whole server for its restore
             return
         states = self._index_states()
         names = self._replacing if self._replacing is not None else [i for i in states if not i.startswith(".")]
@@ -476,12 +581,23 @@ class OpenSearchStore:
                            body={WRITE_BLOCK: None}, ignore_unavailable=True)
 
         try:
-            yield
+            yield {"blocked": names}
         except BaseException:
             with suppress(CbBackupsError):  # the restore's own error is the one to report
                 unblock()
             raise
         unblock()
+
+    swaps_in_place = False  # indices are closed and restored one by one
+
+    def recover(self, target: Target, hold: dict[str, Any] | None) -> list[str]:
+        """A restore killed with writes blocked: lift the blocks it set (the journal names them)."""
+        names = [str(n) for n in (hold or {}).get("blocked") or []]
+        if target.mode != "in_place" or not names:
+            return []
+        self._must("unblock writes", self.client.indices.put_settings, index=",".join(names),
+                   body={WRITE_BLOCK: None}, ignore_unavailable=True)
+        return [f"writes unblocked on {', '.join(names)}"]
 
     def replaced(self) -> list[str]:
         """The restore overwrites the indices: what they held is in the safety snapshot, nothing is kept aside."""

@@ -14,14 +14,18 @@ itself implements the snapshot API the product uses (shapes from the official Op
     POST /_snapshot/{repo}/{snap}/_restore            recreate indices and bulk-load their documents
 
 Snapshots live on disk in the repository location (type fs) or under the emulator's data folder
-(type s3: `<data>/s3/<bucket>/<base_path>`), so they survive a restart of the emulator, and
-removing their files really loses them. Like the real server it refuses: fs locations outside
+(type s3: `<data>/s3/<bucket>/<base_path>`), laid out as OpenSearch 2.x's BlobStoreRepository lays
+them out (index-N, index.latest, snap-/meta-<uuid>.dat, indices/<id>/<shard>/__<blob>, see
+`Repository`), with the documents' bytes in the data blobs, incremental (unchanged segments are shared
+by snapshots) and checksummed (a restore refuses a changed blob), so they survive a restart of the
+emulator, and removing or changing their files really loses them. Like the real server it refuses: fs locations outside
 `path.repo`, a second snapshot with the same name, restoring over an open index, restoring
 indices that are not in the snapshot, a missing repository or snapshot.
 
 Fault injection for tests: `POST /_emulator/faults {"snapshot_shard_failures": ["index"]}` makes
 the next snapshots record failed shards for those indices (state PARTIAL), as a real node
-failure would.
+failure would; `{"restore_failures": ["index"]}` makes restores of those indices fail on the node.
+Each POST replaces both lists.
 
 Standalone: ``python -m cb_backups_tests.emulators.opensearch --port 19200 --path-repo /tmp/repo``.
 In Python: ``emu = OpenSearchEmulator.start(path_repo=[tmp]); ...; emu.stop()``.
@@ -30,19 +34,22 @@ In Python: ``emu = OpenSearchEmulator.start(path_repo=[tmp]); ...; emu.stop()``.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fnmatch
+import hashlib
 import http.client
 import json
 import os
 import re
 import shutil
 import signal
+import struct
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -66,6 +73,10 @@ VERSION_ID = 136347827  # 2.13.0 as OpenSearch encodes it
 NODE_ID = "emu-node-0001"
 NODE_NAME = "osmem-node"
 BULK_BATCH = 500
+SEGMENT_DOCS = 50  # documents per emulated segment blob
+CODEC_MAGIC = 0x3FD76C17  # Lucene CodecUtil header
+FOOTER_MAGIC = ~CODEC_MAGIC & 0xFFFFFFFF
+DEFLATE_HEADER = b"DFL\x00"
 SCROLL_SIZE = 500
 # index settings osmem (and a real cluster) assign itself; not carried into a restored index
 _GENERATED_SETTINGS = {"creation_date", "uuid", "version", "provided_name", "replication", "history", "resize"}
@@ -137,30 +148,114 @@ def _java_replacement(replacement: str) -> str:
     return re.sub(r"\$(\d+)", r"\\g<\1>", replacement.replace("\\", "\\\\"))
 
 
+def _blob_uuid() -> str:
+    """A url-safe base64 UUID, as OpenSearch names blobs (`UUIDs.randomBase64UUID`)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _dat_bytes(payload: Any, codec: str, compress: bool) -> bytes:
+    """A metadata blob framed as OpenSearch's ChecksumBlobStoreFormat: Lucene codec header, the body
+    (`DFL\\0` + raw deflate when the repository compresses), Lucene footer with the CRC32. The real
+    body is SMILE; the emulator writes JSON (the adapter only hashes these files and scans them for blob
+    names, which both encodings keep verbatim)."""
+    name = codec.encode()
+    header = struct.pack(">I", CODEC_MAGIC) + bytes([len(name)]) + name + struct.pack(">I", 1)
+    body = json.dumps(payload, sort_keys=True).encode()
+    if compress:
+        packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+        body = DEFLATE_HEADER + packer.compress(body) + packer.flush()
+    crc = zlib.crc32(header + body)
+    return header + body + struct.pack(">IIQ", FOOTER_MAGIC, 0, crc)
+
+
+def _read_dat(path: Path) -> Any:
+    data = path.read_bytes()
+    if len(data) < 25 or struct.unpack(">I", data[:4])[0] != CODEC_MAGIC:
+        raise ValueError(f"{path.name}: no codec header")
+    body = data[4 + 1 + data[4] + 4:-16]
+    if zlib.crc32(data[:-16]) != struct.unpack(">IIQ", data[-16:])[2]:
+        raise ValueError(f"{path.name}: checksum failed (corrupted)")
+    if body.startswith(DEFLATE_HEADER):
+        body = zlib.decompressobj(-15).decompress(body[len(DEFLATE_HEADER):])
+    return json.loads(body)
+
+
 @dataclass
 class Repository:
+    """A BlobStoreRepository laid out as OpenSearch 2.x does (see `org.opensearch.repositories.blobstore`
+    package docs)::
+
+        index-N                RepositoryData (JSON), N = generation; only the newest is kept
+        index.latest           N as a big-endian 64-bit long
+        snap-<uuid>.dat        SnapshotInfo              meta-<uuid>.dat   global metadata
+        indices/<index id>/meta-<blob id>.dat             IndexMetadata, shared by snapshots with equal metadata
+        indices/<index id>/<shard>/__<blob id>            data blobs (segments: the documents, ndjson),
+                                                          shared by every snapshot whose shard holds them
+        indices/<index id>/<shard>/snap-<uuid>.dat        the shard's files in that snapshot
+        indices/<index id>/<shard>/index-<generation>     every snapshot of the shard and its files
+
+    A shard's documents are grouped by sorted `_id` into segments of SEGMENT_DOCS; a segment whose
+    bytes a previous snapshot of the shard already stored is referenced, not written again (as Lucene
+    segments are): the snapshots are incremental.
+    """
+
     name: str
     type: str
     settings: dict[str, Any]
     root: Path
-    uuid: str = field(default_factory=lambda: uuid.uuid4().hex[:22])
+    uuid: str = field(default_factory=_blob_uuid)
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.type, "uuid": self.uuid, "settings": _stringify(self.settings)}
 
-    # on-disk layout: snap-<uuid>.json (written last: its presence means the snapshot exists)
-    # and indices/<snapshot uuid>/<index>.ndjson
-    def snapshot_files(self) -> Iterator[Path]:
-        if self.root.is_dir():
-            yield from sorted(self.root.glob("snap-*.json"))
+    @property
+    def compress(self) -> bool:
+        return _truthy(self.settings.get("compress"))
 
+    @property
+    def readonly(self) -> bool:
+        return _truthy(self.settings.get("readonly")) or _truthy(self.settings.get("read_only"))
+
+    # --- RepositoryData ---------------------------------------------------------------
+    def generation(self) -> int:
+        """The highest N of the index-N blobs (listing, as a writable repository does); else index.latest."""
+        found = [int(p.name[6:]) for p in self.root.glob("index-*") if p.name[6:].isdigit()] \
+            if self.root.is_dir() else []
+        if found:
+            return max(found)
+        latest = self.root / "index.latest"
+        return struct.unpack(">q", latest.read_bytes())[0] if latest.is_file() else -1
+
+    def data(self) -> dict[str, Any]:
+        gen = self.generation()
+        if gen < 0:
+            return {"min_version": "7.9.0", "uuid": self.uuid, "cluster_id": "emulator-cluster", "snapshots": [],
+                    "indices": {}, "index_metadata_identifiers": {}}
+        return json.loads((self.root / f"index-{gen}").read_text())
+
+    def write_data(self, data: dict[str, Any]) -> None:
+        old = self.generation()
+        new = old + 1
+        _write_atomic(self.root / f"index-{new}", json.dumps(data, sort_keys=True).encode())
+        _write_atomic(self.root / "index.latest", struct.pack(">q", new))
+        if old >= 0:
+            (self.root / f"index-{old}").unlink(missing_ok=True)
+
+    # --- reading snapshots ----------------------------------------------------------------
     def snapshots(self) -> list[dict[str, Any]]:
         found = []
-        for path in self.snapshot_files():
+        for entry in self.data()["snapshots"]:
             try:
-                found.append(json.loads(path.read_text()))
+                found.append({"info": _read_dat(self.root / f"snap-{entry['uuid']}.dat"), "entry": entry})
             except (OSError, ValueError):
-                continue
+                continue  # a snapshot whose SnapshotInfo blob is gone is not listed
         return sorted(found, key=lambda s: s["info"]["start_time_in_millis"])
 
     def snapshot(self, name: str) -> dict[str, Any] | None:
@@ -169,8 +264,13 @@ class Repository:
                 return snap
         return None
 
-    def docs_path(self, snap_uuid: str, index: str) -> Path:
-        return self.root / "indices" / snap_uuid / f"{index}.ndjson"
+    def index_meta(self, data: dict[str, Any], entry: dict[str, Any], index: str) -> dict[str, Any]:
+        index_id = data["indices"][index]["id"]
+        blob = data["index_metadata_identifiers"][entry["index_metadata_lookup"][index_id]]
+        return {"id": index_id, **_read_dat(self.root / "indices" / index_id / f"meta-{blob}.dat")}
+
+    def shard_dir(self, index_id: str, shard: int) -> Path:
+        return self.root / "indices" / index_id / str(shard)
 
 
 class Osmem:
@@ -221,6 +321,7 @@ class SnapshotService:
         self.lock = threading.Lock()  # repository registry
         self.running = threading.Lock()  # one snapshot or restore at a time
         self.fail_shards: set[str] = set()
+        self.fail_restores: set[str] = set()
 
     # --- repositories -------------------------------------------------------------
     def _repo(self, name: str) -> Repository:
@@ -264,9 +365,11 @@ class SnapshotService:
                            "Validation Failed: 1: type is missing;")
         settings = dict(body.get("settings") or {})
         root = self._location(name, str(kind), settings)
-        root.mkdir(parents=True, exist_ok=True)
+        readonly = _truthy(settings.get("readonly")) or _truthy(settings.get("read_only"))
+        if not readonly:
+            root.mkdir(parents=True, exist_ok=True)
         if verify:
-            self._verify_location(name, root)
+            self._verify_location(name, root, readonly)
         with self.lock:
             old = self.repos.get(name)
             repo = Repository(name, str(kind), settings, root)
@@ -275,7 +378,12 @@ class SnapshotService:
             self.repos[name] = repo
         return {"acknowledged": True}
 
-    def _verify_location(self, name: str, root: Path) -> None:
+    def _verify_location(self, name: str, root: Path, readonly: bool = False) -> None:
+        if readonly:  # a read-only repository is only read: OpenSearch skips the write probe
+            if not root.is_dir():
+                raise ApiError(500, "repository_verification_exception", f"[{name}] location [{root}] is not "
+                               "a readable folder")
+            return
         probe = root / f"tests-{uuid.uuid4().hex[:12]}"
         try:
             probe.mkdir(parents=True)
@@ -305,7 +413,7 @@ class SnapshotService:
 
     def verify_repository(self, name: str) -> dict[str, Any]:
         repo = self._repo(name)
-        self._verify_location(name, repo.root)
+        self._verify_location(name, repo.root, repo.readonly)
         return {"nodes": {NODE_ID: {"name": NODE_NAME}}}
 
     # --- snapshots ----------------------------------------------------------------
@@ -385,7 +493,7 @@ class SnapshotService:
             if repo.snapshot(name) is not None:
                 raise ApiError(400, "invalid_snapshot_name_exception", f"[{repo_name}:{name}] Invalid snapshot "
                                f"name [{name}], snapshot with the same name already exists")
-            if _truthy(repo.settings.get("readonly")) or _truthy(repo.settings.get("read_only")):
+            if repo.readonly:
                 raise ApiError(500, "repository_exception", f"[{repo_name}] cannot create snapshot in a readonly "
                                "repository")
             states = self.osmem.index_states()
@@ -396,34 +504,47 @@ class SnapshotService:
         return {"snapshot": info} if wait else {"accepted": True}
 
     def _capture(self, repo: Repository, name: str, indices: list[str], body: dict[str, Any]) -> dict[str, Any]:
+        """Write the snapshot the way BlobStoreRepository does: shard data, shard snap-/index- blobs, then
+        index metadata, global metadata, SnapshotInfo, and last a new index-N (until then it does not exist)."""
         start = _now_ms()
-        snap_uuid = uuid.uuid4().hex[:22]
-        meta: dict[str, Any] = {}
+        snap_uuid = _blob_uuid()
+        data = repo.data()
         total = failed = 0
         failures = []
-        staging = repo.root / "indices" / f".tmp-{snap_uuid}"
-        staging.mkdir(parents=True, exist_ok=True)
-        try:
-            for index in indices:
-                described = self.osmem.ok("GET", f"/{index}")[index]
-                shards = int(described["settings"]["index"].get("number_of_shards", 1))
-                total += shards
-                if index in self.fail_shards:
-                    failed += shards
-                    failures += [{"index": index, "index_uuid": index, "shard_id": s, "node_id": NODE_ID,
-                                  "status": "INTERNAL_SERVER_ERROR",
-                                  "reason": "IndexShardSnapshotFailedException[injected failure]"}
-                                 for s in range(shards)]
-                    continue
-                docs = self._dump(index, staging / f"{index}.ndjson")
-                settings = {k: v for k, v in described["settings"]["index"].items() if k not in _GENERATED_SETTINGS}
-                meta[index] = {"settings": settings, "mappings": described.get("mappings", {}),
-                               "aliases": described.get("aliases", {}), "docs": docs, "shards": shards}
-            final = repo.root / "indices" / snap_uuid
-            os.replace(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        lookup: dict[str, str] = {}
+        for index in indices:
+            described = self.osmem.ok("GET", f"/{index}")[index]
+            shards = int(described["settings"]["index"].get("number_of_shards", 1))
+            total += shards
+            if index in self.fail_shards:
+                failed += shards
+                failures += [{"index": index, "index_uuid": index, "shard_id": s, "node_id": NODE_ID,
+                              "status": "INTERNAL_SERVER_ERROR",
+                              "reason": "IndexShardSnapshotFailedException[injected failure]"}
+                             for s in range(shards)]
+                continue
+            entry = data["indices"].setdefault(index, {"id": _blob_uuid(), "snapshots": [], "shard_generations": []})
+            index_id = entry["id"]
+            per_shard: list[list[str]] = [[] for _ in range(shards)]
+            for line in self._dump(index):
+                doc_id = json.loads(line)["_id"]
+                per_shard[zlib.crc32(doc_id.encode()) % shards].append(line)
+            gens = list(entry["shard_generations"]) + [None] * max(0, shards - len(entry["shard_generations"]))
+            for shard, lines in enumerate(per_shard):
+                gens[shard] = self._snapshot_shard(repo, index_id, shard, gens[shard], name, snap_uuid, lines, start)
+            entry["shard_generations"] = gens[:shards]
+            entry["snapshots"].append(snap_uuid)
+            settings = {k: v for k, v in described["settings"]["index"].items() if k not in _GENERATED_SETTINGS}
+            meta = {"settings": settings, "mappings": described.get("mappings", {}),
+                    "aliases": described.get("aliases", {}), "shards": shards}
+            digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+            identifier = f"{described['settings']['index'].get('uuid', index)}-_na_-{digest}"
+            blob = data["index_metadata_identifiers"].get(identifier)
+            if blob is None:
+                blob = data["index_metadata_identifiers"][identifier] = _blob_uuid()
+                _write_atomic(repo.root / "indices" / index_id / f"meta-{blob}.dat",
+                              _dat_bytes(meta, "index-metadata", repo.compress))
+            lookup[index_id] = identifier
         end = max(_now_ms(), start + 1)
         info = {
             "snapshot": name, "uuid": snap_uuid, "version_id": VERSION_ID, "version": VERSION["number"],
@@ -437,42 +558,114 @@ class SnapshotService:
         }
         if info["metadata"] is None:
             del info["metadata"]
-        record = repo.root / f"snap-{snap_uuid}.json"
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"info": info, "indices": meta}))
-        os.replace(tmp, record)
+        _write_atomic(repo.root / f"meta-{snap_uuid}.dat", _dat_bytes({"meta-data": {}}, "metadata", repo.compress))
+        _write_atomic(repo.root / f"snap-{snap_uuid}.dat", _dat_bytes(info, "snapshot", repo.compress))
+        data["snapshots"].append({"name": name, "uuid": snap_uuid, "state": 3 if failed else 1,
+                                  "index_metadata_lookup": lookup, "version": VERSION["number"],
+                                  "start_time_millis": start, "end_time_millis": end})
+        repo.write_data(data)
         return info
 
-    def _dump(self, index: str, path: Path) -> int:
-        """Read every document back with a scroll and write it as ndjson; returns the count."""
-        count = 0
+    def _snapshot_shard(self, repo: Repository, index_id: str, shard: int, old_gen: str | None, name: str,
+                        snap_uuid: str, lines: list[str], start: int) -> str:
+        """Write the shard's new segments (reusing the blobs of identical ones), its snap-<uuid>.dat and a new
+        index-<generation>; returns the new generation."""
+        folder = repo.shard_dir(index_id, shard)
+        folder.mkdir(parents=True, exist_ok=True)
+        previous = _read_dat(folder / f"index-{old_gen}") if old_gen else {"snapshots": {}, "files": []}
+        known = {f["checksum"]: f for f in previous["files"]}
+        lines.sort(key=lambda line: json.loads(line)["_id"])
+        files = []
+        for n in range(0, len(lines), SEGMENT_DOCS):
+            payload = ("\n".join(lines[n:n + SEGMENT_DOCS]) + "\n").encode()
+            checksum = hashlib.sha256(payload).hexdigest()
+            record = known.get(checksum)
+            if record is None:
+                record = {"name": f"__{_blob_uuid()}", "physical_name": f"_{len(known) + len(files)}.cfs",
+                          "length": len(payload), "checksum": checksum, "part_size": 1 << 40,
+                          "docs": payload.count(b"\n")}
+                _write_atomic(folder / record["name"], payload)
+            files.append(record)
+        shard_snap = {"name": name, "index_version": 1, "start_time": start, "time": max(_now_ms() - start, 1),
+                      "number_of_files": len(files), "total_size": sum(f["length"] for f in files),
+                      "files": files}
+        return self._write_shard_gen(repo, folder, previous, name, snap_uuid, shard_snap, old_gen)
+
+    def _write_shard_gen(self, repo: Repository, folder: Path, previous: dict[str, Any], name: str,
+                         snap_uuid: str, shard_snap: dict[str, Any] | None, old_gen: str | None) -> str:
+        snapshots = dict(previous["snapshots"])
+        if shard_snap is not None:
+            _write_atomic(folder / f"snap-{snap_uuid}.dat", _dat_bytes(shard_snap, "snapshot", repo.compress))
+            snapshots[name] = {"files": [f["name"] for f in shard_snap["files"]], "uuid": snap_uuid}
+        else:
+            snapshots.pop(name, None)
+        every = {f["name"]: f for f in previous["files"]}
+        if shard_snap is not None:
+            every.update({f["name"]: f for f in shard_snap["files"]})
+        wanted = {n for s in snapshots.values() for n in s["files"]}
+        new_gen = _blob_uuid()
+        _write_atomic(folder / f"index-{new_gen}", _dat_bytes(
+            {"snapshots": snapshots, "files": [every[n] for n in sorted(wanted)]}, "snapshots", repo.compress))
+        if old_gen:
+            (folder / f"index-{old_gen}").unlink(missing_ok=True)
+        for blob in set(every) - wanted:  # blobs no remaining snapshot of the shard references
+            (folder / blob).unlink(missing_ok=True)
+        return new_gen
+
+    def _dump(self, index: str) -> list[str]:
+        """Every document read back with a scroll, one ndjson line each."""
+        lines = []
         page = self.osmem.ok("POST", f"/{index}/_search?scroll=1m", {"size": SCROLL_SIZE, "sort": ["_doc"]})
         scroll_id = page.get("_scroll_id")
-        with open(path, "w", encoding="utf-8") as out:
-            try:
-                while page["hits"]["hits"]:
-                    for hit in page["hits"]["hits"]:
-                        doc = {"_id": hit["_id"], "_source": hit.get("_source", {})}
-                        if hit.get("_routing") is not None:
-                            doc["_routing"] = hit["_routing"]
-                        out.write(json.dumps(doc) + "\n")
-                        count += 1
-                    page = self.osmem.ok("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": scroll_id})
-                    scroll_id = page.get("_scroll_id", scroll_id)
-            finally:
-                if scroll_id:
-                    self.osmem.call("DELETE", "/_search/scroll", {"scroll_id": scroll_id})
-        return count
+        try:
+            while page["hits"]["hits"]:
+                for hit in page["hits"]["hits"]:
+                    doc = {"_id": hit["_id"], "_source": hit.get("_source", {})}
+                    if hit.get("_routing") is not None:
+                        doc["_routing"] = hit["_routing"]
+                    lines.append(json.dumps(doc, sort_keys=True))
+                page = self.osmem.ok("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": scroll_id})
+                scroll_id = page.get("_scroll_id", scroll_id)
+        finally:
+            if scroll_id:
+                self.osmem.call("DELETE", "/_search/scroll", {"scroll_id": scroll_id})
+        return lines
 
     def delete_snapshot(self, repo_name: str, names: str) -> dict[str, Any]:
         repo = self._repo(repo_name)
+        if repo.readonly:
+            raise ApiError(500, "repository_exception", f"[{repo_name}] cannot delete snapshot from a readonly "
+                           "repository")
         for name in _as_list(names):
             snap = repo.snapshot(name)
             if snap is None:
                 raise ApiError(404, "snapshot_missing_exception", f"[{repo_name}:{name}] is missing")
             snap_uuid = snap["info"]["uuid"]
-            (repo.root / f"snap-{snap_uuid}.json").unlink(missing_ok=True)
-            shutil.rmtree(repo.root / "indices" / snap_uuid, ignore_errors=True)
+            data = repo.data()
+            data["snapshots"] = [s for s in data["snapshots"] if s["uuid"] != snap_uuid]
+            for index, entry in list(data["indices"].items()):
+                if snap_uuid not in entry["snapshots"]:
+                    continue
+                entry["snapshots"].remove(snap_uuid)
+                if not entry["snapshots"]:
+                    shutil.rmtree(repo.root / "indices" / entry["id"], ignore_errors=True)
+                    del data["indices"][index]
+                    continue
+                for shard, gen in enumerate(entry["shard_generations"]):
+                    folder = repo.shard_dir(entry["id"], shard)
+                    previous = _read_dat(folder / f"index-{gen}")
+                    (folder / f"snap-{snap_uuid}.dat").unlink(missing_ok=True)
+                    entry["shard_generations"][shard] = self._write_shard_gen(repo, folder, previous, name, snap_uuid,
+                                                                                None, gen)
+            used = {i for s in data["snapshots"] for i in s["index_metadata_lookup"].values()}
+            for identifier, blob in list(data["index_metadata_identifiers"].items()):
+                if identifier not in used:
+                    del data["index_metadata_identifiers"][identifier]
+                    for meta in (repo.root / "indices").glob(f"*/meta-{blob}.dat"):
+                        meta.unlink(missing_ok=True)
+            repo.write_data(data)
+            (repo.root / f"snap-{snap_uuid}.dat").unlink(missing_ok=True)
+            (repo.root / f"meta-{snap_uuid}.dat").unlink(missing_ok=True)
         return {"acknowledged": True}
 
     # --- restore --------------------------------------------------------------------
@@ -509,7 +702,7 @@ class SnapshotService:
                 if target in states:
                     current = self.osmem.ok("GET", f"/{target}/_settings?expand_wildcards=all")[target]
                     have = int(current["settings"]["index"].get("number_of_shards", 1))
-                    want = snap["indices"][index]["shards"]
+                    want = repo.index_meta(repo.data(), snap["entry"], index)["shards"]
                     if have != want:
                         raise ApiError(500, "snapshot_restore_exception", f"{label} cannot restore index "
                                        f"[{target}] with [{have}] shards from a snapshot of index [{index}] "
@@ -544,11 +737,29 @@ class SnapshotService:
 
     def _load(self, repo: Repository, snap: dict[str, Any], index: str, target: str, states: dict[str, str],
               body: dict[str, Any]) -> int:
-        meta = snap["indices"][index]
-        source = repo.docs_path(snap["info"]["uuid"], index)
-        if not source.is_file():
-            raise ApiError(500, "snapshot_restore_exception", f"[{repo.name}:{snap['info']['snapshot']}] "
-                           f"index [{index}] files are missing from the repository: {source.name}")
+        label = f"[{repo.name}:{snap['info']['snapshot']}]"
+        if index in self.fail_restores:
+            raise ApiError(500, "snapshot_restore_exception", f"{label} index [{index}] restore failed on the "
+                           "node (injected failure)")
+        try:
+            meta = repo.index_meta(repo.data(), snap["entry"], index)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ApiError(500, "snapshot_restore_exception", f"{label} index [{index}] metadata is missing or "
+                           f"corrupted in the repository: {exc}") from None
+        segments: list[Path] = []
+        for shard in range(int(meta["shards"])):  # read every shard's file list before touching the target
+            folder = repo.shard_dir(meta["id"], shard)
+            try:
+                files = _read_dat(folder / f"snap-{snap['info']['uuid']}.dat")["files"]
+            except (OSError, ValueError) as exc:
+                raise ApiError(500, "snapshot_restore_exception", f"{label} index [{index}] shard [{shard}] "
+                               f"snapshot file is missing or corrupted: {exc}") from None
+            for record in files:
+                blob = folder / record["name"]
+                if not blob.is_file() or hashlib.sha256(blob.read_bytes()).hexdigest() != record["checksum"]:
+                    raise ApiError(500, "snapshot_restore_exception", f"{label} index [{index}] shard [{shard}] "
+                                   f"file {record['name']} is missing or fails its checksum (corrupted)")
+                segments.append(blob)
         if target in states:
             self.osmem.ok("DELETE", f"/{target}")
         settings = dict(meta["settings"])
@@ -560,16 +771,17 @@ class SnapshotService:
             create["aliases"] = meta["aliases"]
         self.osmem.ok("PUT", f"/{target}", create)
         batch: list[str] = []
-        with open(source, encoding="utf-8") as docs:
-            for line in docs:
-                doc = json.loads(line)
-                action: dict[str, Any] = {"_index": target, "_id": doc["_id"]}
-                if "_routing" in doc:
-                    action["routing"] = doc["_routing"]
-                batch += [json.dumps({"index": action}), json.dumps(doc["_source"])]
-                if len(batch) >= 2 * BULK_BATCH:
-                    self._bulk(batch)
-                    batch = []
+        for segment in segments:
+            with open(segment, encoding="utf-8") as docs:
+                for line in docs:
+                    doc = json.loads(line)
+                    action: dict[str, Any] = {"_index": target, "_id": doc["_id"]}
+                    if "_routing" in doc:
+                        action["routing"] = doc["_routing"]
+                    batch += [json.dumps({"index": action}), json.dumps(doc["_source"])]
+                    if len(batch) >= 2 * BULK_BATCH:
+                        self._bulk(batch)
+                        batch = []
         if batch:
             self._bulk(batch)
         self.osmem.ok("POST", f"/{target}/_refresh")
@@ -678,7 +890,9 @@ class _Handler(BaseHTTPRequestHandler):
         if seg == ["faults"] and self.command == "POST":
             body = json.loads(raw) if raw.strip() else {}
             svc.fail_shards = set(body.get("snapshot_shard_failures") or [])
-            return {"acknowledged": True, "snapshot_shard_failures": sorted(svc.fail_shards)}
+            svc.fail_restores = set(body.get("restore_failures") or [])
+            return {"acknowledged": True, "snapshot_shard_failures": sorted(svc.fail_shards),
+                    "restore_failures": sorted(svc.fail_restores)}
         raise ApiError(404, "resource_not_found_exception", f"no emulator endpoint {self.path}")
 
 
