@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
 from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from opensearchpy import OpenSearch
 
 from cb_backups.cli.runs import run_job
 from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, QdrantSettings, load_settings
@@ -185,3 +187,58 @@ def test_weekly_schedule_on_sunday_0100_running_by_default() -> None:
     assert schedule.job_name == "full_system_backup_job"
     job = defs.resolve_job_def("full_system_backup_job")
     assert job.partitions_def == weekly_sunday_0100
+
+
+def test_full_system_offsite_copy_carries_the_opensearch_repository_files(
+        offsite_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, opensearch_server: dict,
+        opensearch_settings: OpenSearchSettings, seeded_opensearch: dict[str, int]) -> None:
+    """Issue 14 (6): the full system copy holds the OpenSearch part's repository files (shared blobs under
+    full_system/_blobs/, listed, checked); with the repository folder, the cluster and the local copy gone,
+    `restore opensearch --backup full_system:<key> --from offsite` brings every document back."""
+    if opensearch_server["emulator"] is None:
+        pytest.skip("needs a fresh cluster to restore into (the emulator starts one)")
+    from cb_backups.core.blobs import BLOBS_FILE, read_blob_lists
+    from cb_backups.core.model import no_progress
+    from cb_backups.full_system.backup import write_full_backup
+    from cb_backups.offsite import s3 as offsite
+    from cb_backups.restore.execute import execute_restore
+    from cb_backups.restore.plan import plan_restore
+    from cb_backups.stores.opensearch import OpenSearchStore
+    from cb_backups_tests.emulators.opensearch import OpenSearchEmulator
+
+    for key, value in store_env(tmp_path, opensearch=opensearch_settings).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert KEY is not None
+    full = write_full_backup(Catalog(settings.backup_dir), KEY, ["opensearch"], lambda n: open_store(n, settings),
+                             lambda n: no_progress)
+    lists = read_blob_lists(full)
+    assert [name for name, _ in lists] == [f"opensearch{SEPARATOR}{BLOBS_FILE}"]
+    blobs = lists[0][1]
+    target = offsite.S3Target(settings.s3)
+    copy = offsite.upload_artifact(full, target)
+    assert copy.extra["blobs_uploaded"] == len({b.sha256 for b in blobs.files}) > 0
+    assert offsite.verify_offsite(full, target, deep=True).ok
+
+    data = next(b for b in blobs.files if b.path.rsplit("/", 1)[-1].startswith("__"))
+    key = target.blob_key(FULL_SYSTEM, data.sha256)
+    body = target.client.get_object(Bucket=target.bucket, Key=key)["Body"].read()
+    target.client.delete_object(Bucket=target.bucket, Key=key)
+    check = offsite.verify_offsite(full, target)
+    assert not check.ok and any(data.path in p and "missing remotely" in p for p in check.problems), check.problems
+    target.client.put_object(Bucket=target.bucket, Key=key, Body=body, Metadata={"sha256": data.sha256})
+
+    expected = full.manifest.inventory["opensearch.indices"]
+    assert {i: expected[i] for i in SEED_COUNTS} == SEED_COUNTS
+    location = Path(opensearch_settings.repository_settings["location"])
+    shutil.rmtree(location)  # the repository folder ...
+    shutil.rmtree(full.directory)  # ... and the local copy are gone; the old cluster is not used again
+    with OpenSearchEmulator.start(path_repo=[Path(opensearch_server["repo_root"])]) as fresh:
+        monkeypatch.setenv("CB_OPENSEARCH_URL", fresh.url)
+        settings = load_settings()
+        result = execute_restore(plan_restore(settings, "opensearch", f"full_system:{KEY}", source="offsite",
+                                              target=Target("in_place")))
+        assert result.ok and result.kind == FULL_SYSTEM, result.problems
+        assert OpenSearchStore(settings.opensearch).inventory()["indices"] == expected  # type: ignore[arg-type]
+        assert not [r for r in OpenSearch(hosts=[fresh.url]).snapshot.get_repository() if "restore" in r]
+    shutil.rmtree(location, ignore_errors=True)  # the fresh cluster's safety snapshot

@@ -213,3 +213,38 @@ def test_repository_host_path_must_be_absolute() -> None:
 
     with pytest.raises(ConfigError, match=r"opensearch.repository_host_path.*relative/repo.*absolute path"):
         OpenSearchStore(OpenSearchSettings(repository_host_path="relative/repo"))
+
+
+def test_s3_repository_objects_are_listed_and_a_missing_or_resized_one_fails_the_check(
+        tmp_path: Path, opensearch_server: dict, seeded_opensearch: dict, s3_server: SeaweedS3, s3_bucket: str,
+        s3_env: dict[str, str]) -> None:
+    """Item 4: the cluster writes the snapshot into the bucket itself (the emulator mirrors its s3
+    repository into SeaweedFS); the manifest lists the objects with sizes and the check lists the bucket."""
+    if opensearch_server["emulator"] is None:
+        pytest.skip("the emulator writes its s3 repository into SeaweedFS; a real cluster needs its own bucket")
+    from cb_backups.stores.opensearch_s3 import OBJECTS_FILE, read_object_list
+
+    settings = OpenSearchSettings(url=opensearch_server["url"], repository="cbs3test", repository_type="s3",
+                                  repository_settings={"bucket": s3_bucket, "base_path": "snapshots/os",
+                                                       "endpoint": s3_server.endpoint_url})
+    store = OpenSearchStore(settings)
+    artifact = Catalog(tmp_path).write("opensearch", _slot(1), store.backup)
+    assert artifact.manifest.options["repository_storage"] == f"s3://{s3_bucket}/snapshots/os/"
+    objects = read_object_list(artifact.path(OBJECTS_FILE))
+    uuid = artifact.manifest.markers["uuid"]
+    assert f"snap-{uuid}.dat" in objects.files and any("/__" in p for p in objects.files)
+    assert OpenSearchStore(settings).verify(artifact).ok
+
+    client = s3_server.client()
+    data = next(p for p in objects.files if "/__" in p)
+    key = f"snapshots/os/{data}"
+    body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=s3_bucket, Key=key, Body=body[:-1])
+    result = OpenSearchStore(settings).verify(artifact)
+    assert not result.ok and any(data in p and "bytes" in p for p in result.problems), result.problems
+    client.delete_object(Bucket=s3_bucket, Key=key)
+    result = OpenSearchStore(settings).verify(artifact)
+    assert not result.ok and any(data in p and "missing" in p for p in result.problems), result.problems
+    client.put_object(Bucket=s3_bucket, Key=key, Body=body)
+    assert OpenSearchStore(settings).verify(artifact).ok
+    OpenSearch(hosts=[opensearch_server["url"]]).snapshot.delete_repository(repository="cbs3test", ignore=404)

@@ -5,12 +5,18 @@ folder: the repository root as cb-backups reads it, and every file the backup ne
 sha256. That list is itself a manifest file (sized and hashed), so the sealed manifest pins it.
 The off-site copy, the off-site check, the download and off-site retention read it without knowing
 which store wrote it. A downloaded copy carries the files in `<backup folder>/repository/`.
+
+A folder holding other stores' parts under prefixed names (a full system backup's
+`opensearch__repository_files.json`) has one list per part: every manifest file whose name ends in
+`repository_files.json` is a list, and its downloaded files go to the folder named by the same prefix
+(`opensearch__repository/`), so one store's view of that folder finds them at `repository/`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
@@ -66,6 +72,29 @@ def read_blob_list(artifact: Artifact) -> BlobList | None:
     if not any(f.name == BLOBS_FILE for f in artifact.manifest.files):
         return None
     return parse_blob_list(artifact.path(BLOBS_FILE).read_bytes())
+
+
+def list_names(names: Iterable[str]) -> list[str]:
+    """The file names among `names` that are repository file lists (`repository_files.json`, or prefixed)."""
+    return [n for n in names if n.endswith(BLOBS_FILE)]
+
+
+def carried_dir(list_name: str) -> str:
+    """Where a downloaded copy keeps the files of list `list_name`: `repository`, `opensearch__repository`."""
+    return list_name[: -len(BLOBS_FILE)] + CARRIED_DIR
+
+
+def read_blob_lists(artifact: Artifact) -> list[tuple[str, BlobList]]:
+    """Every list in the artifact with its file name (none for a backup that keeps nothing outside its
+    folder). Raises ValueError/OSError."""
+    return [(name, parse_blob_list(artifact.path(name).read_bytes()))
+            for name in list_names(f.name for f in artifact.manifest.files)]
+
+
+def list_root(artifact: Artifact, list_name: str, blobs: BlobList) -> Path:
+    """Where the files of one list are read: the downloaded copy's folder, else the repository."""
+    folder = artifact.path(carried_dir(list_name))
+    return folder if folder.is_dir() else Path(blobs.root)
 
 
 def carried_root(artifact: Artifact) -> Path | None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from cb_backups.checks.slot import Outcome
 from cb_backups.config.retention import DEFAULT_POLICIES
+from cb_backups.core.blobs import CARRIED_DIR
 from cb_backups.core.catalog import Catalog, checksum_problems, utcnow
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.fileio import private_dir
@@ -186,8 +187,11 @@ def assemble(into: Path, runs: dict[str, StoreRun], skipped: dict[str, str], sta
 
 
 def write_full_backup(catalog: Catalog, key: str, configured: list[str], open_store: OpenStore,
-                      progress_for: Callable[[str], Progress]) -> Artifact:
-    """Under the slot lock: back up every configured store at once and commit the one folder."""
+                      progress_for: Callable[[str], Progress],
+                      fence: Callable[[Callable[[Path], BackupOutput]], Callable[[Path], BackupOutput]] | None = None,
+                      ) -> Artifact:
+    """Under the slot lock: back up every configured store at once and commit the one folder. `fence` wraps
+    the whole of it (the quiesce hooks: every pre_backup before the first store, every post_backup after)."""
     skipped = {n: "not configured" for n in STORE_NAMES if n not in configured}
 
     def run(staging: Path) -> BackupOutput:
@@ -195,7 +199,7 @@ def write_full_backup(catalog: Catalog, key: str, configured: list[str], open_st
         runs = backup_all(configured, open_store, staging, catalog.root, progress_for)
         return assemble(staging, runs, skipped, started, time.monotonic() - t0)
 
-    return catalog.write(FULL_SYSTEM, key, run)
+    return catalog.write(FULL_SYSTEM, key, fence(run) if fence is not None else run)
 
 
 # --- reading one store's part (no Dagster) -------------------------------------------------------
@@ -233,13 +237,19 @@ def store_manifest(artifact: Artifact, store: str) -> Manifest:
 
 @contextmanager
 def store_view(artifact: Artifact, store: str) -> Iterator[Artifact]:
-    """`store`'s part as its own Artifact: a temporary folder of symlinks under the original names."""
+    """`store`'s part as its own Artifact: a temporary folder of symlinks under the original names.
+
+    A downloaded copy's repository files of that part (`<store>__repository/`) appear as the view's
+    `repository/`, where the store's adapter looks for them."""
     manifest = store_manifest(artifact, store)
     mapping = artifact.manifest.markers["stores"][store]["files"]
     with tempfile.TemporaryDirectory(prefix=f"cb-full-{store}-") as tmp:
         view = Path(tmp)
         for original, flat in mapping.items():
             (view / original).symlink_to(artifact.path(flat).resolve())
+        carried = artifact.path(flat_name(store, CARRIED_DIR))
+        if carried.is_dir():
+            (view / CARRIED_DIR).symlink_to(carried.resolve(), target_is_directory=True)
         yield Artifact(view, manifest)
 
 

@@ -35,6 +35,8 @@ shared by every slot that lists them: a blob already there with that size and sh
 again, so a copy of an incremental snapshot sends only its new blobs. They are uploaded after the
 slot's own files (the list first, so off-site retention always sees it) and before its manifest.
 `delete_unreferenced_blobs` removes only blobs that no slot's list (complete or not) names.
+A full system backup's lists (`opensearch__repository_files.json`) work the same way, under
+``<prefix>/full_system/_blobs/`` (its retention only ever looks at full system slots).
 
 Where the server supports S3 additional checksums, objects are also uploaded
 with ``ChecksumAlgorithm=SHA256`` (the server verifies each request body);
@@ -59,185 +61,43 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.exceptions as bex
 import tenacity
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 
-from cb_backups.config.redact import redact
-from cb_backups.config.settings import S3Settings
-from cb_backups.core.blobs import BLOBS_FILE, CARRIED_DIR, Blob, BlobList, carried_root, parse_blob_list, read_blob_list
+from cb_backups.core.blobs import (
+    BLOBS_FILE,
+    Blob,
+    BlobList,
+    carried_dir,
+    list_names,
+    list_root,
+    parse_blob_list,
+    read_blob_lists,
+)
 from cb_backups.core.catalog import MANIFEST, write_seal
-from cb_backups.core.errors import CbBackupsError, ConfigError, VerificationFailed
+from cb_backups.core.errors import CbBackupsError, VerificationFailed
 from cb_backups.core.fileio import CHUNK, HashingWriter, atomic_write_bytes, fsync_dir, private_dir, sha256_file
 from cb_backups.core.model import Artifact, Manifest, Progress, Verification, no_progress
+from cb_backups.stores.s3client import (  # re-exported: the off-site API is this module's
+    BLOB_FOLDER,
+    OffsiteError,
+    S3Target,
+    describe,
+    get_bytes,
+    head,
+    is_transient,
+    remote_sha256,
+)
+from cb_backups.stores.s3client import not_found as _not_found
 
 log = logging.getLogger(__name__)
 
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
-BLOB_FOLDER = "_blobs"  # under <prefix>/<store>/: never a partition key (those never start with "_")
-STORAGE_CLASSES = ("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
-                   "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE")
-SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
-CHECKSUM_ALGORITHMS = ("SHA256", "SHA1", "CRC32", "CRC32C", "CRC64NVME")
-MIN_PART_MB = 5  # S3's minimum multipart part size
-_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500", "502", "504"}
 _CHECKSUM_REFUSALS = {"NotImplemented", "InvalidRequest", "InvalidArgument", "BadRequest", "InvalidChecksum"}
-
-
-class OffsiteError(CbBackupsError):
-    """An S3 operation failed; the message names the object and the cause, never a credential."""
 
 
 class LocalFileMismatch(VerificationFailed):
     """The local file no longer matches its manifest; nothing was committed under the final key."""
-
-
-# --- the target ------------------------------------------------------------------
-
-
-class S3Target:
-    """Where off-site copies go, built from `S3Settings`; credentials from the standard AWS chain.
-
-    `max_attempts` is botocore's per-request budget (retry mode "standard" or
-    "adaptive"); `file_attempts` is how many times a whole file is re-sent after
-    connection errors, waiting up to `retry_wait_max` seconds between attempts.
-    """
-
-    def __init__(self, settings: S3Settings, session: boto3.session.Session | None = None, *,
-                 retry_mode: str = "standard", max_attempts: int = 5, file_attempts: int = 4,
-                 retry_wait_max: float = 30.0, connect_timeout: float = 10.0, read_timeout: float = 120.0,
-                 checksum_algorithm: str | None = "SHA256") -> None:
-        if not settings.bucket:
-            raise ConfigError("s3.bucket", settings.bucket, "a bucket name (set CB_S3_BUCKET)")
-        if retry_mode not in ("standard", "adaptive"):
-            raise ConfigError("s3 retry mode", retry_mode, "standard, adaptive")
-        _at_least("s3.concurrency", settings.concurrency, 1)
-        _at_least("s3.multipart_chunk_mb", settings.multipart_chunk_mb, MIN_PART_MB)
-        _at_least("s3 max_attempts", max_attempts, 1)
-        _at_least("s3 file_attempts", file_attempts, 1)
-        if settings.storage_class is not None and settings.storage_class not in STORAGE_CLASSES:
-            raise ConfigError("s3.storage_class", settings.storage_class, ", ".join(STORAGE_CLASSES))
-        if settings.sse is not None and settings.sse not in SSE_MODES:
-            raise ConfigError("s3.sse", settings.sse, ", ".join(SSE_MODES))
-        if checksum_algorithm is not None and checksum_algorithm not in CHECKSUM_ALGORITHMS:
-            raise ConfigError("s3 checksum algorithm", checksum_algorithm, ", ".join(CHECKSUM_ALGORITHMS))
-        self.checksum_algorithm = checksum_algorithm
-        self.settings = settings
-        self.bucket: str = settings.bucket
-        self.prefix = settings.prefix.strip("/")
-        self.file_attempts = file_attempts
-        self.retry_wait_max = retry_wait_max
-        self._session = session or boto3.session.Session()
-        self._config = Config(
-            region_name=settings.region,
-            retries={"mode": retry_mode, "max_attempts": max_attempts},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_pool_connections=max(10, settings.concurrency * 2),
-            s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
-            # Checksums are requested explicitly (SHA256) below; no implicit CRC32 on every request.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        self._client: Any = None
-        self._lock = threading.Lock()
-        # learned on the first upload; no additional checksum at all when checksum_algorithm is None
-        self.checksums_supported: bool | None = None if checksum_algorithm else False
-
-    def __repr__(self) -> str:
-        return f"S3Target(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={self.settings.endpoint_url!r})"
-
-    @property
-    def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._session.client("s3", endpoint_url=self.settings.endpoint_url,
-                                                    region_name=self.settings.region, config=self._config)
-            return self._client
-
-    @property
-    def transfer_config(self) -> TransferConfig:
-        chunk = self.settings.multipart_chunk_mb * 1024 * 1024
-        config = TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
-                                max_concurrency=self.settings.concurrency, use_threads=True,
-                                preferred_transfer_client="classic")
-        # Parts of a non-seekable stream are buffered in memory: bound that to a few per worker.
-        config.max_in_memory_upload_chunks = self.settings.concurrency * 2
-        return config
-
-    def folder(self, store: str) -> str:
-        return "/".join(p for p in (self.prefix, store) if p) + "/"
-
-    def key(self, store: str, partition_key: str, name: str) -> str:
-        """`<prefix>/<store>/<partition_key>/<file>`."""
-        return f"{self.folder(store)}{partition_key}/{name}"
-
-    def blob_key(self, store: str, sha256: str) -> str:
-        """`<prefix>/<store>/_blobs/<sha256>`: one object per content, shared by the slots listing it."""
-        return f"{self.folder(store)}{BLOB_FOLDER}/{sha256}"
-
-    def url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
-
-    def credentials(self) -> list[str]:
-        """The session's AWS credentials (secret key, token, access key), for the redactor; none when unknown."""
-        try:
-            creds = self._session.get_credentials()
-        except Exception:
-            creds = None
-        if creds is None:
-            return []
-        frozen = creds.get_frozen_credentials()
-        return [v for v in (frozen.secret_key, frozen.token, frozen.access_key) if v]
-
-    def error(self, action: str, where: str, exc: BaseException) -> OffsiteError:
-        # belt and braces: botocore's messages should not carry credentials anyway
-        message = f"s3: {action} {where} failed: {describe(exc, self.settings.endpoint_url)}"
-        return OffsiteError(redact(message, self.credentials()))
-
-
-def _at_least(what: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(what, value, f"a whole number >= {minimum}")
-
-
-def describe(exc: BaseException, endpoint: str | None = None) -> str:
-    """A one-line cause for a boto3/botocore failure (no stack, no request dump)."""
-    if isinstance(exc, bex.ClientError):
-        err = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return f"{err.get('Code', 'error')} (HTTP {status}): {err.get('Message', '').strip() or 'no message'}"
-    if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
-        return ("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
-                "or run with an instance/task role")
-    if isinstance(exc, bex.EndpointConnectionError | bex.ConnectTimeoutError):
-        return f"cannot connect to {endpoint or 'the S3 endpoint'} ({type(exc).__name__})"
-    if isinstance(exc, bex.BotoCoreError):
-        return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Connection problems and 5xx/throttling answers: worth re-sending a whole file."""
-    if isinstance(exc, bex.ConnectionError | bex.HTTPClientError | bex.IncompleteReadError | ConnectionError):
-        return True
-    if isinstance(exc, bex.ClientError):
-        err = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return err.get("Code") in _TRANSIENT_CODES or status >= 500
-    return False
-
-
-def _not_found(exc: BaseException) -> bool:
-    if not isinstance(exc, bex.ClientError):
-        return False
-    code = exc.response.get("Error", {}).get("Code")
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code == "NoSuchBucket":  # a missing bucket is a configuration error, not a missing object
-        return False
-    return code in ("404", "NoSuchKey", "NotFound") or status == 404
 
 
 class _RetryWithoutChecksum(Exception):
@@ -417,18 +277,24 @@ def upload_artifact(artifact: Artifact, target: S3Target, progress: Progress = n
     return copy
 
 
-def _blob_list(artifact: Artifact) -> BlobList | None:
+def _blob_lists(artifact: Artifact) -> list[tuple[str, BlobList]]:
     try:
-        return read_blob_list(artifact)
+        return read_blob_lists(artifact)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VerificationFailed(artifact.store, f"{BLOBS_FILE}: cannot read ({exc})") from None
 
 
-def _distinct(blobs: BlobList) -> dict[str, list[Blob]]:
-    """The listed files by sha256 (one remote object each)."""
-    found: dict[str, list[Blob]] = {}
-    for blob in blobs.files:
-        found.setdefault(blob.sha256, []).append(blob)
+def _distinct(artifact: Artifact) -> dict[str, tuple[Blob, Path]] | None:
+    """Every listed file of every list by sha256 (one remote object each), with the folder it is read
+    from; None when the artifact keeps nothing outside its folder."""
+    lists = _blob_lists(artifact)
+    if not lists:
+        return None
+    found: dict[str, tuple[Blob, Path]] = {}
+    for name, blobs in lists:
+        root = list_root(artifact, name, blobs)
+        for blob in blobs.files:
+            found.setdefault(blob.sha256, (blob, root))
     return found
 
 
@@ -439,14 +305,13 @@ def _remote_blob_ok(stored: dict[str, Any] | None, blob: Blob) -> bool:
 
 def _upload_blobs(artifact: Artifact, target: S3Target, sent: _Counter, force: bool) -> dict[str, Any]:
     """Send the listed repository files S3 lacks (by sha256); `force` re-sends every one."""
-    blobs = _blob_list(artifact)
-    if blobs is None:
+    distinct = _distinct(artifact)
+    if distinct is None:
         return {}
-    root = carried_root(artifact) or Path(blobs.root)
-    stats = {"blobs": len(blobs.files), "blobs_uploaded": 0, "blob_bytes_uploaded": 0, "blobs_present": 0,
+    stats = {"blobs": len(distinct), "blobs_uploaded": 0, "blob_bytes_uploaded": 0, "blobs_present": 0,
              "blob_bytes_present": 0}
-    for sha, same in _distinct(blobs).items():
-        blob, key = same[0], target.blob_key(artifact.store, sha)
+    for sha, (blob, root) in distinct.items():
+        key = target.blob_key(artifact.store, sha)
         if not force and _remote_blob_ok(head(target, key), blob):
             stats["blobs_present"] += 1
             stats["blob_bytes_present"] += blob.bytes
@@ -555,32 +420,6 @@ def unreachable(target: S3Target) -> str | None:
     return None
 
 
-def head(target: S3Target, key: str) -> dict[str, Any] | None:
-    """The object's HEAD response (size, metadata, checksum), None when absent."""
-    try:
-        return target.client.head_object(Bucket=target.bucket, Key=key, ChecksumMode="ENABLED")
-    except Exception as exc:
-        if _not_found(exc):
-            return None
-        raise target.error("reading", target.url(key), exc) from None
-
-
-def remote_sha256(target: S3Target, key: str) -> str | None:
-    """sha256 of a small object, by reading it (None when absent)."""
-    body = get_bytes(target, key)
-    return None if body is None else hashlib.sha256(body).hexdigest()
-
-
-def get_bytes(target: S3Target, key: str) -> bytes | None:
-    """A small object's whole body (a manifest), None when absent."""
-    try:
-        return target.client.get_object(Bucket=target.bucket, Key=key)["Body"].read()
-    except Exception as exc:
-        if _not_found(exc):
-            return None
-        raise target.error("reading", target.url(key), exc) from None
-
-
 def _stream(target: S3Target, key: str) -> Iterator[bytes]:
     try:
         body = target.client.get_object(Bucket=target.bucket, Key=key)["Body"]
@@ -660,13 +499,13 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> 
 
 def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: dict[str, Any]) -> list[str]:
     """Every listed repository file present off-site with its size and sha256 (each object read once)."""
-    blobs = _blob_list(artifact)
-    if blobs is None:
+    distinct = _distinct(artifact)
+    if distinct is None:
         return []
     problems = []
     details["blobs_checked"] = 0
-    for sha, same in _distinct(blobs).items():
-        blob, key = same[0], target.blob_key(artifact.store, sha)
+    for sha, (blob, _) in distinct.items():
+        key = target.blob_key(artifact.store, sha)
         details["blobs_checked"] += 1
         stored = head(target, key)
         if stored is None:
@@ -740,24 +579,25 @@ def download_artifact(store: str, partition_key: str, target: S3Target, into_dir
             raise target.error("downloading", target.url(key), exc) from None
         os.replace(partial, final)
         done += record.bytes
-    if any(r.name == BLOBS_FILE for r in manifest.files):
-        _download_blobs(store, target, into_dir, progress)
+    for name in list_names(r.name for r in manifest.files):
+        _download_blobs(store, target, into_dir, name, progress)
     atomic_write_bytes(into_dir / MANIFEST, raw)
     write_seal(into_dir)  # sealed as downloaded; the manifest itself is checked against S3 by the restore
     fsync_dir(into_dir)
     return into_dir
 
 
-def _download_blobs(store: str, target: S3Target, into_dir: Path, progress: Progress) -> None:
-    """The listed repository files into `<into_dir>/repository/<path>`, each verified while streaming."""
+def _download_blobs(store: str, target: S3Target, into_dir: Path, list_name: str, progress: Progress) -> None:
+    """The files of list `list_name` into `<into_dir>/repository/<path>` (`<prefix>__repository/` for a
+    prefixed list), each verified while streaming."""
     try:
-        blobs = parse_blob_list((into_dir / BLOBS_FILE).read_bytes())
+        blobs = parse_blob_list((into_dir / list_name).read_bytes())
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise VerificationFailed(store, f"{BLOBS_FILE}: cannot read ({exc})") from None
+        raise VerificationFailed(store, f"{list_name}: cannot read ({exc})") from None
     done, total = 0, blobs.total_bytes
     for blob in blobs.files:
         key = target.blob_key(store, blob.sha256)
-        final = into_dir / CARRIED_DIR / blob.path
+        final = into_dir / carried_dir(list_name) / blob.path
         private_dir(final.parent)
         partial = final.with_name(f".{final.name}.part")
         try:
@@ -850,7 +690,7 @@ def delete_unreferenced_blobs(store: str, target: S3Target) -> list[str]:
     listed: set[str] = set()
     for key in _keys(target, folder):
         parts = key[len(folder):].split("/")
-        if len(parts) == 2 and parts[1] == BLOBS_FILE and parts[0] != BLOB_FOLDER:
+        if len(parts) == 2 and list_names([parts[1]]) and parts[0] != BLOB_FOLDER:
             raw = get_bytes(target, key)
             if raw is None:
                 continue  # deleted meanwhile: its slot is gone

@@ -74,6 +74,15 @@ from cb_backups.stores.opensearch_files import (
     unpack_generations,
     write_generations,
 )
+from cb_backups.stores.opensearch_s3 import (
+    OBJECTS_FILE,
+    BucketTree,
+    ObjectList,
+    bucket_target,
+    object_problems,
+    read_object_list,
+    write_object_list,
+)
 from cb_backups.stores.volume import extract_tar, list_tar, service_stopped, tar_directory
 
 STORE = "opensearch"
@@ -300,6 +309,8 @@ class OpenSearchStore:
     def _repository_files(self, into: Path, snap_uuid: str) -> tuple[list[FileRecord], dict[str, Any]]:
         """List (size, sha256) every repository file the snapshot needs; copy the generation files (which
         the next snapshot replaces) into the backup. Nothing when the repository is not readable here."""
+        if self.settings.repository_type == "s3":
+            return self._repository_objects(into, snap_uuid)
         root = self.repository_root()
         if root is None or not root.is_dir():
             why = ("the repository is of type s3" if self.settings.repository_type != "fs" else
@@ -317,6 +328,25 @@ class OpenSearchStore:
         summary = {"repository_files": len(blobs.files), "repository_bytes": blobs.total_bytes,
                    "repository_generation": needed.generation, "repository_root": str(root)}
         return [listed, generations], summary
+
+    def _repository_objects(self, into: Path, snap_uuid: str) -> tuple[list[FileRecord], dict[str, Any]]:
+        """s3 repository: list (size only: S3 gives no sha256 of them) every object the snapshot needs."""
+        repo = self.settings.repository_settings
+        if not repo.get("bucket"):
+            return [], {"repository_files": "not listed: the s3 repository settings name no bucket"}
+        try:
+            tree = BucketTree(bucket_target(dict(repo)))
+            needed = list_snapshot_files(tree, snap_uuid)
+        except (CbBackupsError, OSError, RepositoryFilesError) as exc:
+            raise BackupFailed(STORE, f"cannot list the objects of snapshot {snap_uuid} in the s3 repository "
+                                      f"s3://{repo.get('bucket')}/{repo.get('base_path', '')}: {exc}") from None
+        paths = needed.blobs + needed.generations
+        objects = ObjectList(str(repo["bucket"]), tree.base.rstrip("/"), tree.target.settings.endpoint_url,
+                             {p: tree.sizes[p] for p in paths})
+        summary = {"repository_files": len(paths), "repository_bytes": sum(objects.files.values()),
+                   "repository_generation": needed.generation, "repository_storage": tree.url(),
+                   "repository_checked": "existence and size (S3 keeps no sha256 of the snapshot's objects)"}
+        return [write_object_list(into, objects)], summary
 
     # --- backup ---------------------------------------------------------------------
     def backup(self, into: Path, progress: Progress = no_progress) -> BackupOutput:
@@ -455,9 +485,24 @@ class OpenSearchStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return [f"repository file list: cannot read ({exc})"]
         if blobs is None:
-            return []
+            return self._objects_problems(artifact)
         root = carried_root(artifact) or self.repository_root() or Path(blobs.root)
         return blob_problems(blobs, root, self.hashes)
+
+    def _objects_problems(self, artifact: Artifact) -> list[str]:
+        """s3 repository: every listed object still in the bucket, of the listed size."""
+        if not any(f.name == OBJECTS_FILE for f in artifact.manifest.files):
+            return []
+        try:
+            objects = read_object_list(artifact.path(OBJECTS_FILE))
+            settings = {**self.settings.repository_settings, "bucket": objects.bucket, "base_path": objects.base_path}
+            if objects.endpoint:
+                settings["endpoint"] = objects.endpoint
+            return object_problems(objects, BucketTree(bucket_target(settings)))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return [f"{OBJECTS_FILE}: cannot read ({exc})"]
+        except CbBackupsError as exc:
+            return [f"cannot list the s3 repository: {exc}"]
 
     @contextmanager
     def _published(self, artifact: Artifact, record: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -26,7 +26,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cb_backups.core.fileio import HashingWriter
 from cb_backups.core.model import FileRecord
@@ -38,6 +38,26 @@ _BLOB_NAME = re.compile(rb"(?<![A-Za-z0-9_-])__[A-Za-z0-9_-]+")
 
 class RepositoryFilesError(Exception):
     """The repository's files do not describe the snapshot (missing or unreadable)."""
+
+
+class Tree(Protocol):
+    """A repository's files, on disk or in a bucket: names in a folder, reading a (small) file."""
+
+    def names(self, folder: str) -> list[str]: ...
+
+    def read(self, path: str) -> bytes: ...
+
+
+class FsTree:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def names(self, folder: str) -> list[str]:
+        where = self.root / folder if folder else self.root
+        return [p.name for p in where.iterdir() if p.is_file()] if where.is_dir() else []
+
+    def read(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
 
 
 @dataclass(frozen=True)
@@ -54,42 +74,50 @@ def _inflated(data: bytes) -> bytes:
     return zlib.decompressobj(-15).decompress(data[at + len(_DEFLATE):])  # the footer is left unused
 
 
-def latest_generation(root: Path) -> int:
+def latest_generation(tree: Tree) -> int:
     """N of the newest index-N (listing, as OpenSearch does), else index.latest; -1 for an empty repository."""
-    found = [int(p.name[6:]) for p in root.glob("index-*") if p.name[6:].isdigit()]
+    top = tree.names("")
+    found = [int(n[6:]) for n in top if n.startswith("index-") and n[6:].isdigit()]
     if found:
         return max(found)
-    latest = root / "index.latest"
-    return int.from_bytes(latest.read_bytes()[:8], "big", signed=True) if latest.is_file() else -1
+    return int.from_bytes(tree.read("index.latest")[:8], "big", signed=True) if "index.latest" in top else -1
 
 
-def repository_data(root: Path, generation: int) -> dict[str, Any]:
+def repository_data(tree: Tree, generation: int) -> dict[str, Any]:
     try:
-        return json.loads(_inflated((root / f"index-{generation}").read_bytes()))
+        return json.loads(_inflated(tree.read(f"index-{generation}")))
     except (OSError, ValueError) as exc:
         raise RepositoryFilesError(f"index-{generation} cannot be read: {exc}") from None
 
 
-def referenced_blobs(shard_snapshot: Path) -> list[str]:
+def referenced_blobs(tree: Tree, shard_snapshot: str) -> list[str]:
     """The data blob names a shard's snap-<uuid>.dat lists."""
     try:
-        body = _inflated(shard_snapshot.read_bytes())
+        body = _inflated(tree.read(shard_snapshot))
     except (OSError, zlib.error) as exc:
-        raise RepositoryFilesError(f"{shard_snapshot.name} cannot be read: {exc}") from None
+        raise RepositoryFilesError(f"{shard_snapshot} cannot be read: {exc}") from None
     return sorted({m.decode() for m in _BLOB_NAME.findall(body)})
 
 
-def list_snapshot_files(root: Path, snap_uuid: str) -> SnapshotFiles:
-    generation = latest_generation(root)
+def list_snapshot_files(root: Path | Tree, snap_uuid: str) -> SnapshotFiles:
+    tree = FsTree(root) if isinstance(root, Path) else root
+    listed: dict[str, set[str]] = {}
+
+    def is_file(path: str) -> bool:
+        folder, _, name = path.rpartition("/")
+        if folder not in listed:
+            listed[folder] = set(tree.names(folder))
+        return name in listed[folder]
+
+    generation = latest_generation(tree)
     if generation < 0:
         raise RepositoryFilesError("the repository has no index-N file")
-    data = repository_data(root, generation)
+    data = repository_data(tree, generation)
     entry = next((s for s in data.get("snapshots", []) if s.get("uuid") == snap_uuid), None)
     if entry is None:
         raise RepositoryFilesError(f"index-{generation} does not list snapshot {snap_uuid}")
-    generations = [f"index-{generation}"] + (["index.latest"] if (root / "index.latest").is_file() else [])
-    blobs = [f"snap-{snap_uuid}.dat"] + ([f"meta-{snap_uuid}.dat"] if (root / f"meta-{snap_uuid}.dat").is_file()
-                                         else [])
+    generations = [f"index-{generation}"] + (["index.latest"] if is_file("index.latest") else [])
+    blobs = [f"snap-{snap_uuid}.dat"] + ([f"meta-{snap_uuid}.dat"] if is_file(f"meta-{snap_uuid}.dat") else [])
     lookup = entry.get("index_metadata_lookup") or {}
     identifiers = data.get("index_metadata_identifiers") or {}
     for index in data.get("indices", {}).values():
@@ -100,19 +128,21 @@ def list_snapshot_files(root: Path, snap_uuid: str) -> SnapshotFiles:
         blobs.append(f"{folder}/meta-{meta_blob}.dat")
         for shard, gen in enumerate(index.get("shard_generations", [])):
             shard_dir = f"{folder}/{shard}"
-            if gen and (root / shard_dir / f"index-{gen}").is_file():
+            if gen and is_file(f"{shard_dir}/index-{gen}"):
                 generations.append(f"{shard_dir}/index-{gen}")
             snap = f"{shard_dir}/snap-{snap_uuid}.dat"
             blobs.append(snap)
-            for name in referenced_blobs(root / snap):
-                if (root / shard_dir / name).is_file():
+            for name in referenced_blobs(tree, snap):
+                if is_file(f"{shard_dir}/{name}"):
                     blobs.append(f"{shard_dir}/{name}")
                     continue
-                parts = sorted((root / shard_dir).glob(f"{name}.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
+                is_file(f"{shard_dir}/x")  # lists the folder
+                parts = sorted((n for n in listed[shard_dir] if n.startswith(f"{name}.part")
+                                and n.rsplit("part", 1)[1].isdigit()), key=lambda n: int(n.rsplit("part", 1)[1]))
                 if not parts:
                     raise RepositoryFilesError(f"{snap} names blob {name}, which is not in {shard_dir}")
-                blobs += [f"{shard_dir}/{p.name}" for p in parts]
-    missing = [b for b in blobs if not (root / b).is_file()]
+                blobs += [f"{shard_dir}/{n}" for n in parts]
+    missing = [b for b in blobs if not is_file(b)]
     if missing:
         raise RepositoryFilesError(f"{missing[0]} is missing")
     return SnapshotFiles(generation, generations, blobs)

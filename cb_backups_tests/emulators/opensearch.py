@@ -273,6 +273,28 @@ class Repository:
         return self.root / "indices" / index_id / str(shard)
 
 
+def _mirror_to_s3(repo: Repository) -> None:
+    """An s3 repository whose settings name an `endpoint` is also written into that bucket (new and changed
+    files put, removed ones deleted; AWS credentials from the environment), so tests can check a real bucket."""
+    endpoint = repo.settings.get("endpoint")
+    if repo.type != "s3" or not endpoint:
+        return
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=str(endpoint), region_name=str(repo.settings.get("region", "us-east-1")))
+    bucket, base = str(repo.settings["bucket"]), str(repo.settings.get("base_path", "")).strip("/")
+    prefix = f"{base}/" if base else ""
+    remote = {o["Key"]: o["Size"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                                                Prefix=prefix)
+              for o in page.get("Contents", []) or []}
+    local = {prefix + p.relative_to(repo.root).as_posix(): p for p in repo.root.rglob("*") if p.is_file()}
+    for key, path in local.items():
+        if key not in remote or path.name.startswith("index"):  # index-N / index.latest change in place
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+    for key in set(remote) - set(local):
+        client.delete_object(Bucket=bucket, Key=key)
+
+
 class Osmem:
     """Plain JSON calls to the osmem-server behind the proxy."""
 
@@ -499,6 +521,7 @@ class SnapshotService:
             states = self.osmem.index_states()
             indices = self._resolve_indices(body.get("indices"), states, _truthy(body.get("ignore_unavailable")))
             info = self._capture(repo, name, indices, body)
+            _mirror_to_s3(repo)
         finally:
             self.running.release()
         return {"snapshot": info} if wait else {"accepted": True}
