@@ -17,6 +17,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from cb_backups.core.specs import STORE_NAMES
+from cb_backups.defs.liveness import writer_tags
 from cb_backups_tests.test_ui import Server, graphql, start_webserver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +62,9 @@ def test_production_config_validates_and_builds_the_instance(dagster_db: dict[st
         assert instance.run_monitoring_enabled and instance.run_monitoring_start_timeout_seconds == 300
         queue = instance.get_concurrency_config().run_queue_config
         assert queue is not None and queue.max_concurrent_runs == 4
-        assert queue.tag_concurrency_limits == [{"key": "store", "value": {"applyLimitPerUniqueValue": True},
-                                                 "limit": 1}]
+        assert queue.tag_concurrency_limits == [
+            {"key": "store", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+            *({"key": key, "limit": 1} for key in writer_tags(STORE_NAMES))]
         # the storage really is the test server's `dagster` database
         assert instance.get_runs() == []
     finally:

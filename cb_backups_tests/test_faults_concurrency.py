@@ -13,7 +13,9 @@ from pathlib import Path
 import yaml
 
 from cb_backups.core.catalog import Catalog, SlotBusy, checksum_problems
-from cb_backups.core.specs import spec_for
+from cb_backups.core.specs import STORE_NAMES, spec_for
+from cb_backups.definitions import defs
+from cb_backups.defs.liveness import stores_of, writer_tags
 from cb_backups.defs.resources import BackupsResource
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,3 +91,20 @@ def test_dagster_limits_one_run_per_store() -> None:
     config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "store", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+
+
+def test_no_two_queued_runs_touch_one_store() -> None:
+    """Every job that touches a store carries that store's writer tag (the full system's all five), and the
+    run queue starts at most one run per writer tag: the daemon never launches a store's backup while the
+    full system backup (or a restore, or a drill) of that store is in progress."""
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    limits = {(item["key"], item["limit"]) for item in config["concurrency"]["runs"]["tag_concurrency_limits"]}
+    assert {(key, 1) for key in writer_tags(STORE_NAMES)} <= limits
+    touching = [job for job in defs.resolve_all_job_defs() if job.name.endswith(("_backup_job", "_drills_job"))
+                or job.name.startswith("restore_") or job.name == "full_system_restore"]
+    assert len(touching) >= 12
+    for job in touching:
+        if job.name.endswith("_drills_job"):
+            continue  # a drill's runs are requested per store, with that store's tags (defs/drills.py)
+        stores = [s for s in stores_of(job.tags.get("store")) if s in STORE_NAMES]
+        assert stores and writer_tags(stores).items() <= job.tags.items(), job.name

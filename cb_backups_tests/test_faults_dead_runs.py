@@ -24,6 +24,7 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+import yaml
 
 from cb_backups.cli.shutdown import children
 from cb_backups.core.catalog import Catalog
@@ -433,3 +434,30 @@ def test_sigkilled_in_place_restore_is_put_back_by_the_next_run(home: Path, pg_s
         assert len(kept) == 1  # ... and the data it replaced, with row 7, kept aside
         with pg_server.connect(kept[0]) as conn:
             assert conn.execute("SELECT id FROM acks").fetchall() == [(7,)]
+
+
+def test_post_backup_hook_a_sigkilled_backup_missed_runs_before_the_next(
+        home: Path, pg_server: EmbeddedPostgres, table_lock: Callable[[], None], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed inside pg_dump, after its pre_backup stopped the writers: the next run of the store starts them
+    again first (the marker under _hooks/ names the post_backup owed), and says so."""
+    log = tmp_path / "hooks.log"
+    config = tmp_path / "hooks.yaml"
+    config.write_text(yaml.safe_dump({"hooks": {"postgres": {
+        "pre_backup": ["sh", "-c", f"echo stop-writers >> {log}"],
+        "post_backup": ["sh", "-c", f"echo start-writers >> {log}"]}}}))
+    monkeypatch.setenv("CB_CONFIG", str(config))
+    key = spec_for("postgres").partitions.get_partition_keys()[-1]
+    proc, _ = started_backup(home, pg_server, key)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    table_lock()
+    assert log.read_text().split() == ["stop-writers"]  # the writers are still stopped
+
+    verify = cli(["verify", "postgres", "--partition", key])
+    assert f"postgres: ran the post_backup hook that a killed backup missed (pid {proc.pid} gone)" in verify.stderr, \
+        verify.stderr
+    assert log.read_text().split() == ["stop-writers", "start-writers"]
+    backup = cli(["backup", "postgres", "--partition", key])
+    assert backup.returncode == 0, backup.stderr
+    assert log.read_text().split() == ["stop-writers", "start-writers", "stop-writers", "start-writers"]

@@ -8,11 +8,15 @@ CB_TEST_OPENSEARCH_URL and CB_TEST_OPENSEARCH_REPO readable here, a real server;
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from opensearchpy import OpenSearch, helpers
 
 from cb_backups.config.retention import OFFSITE, RetentionPolicy
@@ -20,6 +24,7 @@ from cb_backups.config.settings import OpenSearchSettings, S3Settings
 from cb_backups.core.blobs import BLOBS_FILE, read_blob_list
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.model import Artifact, Target
+from cb_backups.core.specs import spec_for
 from cb_backups.offsite import s3 as offsite
 from cb_backups.retention.apply import apply_offsite
 from cb_backups.retention.policy import PrunePlan
@@ -248,3 +253,43 @@ def test_s3_repository_objects_are_listed_and_a_missing_or_resized_one_fails_the
     client.put_object(Bucket=s3_bucket, Key=key, Body=body)
     assert OpenSearchStore(settings).verify(artifact).ok
     OpenSearch(hosts=[opensearch_server["url"]]).snapshot.delete_repository(repository="cbs3test", ignore=404)
+
+
+def test_scenario_2_cli_restores_latest_from_offsite_into_a_fresh_cluster_with_everything_else_gone(
+        tmp_path: Path, opensearch_server: dict, opensearch_settings: OpenSearchSettings, seeded_opensearch: dict,
+        readable_repo: Path, offsite_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runbook's full system recovery for OpenSearch, as an operator types it: the repository folder,
+    the local backups and the cluster are gone; `restore opensearch --backup latest --from offsite
+    --target in-place --yes` against a fresh cluster brings back every document."""
+    if opensearch_server["emulator"] is None:
+        pytest.skip("needs a fresh cluster to restore into (the emulator starts one)")
+    from cb_backups_tests.emulators.opensearch import OpenSearchEmulator
+
+    config = tmp_path / "cb-opensearch.yaml"
+    config.write_text(yaml.safe_dump({"opensearch": {
+        "repository": opensearch_settings.repository, "repository_type": "fs",
+        "repository_settings": dict(opensearch_settings.repository_settings)}}))
+    monkeypatch.setenv("CB_CONFIG", str(config))
+    monkeypatch.setenv("CB_OPENSEARCH_URL", opensearch_settings.url)
+    key = spec_for("opensearch").partitions.get_partition_keys()[-1]
+    for argv in (["backup", "opensearch", "--partition", key], ["offsite", "opensearch", "--partition", key]):
+        done = _cli(argv)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    expected = OpenSearchStore(opensearch_settings).inventory()["indices"]
+    assert {i: expected[i] for i in seeded_opensearch} == seeded_opensearch
+
+    shutil.rmtree(readable_repo)  # the host is lost: repository folder and local backups
+    shutil.rmtree(Path(offsite_env["CB_BACKUP_DIR"]) / "opensearch")
+    with OpenSearchEmulator.start(path_repo=[Path(opensearch_server["repo_root"])]) as fresh:
+        monkeypatch.setenv("CB_OPENSEARCH_URL", fresh.url)
+        done = _cli(["restore", "opensearch", "--backup", "latest", "--from", "offsite", "--target", "in-place",
+                     "--yes"])
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        restored = OpenSearchStore(OpenSearchSettings(**{**opensearch_settings.__dict__, "url": fresh.url}))
+        counts = restored.inventory()["indices"]
+        assert {i: counts.get(i) for i in seeded_opensearch} == seeded_opensearch  # every document is back
+
+
+def _cli(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cb_backups.cli.app", *argv], env=dict(os.environ), text=True,
+                          capture_output=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)

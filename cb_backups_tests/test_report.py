@@ -318,3 +318,54 @@ def test_report_shows_stale_copies_failed_offsite_runs_and_offsite_rpo(offsite_e
     assert "stale" in to_html(report) and "failed off-site runs" in to_html(report)
     header = next(csv.reader(io.StringIO(to_csv(report))))
     assert {"offsite_verification", "offsite_failed_runs", "offsite_error"} <= set(header)
+
+
+def test_unconfigured_stores_are_not_configured_not_missed(tmp_path: Path) -> None:
+    """Issue 17: a store without connection settings is "not configured" in the report, never "missed" or 0%."""
+    (tmp_path / "backups").mkdir()
+    now = datetime.now(UTC)
+    start, end = period((now - timedelta(days=2)).date(), (now - timedelta(days=1)).date())
+    with dg.DagsterInstance.ephemeral() as instance:
+        report = build_report(instance, tmp_path / "backups", start, end, ["postgres", "neo4j"], now=now,
+                              configured=["postgres"])
+    by = {s.store: s for s in report.stores}
+    assert by["postgres"].configured and by["postgres"].missed == by["postgres"].slots > 0
+    assert by["postgres"].rpo_compliance == 0.0  # configured and never backed up: that IS missed
+    neo4j = by["neo4j"]
+    assert not neo4j.configured and neo4j.slots > 0 and neo4j.missed == 0
+    assert neo4j.rpo_compliance is None and neo4j.offsite_rpo_ok is None
+    assert {r.status for r in report.rows if r.store == "neo4j"} == {"not configured"}
+    page = to_html(report)
+    assert "neo4j (not configured)" in page
+    summary_row = page.split("neo4j (not configured)", 1)[1].split("</tr>", 1)[0]
+    assert "0.0%" not in summary_row and "not configured" in summary_row
+
+
+def test_unconfigured_stores_get_stopped_schedules_and_passing_freshness(tmp_path: Path) -> None:
+    """Issue 17: with only PostgreSQL configured, the other stores' schedules start stopped and their freshness
+    checks pass saying "not configured" (the hourly job no longer paints them red); PostgreSQL's stays live."""
+    script = """
+import json, dagster as dg
+from cb_backups.definitions import defs
+statuses = {s.name: s.default_status.value for s in defs.schedules}
+with dg.DagsterInstance.ephemeral() as instance:
+    result = defs.resolve_job_def("freshness_checks_job").execute_in_process(instance=instance, raise_on_error=False)
+    checks = {e.asset_key.path[-1]: [e.passed, e.description, e.metadata.get("configured") is not None]
+              for e in result.get_asset_check_evaluations()}
+desc = defs.resolve_assets_def("neo4j_backup").descriptions_by_key[dg.AssetKey("neo4j_backup")]
+print(json.dumps({"schedules": statuses, "checks": checks, "neo4j_description": desc}))
+"""
+    (tmp_path / "backups").mkdir(mode=0o700)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CB_", "AWS_"))}
+    env = {**clean, "CB_POSTGRES_URL": "postgresql://cb@127.0.0.1:1/cb", "CB_BACKUP_DIR": str(tmp_path / "backups")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["schedules"]["postgres_backup_schedule"] == "RUNNING"
+    for name in ("valkey", "neo4j", "qdrant", "opensearch"):
+        assert found["schedules"][f"{name}_backup_schedule"] == "STOPPED"
+        passed, description, flagged = found["checks"][f"{name}_backup"]
+        assert passed and "not configured" in description and flagged, found["checks"]
+    passed, description, _ = found["checks"]["postgres_backup"]
+    assert not passed and "no verified postgres backup" in description  # a configured store still fails
+    assert "NOT CONFIGURED" in found["neo4j_description"]

@@ -20,6 +20,7 @@ from dagster._serdes import serialize_value
 
 from cb_backups.cli.runs import run_job
 from cb_backups.config.settings import load_settings
+from cb_backups.core.crypto import generate
 from cb_backups.core.errors import RestoreRefused
 from cb_backups.core.model import Target
 from cb_backups.core.net import wait_until
@@ -49,6 +50,16 @@ def test_no_secret_anywhere_after_backup_check_offsite_and_report(
         cb_env: dict[str, str], s3_server: SeaweedS3, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     secrets = [PG_PASSWORD, VALKEY_PASSWORD, s3_env["AWS_SECRET_ACCESS_KEY"]]
+    # PostgreSQL encrypted (age): neither the identity nor the recipients file's public key may show up
+    # anywhere; the run's checks read the identity (the plaintext is verified with it).
+    identity, public = generate()
+    (tmp_path / "identity.txt").write_text(f"{identity}\n")
+    (tmp_path / "recipients.txt").write_text(f"# backup key\n{public}\n")
+    (tmp_path / "cb.yaml").write_text(f"encryption:\n  enabled: false\n  stores: {{postgres: true}}\n"
+                                      f"  recipients_file: {tmp_path / 'recipients.txt'}\n")
+    monkeypatch.setenv("CB_CONFIG", str(tmp_path / "cb.yaml"))
+    monkeypatch.setenv("CB_AGE_IDENTITY_FILE", str(tmp_path / "identity.txt"))
+    secrets += [identity, public, identity.split("-")[-1]]
     monkeypatch.setenv("CB_S3_BUCKET", s3_bucket)
     monkeypatch.setenv("CB_S3_ENDPOINT_URL", s3_server.endpoint_url)
     instance = dg.DagsterInstance.get()
@@ -67,6 +78,7 @@ def test_no_secret_anywhere_after_backup_check_offsite_and_report(
                                   "--output", str(report_dir / "r.json"))))
     for name, done in outputs:
         assert done.returncode == 0, (name, done.stdout[-2000:], done.stderr[-2000:])
+    assert all(f.encrypted for f in load_settings().catalog().require("postgres", pg_key).manifest.files)
     # A wrong password embedded in the DSN: a failed run whose message shows no password.
     wrong = cli("backup", "postgres", "--partition", pg_key,
                 env={"CB_POSTGRES_URL": cb_env["CB_POSTGRES_URL"].replace("codingbrain@", f"codingbrain:{WRONG}@"),

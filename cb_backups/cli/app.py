@@ -14,7 +14,8 @@ from types import ModuleType
 
 from rich.markup import escape
 
-from cb_backups.cli import backup, bench, demo, doctor, listing, offsite, prune, report, restore, verify
+from cb_backups.cli import backup, bench, demo, doctor, keys, listing, offsite, prune, report, restore, status, verify
+from cb_backups.cli import wal as wal_receive
 from cb_backups.cli.output import err_console
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.fileio import disk_full_of
@@ -22,6 +23,7 @@ from cb_backups.core.fileio import disk_full_of
 # The commands, in the order `cb-backups --help` lists them. Adding one: its module, and one line here.
 COMMANDS: tuple[ModuleType, ...] = (
     demo,
+    status,
     backup,
     verify,
     listing,  # `list`
@@ -31,6 +33,8 @@ COMMANDS: tuple[ModuleType, ...] = (
     prune,
     report,
     bench,
+    keys,  # `keys generate|show`: age encryption keys
+    wal_receive,  # `wal-receive`: PostgreSQL's continuous WAL archive (point-in-time recovery)
 )
 
 

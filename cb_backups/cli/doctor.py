@@ -1,19 +1,20 @@
-"""`cb-backups doctor [STORE]`: the runbook's pre-backup checklist for every configured store."""
+"""`cb-backups doctor [STORE] [--json]`: the runbook's pre-backup checklist for every configured store."""
 
 from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
+from rich.markup import escape
 
-from cb_backups.cli.args import Subcommands, store_names
-from cb_backups.cli.output import console, err_console
+from cb_backups.cli.args import Subcommands, add_json, store_names
+from cb_backups.cli.output import console, err_console, keep_whole, print_json, table
 from cb_backups.core.errors import CbBackupsError
 
 
 def register(sub: Subcommands) -> None:
     doctor = sub.add_parser("doctor", help="the runbook's pre-backup checklist for every configured store")
     doctor.add_argument("store", nargs="?")
+    add_json(doctor)
     doctor.set_defaults(func=run)
 
 
@@ -22,23 +23,25 @@ def run(args: argparse.Namespace) -> int:
 
     resource = BackupsResource()
     settings = resource.settings()
-    table = Table(title="pre-backup checklist")
-    for col in ("store", "item", "result"):
-        table.add_column(col)
-    status = 0
     configured = settings.configured_stores()
     if not configured:
         err_console.print("no store is configured: set CB_POSTGRES_URL, CB_VALKEY_URL, ... (see README)")
         return 1
+    items: list[dict[str, object]] = []
     for name in configured if args.store is None else store_names(args.store):
         try:
-            health = resource.store(name).health(settings.backup_dir)
-            items = health.items
+            found = resource.store(name).health(settings.backup_dir).items
         except CbBackupsError as exc:
-            items = {"adapter": str(exc)}
-        for item, result in items.items():
-            ok = result == "ok"
-            status = status if ok else 1
-            table.add_row(name, item, "[green]ok[/]" if ok else f"[red]{result}[/]")
-    console.print(table)
+            found = {"adapter": str(exc)}
+        items += [{"store": name, "item": item, "ok": result == "ok", "result": result}
+                  for item, result in found.items()]
+    status = 0 if all(i["ok"] for i in items) else 1
+    if args.json:
+        print_json({"ok": status == 0, "items": items})
+        return status
+    out = table("pre-backup checklist", ("store", "item", "result"))
+    for i in items:
+        result = "[green]ok[/]" if i["ok"] else f"[red]{escape(str(i['result']))}[/]"
+        out.add_row(str(i["store"]), str(i["item"]), result)
+    console.print(keep_whole(out, ("store",)))
     return status

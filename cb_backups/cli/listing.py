@@ -1,4 +1,5 @@
-"""`cb-backups list [STORE] [--deep]`: the backups in the catalog, with when each was last verified.
+"""`cb-backups list [STORE|full_system] [--deep] [--json]`: the backups in the catalog, and when each was
+last verified.
 
 "verified" is the catalog's verification record (verification.json), trusted only while the backup's
 files are as they were when it was checked: the size and mtime of every file (and the manifest and
@@ -11,18 +12,21 @@ from __future__ import annotations
 
 import argparse
 from datetime import timedelta
+from typing import Any
 
-from rich.table import Table
+from rich.markup import escape
 
-from cb_backups.cli.args import Subcommands, store_names
-from cb_backups.cli.output import console
+from cb_backups.cli.args import FULL_SYSTEM, Subcommands, add_json, store_or_full
+from cb_backups.cli.output import console, keep_whole, print_json, table
 
 STALE_AFTER = timedelta(days=1)
 
 
 def register(sub: Subcommands) -> None:
     listing = sub.add_parser("list", help="backups in the catalog, with when each was last verified")
-    listing.add_argument("store", nargs="?")
+    listing.add_argument("store", nargs="?", help="postgres, valkey, neo4j, qdrant, opensearch or full_system "
+                                                  "(`full` also works; default: all, full_system included)")
+    add_json(listing)
     listing.add_argument("--deep", action="store_true",
                          help="re-hash every file against its manifest (default: compare size and mtime with the "
                               "verification record)")
@@ -34,36 +38,41 @@ def run(args: argparse.Namespace) -> int:
     from cb_backups.defs.resources import BackupsResource
 
     catalog = BackupsResource().catalog()
-    table = Table(title=f"backups in {catalog.root}")
-    for col in ("store", "slot", "captured_at", "bytes", "verified", "last verified", "path"):
-        table.add_column(col)
+    names = store_or_full(args.store) if args.store else [*store_or_full(None), FULL_SYSTEM]
     now = utcnow()
-    for store in store_names(args.store):
+    entries: list[dict[str, Any]] = []
+    for store in names:
         for artifact in catalog.list(store):
             record = catalog.verification_of(artifact)
             wrong = catalog.binding_problems(artifact)
             if args.deep:
                 wrong += checksum_problems(artifact)
-            if wrong:
-                verified = "[red]CHANGED[/] (" + "; ".join(wrong) + ")"
-            elif record is None:
-                verified = "never"
-            elif not record.ok:
-                verified = "[red]FAILED[/]"
-            elif changed := record.changed_since(artifact):
-                verified = f"[yellow]changed since[/] ({', '.join(changed)}): run verify"
-            else:
-                verified = "[green]yes[/]"
-            if record is None:
-                last = "never"
-            else:
-                age = now - parse_iso(record.checked_at)
-                last = f"{record.checked_at} ({_age(age)} ago)"
-                if age > STALE_AFTER:
-                    last += " [yellow]older than a day[/]"
-            table.add_row(store, artifact.partition_key, artifact.manifest.captured_at,
-                          f"{artifact.manifest.total_bytes:,}", verified, last, str(artifact.directory))
-    console.print(table)
+            changed = record.changed_since(artifact) if record is not None and record.ok else []
+            state = ("changed" if wrong else "never" if record is None else "failed" if not record.ok
+                     else "changed since" if changed else "yes")
+            age = None if record is None else now - parse_iso(record.checked_at)
+            entries.append({"store": store, "slot": artifact.partition_key,
+                            "captured_at": artifact.manifest.captured_at, "bytes": artifact.manifest.total_bytes,
+                            "verified": state, "problems": wrong or changed,
+                            "last_verified": None if record is None else record.checked_at,
+                            "stale": age is not None and age > STALE_AFTER, "path": str(artifact.directory)})
+    if args.json:
+        print_json({"backup_dir": str(catalog.root), "backups": entries})
+        return 0
+    # The path is the root in the title + store/slot (the full one is in --json): every column fits 80.
+    out = table(f"backups in {catalog.root}/STORE/SLOT", ("store", "slot", "bytes", "verified", "last verified"))
+    for e in entries:
+        verified = {"yes": "[green]yes[/]", "never": "never", "failed": "[red]FAILED[/]"}.get(e["verified"])
+        if verified is None:
+            verified = ("[red]CHANGED[/] (" if e["verified"] == "changed" else "[yellow]changed since[/] (") + \
+                escape("; ".join(e["problems"])) + ")" + ("" if e["verified"] == "changed" else ": run verify")
+        last = "never"
+        if e["last_verified"] is not None:
+            last = f"{_age(now - parse_iso(e['last_verified']))} ago"
+            if e["stale"]:
+                last += " [yellow]older than a day[/]"
+        out.add_row(e["store"], e["slot"], f"{e['bytes']:,}", verified, last)
+    console.print(keep_whole(out, ("store", "slot", "bytes")))
     return 0
 
 

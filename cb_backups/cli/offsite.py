@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from cb_backups.cli.args import Subcommands
-from cb_backups.cli.output import check_table, console, print_run_failures
-from cb_backups.cli.runs import evaluations, instance, run_job
+from cb_backups.cli.args import Subcommands, add_json, add_slot, canonical
+from cb_backups.cli.output import check_rows_json, check_table, console, print_json, print_run_failures
+from cb_backups.cli.runs import evaluations, failure_messages, instance, run_job
 from cb_backups.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 def _source(name: str) -> OffsiteSource:
     from cb_backups.defs.offsite import BY_STORE
 
+    name = str(canonical(name))
     if name not in BY_STORE:
         raise ConfigError("store", name, ", ".join(BY_STORE))
     return BY_STORE[name]
@@ -39,30 +40,39 @@ def _slot(src: OffsiteSource, key: str | None) -> str:
         return key
     backups = BackupsResource().catalog().list(src.store)
     if not backups:
-        raise ConfigError("partition key", None, f"--partition KEY: there is no local {src.store} backup to pick")
+        raise ConfigError("partition key", None, f"--slot KEY: there is no local {src.store} backup to pick")
     return backups[-1].partition_key
 
 
 def _run(args: argparse.Namespace, verify_only: bool) -> int:
     src = _source(args.store)
-    key = _slot(src, args.partition)
+    key = _slot(src, args.slot)
     config: dict[str, Any] = {"ops": {src.check_op_name: {"config": {"deep": True}}}} if args.deep else {}
     job = src.verify_job_name if verify_only else src.job_name
     action = "verifying the off-site copy of" if verify_only else "copying off-site"
     with console.status(f"{action} {src.store} slot {key} ..."):
         result = run_job(job, key, instance(), run_config=config)
-    print_run_failures(f"{src.store} {key}: ", result)
+    rows = [(src.store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]
+    ok = bool(result.success and rows and all(r[2] for r in rows))
+    copy: dict[str, Any] | None = None
     if not verify_only and result.success:
         materialized = result.asset_materializations_for_node(src.name)
         if materialized:
             meta = materialized[0].metadata
-            console.print(f"{src.store} {key}: {meta['bytes'].value:,} bytes -> {meta['url'].value} in "
-                          f"{meta['seconds'].value:.1f}s ({meta['throughput_mib_s'].value} MiB/s)"
-                          + (" (identical copy already there)" if meta["already_there"].value else ""))
-    rows = [(src.store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]
+            copy = {k: meta[k].value for k in ("bytes", "url", "seconds", "throughput_mib_s", "already_there")
+                    if k in meta}
+    if args.json:
+        print_json({"store": src.store, "slot": key, "passed": ok, "run_id": result.run_id, "copy": copy,
+                    "checks": check_rows_json(rows), "errors": failure_messages(result)})
+        return 0 if ok else 1
+    print_run_failures(f"{src.store} {key}: ", result)
+    if copy is not None:
+        console.print(f"{src.store} {key}: {copy['bytes']:,} bytes -> {copy['url']} in {copy['seconds']:.1f}s "
+                      f"({copy['throughput_mib_s']} MiB/s)" + (" (identical copy already there)"
+                                                               if copy.get("already_there") else ""))
     if rows:
         console.print(check_table(f"{src.store} off-site {key}" + (" (deep)" if args.deep else ""), rows))
-    return 0 if result.success and rows and all(r[2] for r in rows) else 1
+    return 0 if ok else 1
 
 
 def cmd_offsite(args: argparse.Namespace) -> int:
@@ -74,15 +84,17 @@ def cmd_offsite_verify(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subcommands) -> None:
-    help_store = "postgres, valkey, neo4j, qdrant, opensearch (or full_system)"
+    help_store = "postgres, valkey, neo4j, qdrant, opensearch, or full_system (`full` also works)"
     copy = sub.add_parser("offsite", help="copy one backup slot to S3 now and verify it (through Dagster)")
     copy.add_argument("store", help=help_store)
-    copy.add_argument("--partition", help="slot key (default: the newest local backup)")
+    add_slot(copy, "slot key (default: the newest local backup)")
     copy.add_argument("--deep", action="store_true", help="the check re-reads and hashes every object in S3")
+    add_json(copy)
     copy.set_defaults(func=cmd_offsite)
 
     verify = sub.add_parser("offsite-verify", help="verify one slot's off-site copy again (through Dagster)")
     verify.add_argument("store", help=help_store)
-    verify.add_argument("--partition", help="slot key (default: the newest local backup)")
+    add_slot(verify, "slot key (default: the newest local backup)")
     verify.add_argument("--deep", action="store_true", help="re-read and hash every object in S3")
+    add_json(verify)
     verify.set_defaults(func=cmd_offsite_verify)

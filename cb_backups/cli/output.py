@@ -1,26 +1,84 @@
-"""The CLI's two consoles and the check table every command that runs checks prints."""
+"""The CLI's two consoles, its JSON output, tables that fit 80 columns, and the check table."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import sys
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# Columns whose values are never cut or folded (slot keys, counts, sizes): the others wrap.
+WHOLE = frozenset({"store", "slot", "bytes", "slots", "verified", "failed", "missed", "check", "age", "RPO",
+                   "action", "where", "captured_at"})
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout (plain print: rich would wrap long strings at the terminal width)."""
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def note(text: str, as_json: bool = False) -> None:
+    """A side remark: on stdout for people, on stderr when stdout carries JSON."""
+    (err_console if as_json else console).print(text)
+
+
+def table(title: str, columns: Iterable[str]) -> Table:
+    """A table whose cells wrap (overflow fold) instead of ending in an ellipsis; see keep_whole."""
+    out = Table(title=title)
+    for name in columns:
+        out.add_column(name, overflow="fold")
+    return out
+
+
+def keep_whole(out: Table, names: Iterable[str] = WHOLE) -> Table:
+    """Never break the named columns' values: each gets the width of its widest word (slot keys,
+    counts), so at 80 columns the other columns (paths, descriptions) are the ones that wrap."""
+    wanted = set(names)
+    for column in out.columns:
+        if str(column.header) not in wanted:
+            continue
+        widths = [max((len(w) for w in Text.from_markup(c).plain.split()), default=0)
+                  for c in column.cells if isinstance(c, str)]
+        column.min_width = max([len(str(column.header)), *widths])
+    return out
+
+
+def short_path(path: object, limit: int = 40) -> str:
+    """A path abbreviated from the left (`…/postgres/2026-11-24-06:00`): its end is the part that differs."""
+    text = str(path)
+    if len(text) <= limit:
+        return text
+    parts = text.split("/")
+    kept: list[str] = []
+    while parts and len("/".join([parts[-1], *kept])) + 2 <= limit:
+        kept.insert(0, parts.pop())
+    return "…/" + "/".join(kept) if kept else "…" + text[-(limit - 1):]
+
 
 def check_table(title: str, rows: Sequence[tuple[str, str, bool, str]]) -> Table:
     """One row per check: (store, slot, passed, text)."""
-    table = Table(title=title)
-    for col in ("store", "slot", "check", "result"):
-        table.add_column(col)
+    out = table(title, ("store", "slot", "check", "result"))
     for store, slot, passed, text in rows:
-        table.add_row(store, slot, "[green]pass[/]" if passed else "[red]FAIL[/]", text)
-    return table
+        out.add_row(store, slot, "[green]pass[/]" if passed else "[red]FAIL[/]", escape(text))
+    return keep_whole(out, ("store", "slot"))
+
+
+def check_rows_json(rows: Sequence[tuple[str, str, bool, str]]) -> list[dict[str, Any]]:
+    """The check table's rows as JSON objects: {store, slot, check, passed, description}."""
+    out = []
+    for store, slot, passed, text in rows:
+        name, _, description = text.partition(": ")
+        out.append({"store": store, "slot": slot, "check": name, "passed": bool(passed), "description": description})
+    return out
 
 
 def print_run_failures(prefix: str, result: Any) -> None:

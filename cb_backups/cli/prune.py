@@ -1,4 +1,4 @@
-"""`cb-backups prune [STORE] [--dry-run]`: the retention plan as a table, applied through the Dagster
+"""`cb-backups prune [STORE] [--dry-run] [--json]`: the retention plan as a table, applied through the Dagster
 `retention_job` (deletions recorded in Dagster and in `_retention/deletions.jsonl`)."""
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from cb_backups.cli.args import Subcommands
-from cb_backups.cli.output import console, print_run_failures
-from cb_backups.cli.runs import instance, run_job
+from cb_backups.cli.args import Subcommands, add_json, canonical
+from cb_backups.cli.output import console, keep_whole, print_json, print_run_failures, table
+from cb_backups.cli.runs import failure_messages, instance, run_job
 from cb_backups.core.errors import ConfigError
 
 
 def _stores(value: str | None) -> list[str] | None:
     from cb_backups.config.retention import POLICY_NAMES
 
+    value = canonical(value)
     if value is None:
         return None
     if value not in POLICY_NAMES:
@@ -26,20 +27,18 @@ def _stores(value: str | None) -> list[str] | None:
 
 
 def plan_table(plans: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("store", "where", "slot", "action", "why"):
-        table.add_column(col)
+    out = table(title, ("store", "where", "slot", "action", "why"))
     for entry in plans:
         for where in ("local", "offsite"):
             plan = entry.get(where)
             if not plan:
                 continue
             for item in reversed(plan["delete"]):  # newest first, like the kept ones
-                table.add_row(entry["store"], where, item["partition"], "[red]delete[/]", escape(item["reason"]))
+                out.add_row(entry["store"], where, item["partition"], "[red]delete[/]", escape(item["reason"]))
             for item in plan["keep"]:
-                table.add_row(entry["store"], where, item["partition"], "[green]keep[/]",
-                              escape("; ".join(item["reasons"])))
-    return table
+                out.add_row(entry["store"], where, item["partition"], "[green]keep[/]",
+                            escape("; ".join(item["reasons"])))
+    return keep_whole(out, ("store", "where", "slot", "action"))
 
 
 def _plans_from(result: Any) -> list[dict[str, Any]]:
@@ -65,6 +64,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     with console.status("planning retention ..." if args.dry_run else "applying retention ..."):
         result = run_job("retention_job", None, instance(), run_config=config)  # not partitioned
     plans = _plans_from(result)
+    if args.json:
+        print_json({"dry_run": bool(args.dry_run), "success": bool(result.success), "run_id": result.run_id,
+                    "plans": plans, "errors": failure_messages(result) if not result.success else []})
+        return 0 if result.success else 1
     if not any((e.get(w) or {}).get("keep") or (e.get(w) or {}).get("delete")
                for e in plans for w in ("local", "offsite")):
         console.print("no backups to plan for")
@@ -84,6 +87,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def register(sub: Subcommands) -> None:
     prune = sub.add_parser("prune", help="apply the retention policy (local and off-site); --dry-run shows the plan")
     prune.add_argument("store", nargs="?", help="postgres, valkey, neo4j, qdrant, opensearch, full_system "
-                                                "(default: all)")
+                                                "(or `full`; default: all)")
     prune.add_argument("--dry-run", action="store_true", help="print the plan; delete nothing")
+    add_json(prune)
     prune.set_defaults(func=cmd_prune)

@@ -1,4 +1,5 @@
-"""`cb-backups restore STORE|full`: print the plan, confirm, run the restore job through Dagster."""
+"""`cb-backups restore STORE|full_system [--slot KEY] [--source local|offsite] [--json]`: print the plan,
+confirm, run the restore job through Dagster."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cb_backups.cli.args import Subcommands
-from cb_backups.cli.output import console, err_console, print_run_failures
-from cb_backups.cli.runs import execute, instance
+from cb_backups.cli.args import SLOT_ALIAS_NOTE, Subcommands, add_json, canonical
+from cb_backups.cli.output import console, err_console, keep_whole, print_json, print_run_failures, table
+from cb_backups.cli.runs import execute, failure_messages, instance
 from cb_backups.core.errors import ConfigError
 
 TARGET_CHOICES = {"scratch": "scratch", "in-place": "in_place", "in_place": "in_place"}
@@ -21,21 +22,24 @@ TARGET_CHOICES = {"scratch": "scratch", "in-place": "in_place", "in_place": "in_
 
 def register(sub: Subcommands) -> None:
     restore = sub.add_parser(
-        "restore", help="restore one store (or `full`) from a backup, through Dagster",
+        "restore", help="restore one store (or `full_system`) from a backup, through Dagster",
         description="Verify the backup, check versions, take a safety backup of the current data (in place), "
                     "restore, compare counts with the manifest, and report the measured RTO.")
-    restore.add_argument("store", help="postgres, valkey, neo4j, qdrant, opensearch, or full")
-    restore.add_argument("--backup", default="latest",
+    restore.add_argument("store", help="postgres, valkey, neo4j, qdrant, opensearch, or full_system (or `full`)")
+    restore.add_argument("--slot", "--partition", "--backup", dest="backup", metavar="KEY", default="latest",
                          help="slot key, `latest` (newest backup that verifies; the default), `safety:<stamp>`, "
-                              "or for `full` a full system backup key")
-    restore.add_argument("--from", dest="source", choices=("local", "offsite"), default="local",
-                         help="restore from the local catalog (default) or the off-site S3 copy")
+                              "or for full_system a full system backup key" + SLOT_ALIAS_NOTE.replace(
+                                  "--partition is the older name", "--partition and --backup are older names"))
+    restore.add_argument("--source", "--from", dest="source", choices=("local", "offsite"), default="local",
+                         help="restore from the local catalog (default) or the off-site S3 copy (--from is the "
+                              "older name, still accepted)")
     restore.add_argument("--target", choices=("scratch", "in-place"), default="scratch",
                          help="scratch (default; leaves the live data alone) or in-place (replaces it)")
     restore.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="target override, e.g. dbname=restored, collections=memories, safety_backup=skip "
                               "(unknown keys are refused, naming the allowed ones)")
     restore.add_argument("--yes", action="store_true", help="do not ask before an in-place restore")
+    add_json(restore)
     restore.set_defaults(func=cmd_restore)
 
 
@@ -64,7 +68,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from cb_backups.defs.resources import BackupsResource
     from cb_backups.restore.plan import plan_full_restore, plan_restore
 
-    full = args.store in ("full", FULL_SYSTEM)
+    full = canonical(args.store) == FULL_SYSTEM
     mode = TARGET_CHOICES[args.target]
     overrides = _overrides(args.overrides)
     settings = BackupsResource().settings()
@@ -76,9 +80,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         plan = plan_restore(settings, args.store, args.backup, args.source, target)
         job_name, confirm = f"restore_{args.store}", args.store
-    console.print("[bold]plan[/]")
-    for line in plan.describe():
-        console.print(escape(line))
+    if not args.json:
+        console.print("[bold]plan[/]")
+        for line in plan.describe():
+            console.print(escape(line))
     if mode == "in_place" and not args.yes:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             err_console.print(f"refused: an in-place restore of {confirm} replaces live data; pass --yes to run "
@@ -89,15 +94,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
             return 2
     config = {"backup": args.backup, "source": args.source, "target": mode, "overrides": overrides,
               "confirm": confirm if mode == "in_place" else ""}
-    result = run_restore_job(job_name, config, instance())
-    print_run_failures("", result)
+    result = run_restore_job(job_name, config, instance(), show_progress=not args.json)
     outputs = _outputs(result)
+    if args.json:
+        print_json({"plan": plan.describe(), "store": confirm, "backup": args.backup, "source": args.source,
+                    "target": mode, "success": bool(result.success), "run_id": result.run_id,
+                    "results": outputs, "errors": failure_messages(result)})
+        return 0 if result.success else 1
+    print_run_failures("", result)
     if outputs:
         console.print(result_table(outputs))
     return 0 if result.success else 1
 
 
-def run_restore_job(job_name: str, config: dict[str, Any], instance: Any) -> Any:
+def run_restore_job(job_name: str, config: dict[str, Any], instance: Any, show_progress: bool = True) -> Any:
     """Execute a restore job in this process against the instance (so the run and its results are recorded)."""
     from cb_backups.definitions import defs
     from cb_backups.defs import restore
@@ -107,7 +117,7 @@ def run_restore_job(job_name: str, config: dict[str, Any], instance: Any) -> Any
     run_config = {"ops": {op_name: {"config": config}},
                   "loggers": {"console": {"config": {"log_level": os.environ.get("CB_LOG_LEVEL", "CRITICAL")}}}}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TimeElapsedColumn(), transient=True, disable=not sys.stdout.isatty()) as bar:
+                  TimeElapsedColumn(), transient=True, disable=not (show_progress and sys.stdout.isatty())) as bar:
         task = bar.add_task(f"{job_name} ...", total=None)
 
         def show(message: str, done: int, total: int | None) -> None:
@@ -132,9 +142,7 @@ def _outputs(result: Any) -> list[dict[str, Any]]:
 
 
 def result_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="restore")
-    for col in ("store", "restored", "target", "counts", "RTO", "safety backup"):
-        table.add_column(col)
+    out = table("restore", ("store", "restored", "target", "counts", "RTO", "safety backup"))
     for row in rows:
         counts = ", ".join(f"{k.split('/')[-1]}={v}" for k, v in row.items() if k.startswith("count/"))
         rto = f"{row['rto_seconds']:.1f}s / {row['rto_target_seconds']:.0f}s"
@@ -142,6 +150,6 @@ def result_table(rows: list[dict[str, Any]]) -> Table:
         ok = "[green]match[/]" if row.get("counts_match") else "[red]DIFFER[/]"
         skipped = f"\n[yellow]skipped (failed verification): {escape(str(row['skipped_failed_backups']))}[/]" \
             if row.get("skipped_failed_backups") else ""
-        table.add_row(row["store"], f"{row.get('backup_kind')} {row.get('restored_partition')}{skipped}",
-                      str(row.get("target")), f"{ok} {escape(counts)}", rto, escape(str(row.get("safety_backup"))))
-    return table
+        out.add_row(row["store"], f"{row.get('backup_kind')}\n{row.get('restored_partition')}{skipped}",
+                    str(row.get("target")), f"{ok}\n{escape(counts)}", rto, escape(str(row.get("safety_backup"))))
+    return keep_whole(out, ("store", "restored", "RTO"))

@@ -24,6 +24,9 @@ DEFAULT_DAGSTER_HOME = ".dagster_home"
 # The repository's dagster.yaml (concurrency limits); in a source checkout it is beside cb_backups/.
 CHECKOUT_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 WAIT_ENV, DEFAULT_WAIT_SECONDS, POLL_SECONDS = "CB_STORE_WAIT_SECONDS", 900, 2.0
+# The tags the webserver gives the runs it launches (workspace.yaml's location_name; a Definitions object is
+# repository `__repository__`): the UI's Overview timeline lists only runs that carry them.
+LOCATION_TAGS = {".dagster/repository": "__repository__@cb_backups", "dagster/code_location": "cb_backups"}
 
 
 class StoreBusy(CbBackupsError):
@@ -112,7 +115,7 @@ def execute(job: Any, instance: Any, *, partition: str | None = None, partition_
     """
 
     claim_stores(job, partition, instance)
-    tags = process.identity()
+    tags = {**process.identity(), **LOCATION_TAGS}
     options: dict[str, Any] = {}
     if partition and partition_as_tag:
         tags["dagster/partition"] = partition

@@ -1,45 +1,65 @@
-"""`cb-backups verify [STORE] [--partition KEY | --all]`: run the post-backup checks again, through Dagster."""
+"""`cb-backups verify [STORE|full_system] [--slot KEY | --all] [--json]`: run the post-backup checks again,
+through Dagster."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from rich.markup import escape
 
-from cb_backups.cli.args import Subcommands, check_store_settings, partition, store_names
-from cb_backups.cli.output import check_table, console, err_console
+from cb_backups.cli.args import (
+    FULL_SYSTEM,
+    Subcommands,
+    add_json,
+    add_slot,
+    check_store_settings,
+    partition,
+    store_or_full,
+)
+from cb_backups.cli.output import check_rows_json, check_table, console, err_console, print_json
 from cb_backups.cli.runs import evaluations, failure_messages, instance, run_job
 
 
 def register(sub: Subcommands) -> None:
     verify = sub.add_parser("verify", help="run the post-backup checks again for a slot")
-    verify.add_argument("store", nargs="?")
+    verify.add_argument("store", nargs="?", help="postgres, valkey, neo4j, qdrant, opensearch or full_system "
+                                                 "(default: the five stores)")
     group = verify.add_mutually_exclusive_group()
-    group.add_argument("--partition")
+    add_slot(group, "slot key (default: the newest slot)")
     group.add_argument("--all", action="store_true", help="every backup in the catalog")
+    add_json(verify)
     verify.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cb_backups.defs.resources import BackupsResource
 
-    names = store_names(args.store)
+    names = store_or_full(args.store)
     if not args.all:
         for store in names:
-            partition(store, args.partition)
-    check_store_settings(args.store)
+            partition(store, args.slot)
+    check_store_settings(args.store if args.store not in (None, FULL_SYSTEM) else None)
     dagster = instance()
     catalog = BackupsResource().catalog()
     status = 0
+    results: list[dict[str, Any]] = []
     for store in names:
-        keys = [a.partition_key for a in catalog.list(store)] if args.all else [partition(store, args.partition)]
+        keys = [a.partition_key for a in catalog.list(store)] if args.all else [partition(store, args.slot)]
         for key in keys:
             result = run_job(f"{store}_verify_job", key, dagster)
             rows = [(store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]
-            if not rows or not all(r[2] for r in rows) or not result.success:
-                status = 1
+            ok = bool(rows) and all(r[2] for r in rows) and result.success
+            status = status if ok else 1
+            errors = [f"{store} {key}: {m}" for m in failure_messages(result)]
+            results.append({"store": store, "slot": key, "passed": ok, "run_id": result.run_id,
+                            "checks": check_rows_json(rows), "errors": errors})
+            if args.json:
+                continue
             if rows:
                 console.print(check_table(f"{store} verify {key}", rows))
-            for message in failure_messages(result):  # a run that could not finish (a full disk): one line each
-                err_console.print(f"[red]error:[/] {escape(f'{store} {key}: {message}')}")
+            for message in errors:  # a run that could not finish (a full disk): one line each
+                err_console.print(f"[red]error:[/] {escape(message)}")
+    if args.json:
+        print_json({"passed": status == 0, "slots": results})
     return status

@@ -17,15 +17,20 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from cb_backups.config.hooks import SECTION as HOOKS_SECTION
+from cb_backups.config.hooks import hooks_from_config
+from cb_backups.config.pitr import SECTION as PITR_SECTION
+from cb_backups.config.pitr import pitr_from_config
 from cb_backups.config.redact import redact_url
 from cb_backups.config.retention import offsite_from_config, policies_from_config
 from cb_backups.core.catalog import Catalog
+from cb_backups.core.crypto import Encryption, parse_recipients, read_identities
 from cb_backups.core.errors import CbBackupsError, ConfigError
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
 
 # Sections of the CB_CONFIG file (feature modules read restore/drills/offsite/retention from Settings.raw).
 SECTIONS = (*STORE_NAMES, "volumes", "s3", "retention", "offsite", "restore", "drills", "notifications", "report",
-            FULL_SYSTEM)
+            FULL_SYSTEM, HOOKS_SECTION, "encryption", PITR_SECTION)
 TOP_LEVEL_KEYS = ("backup_dir", "backup_dir_create", "timezone", "webhook_url", *SECTIONS)
 DEFAULT_BACKUP_DIR = "backups"  # relative to the working directory; created when missing (it was not configured)
 FLAG_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
@@ -180,6 +185,7 @@ class Settings:
     volumes: dict[str, VolumeSettings] = field(default_factory=dict)
     s3: S3Settings = field(default_factory=S3Settings)
     webhook_url: str | None = field(default=None, repr=False)
+    encryption: Encryption = field(default_factory=Encryption)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def store(self, name: str) -> Any:
@@ -196,7 +202,7 @@ class Settings:
 
     def catalog(self) -> Catalog:
         """The backup catalog under `backup_dir`: the one way to reach what is stored there."""
-        return Catalog(self.backup_dir)
+        return Catalog(self.backup_dir, self.encryption)
 
     def secrets(self) -> list[str]:
         """Every secret these settings hold (for the redactor): the webhook URL, store passwords and API keys."""
@@ -204,6 +210,11 @@ class Settings:
         for name in self.configured_stores():
             store = getattr(self, name)
             values += [getattr(store, attr, None) for attr in SECRET_FIELDS]
+        for path in self.encryption.identity_files:  # the age identities, should one ever be printed
+            try:
+                values += [str(i) for i in read_identities(path, "CB_AGE_IDENTITY_FILE")]
+            except ConfigError:
+                continue  # whatever needs the identities reports that
         return [v for v in values if v]
 
 
@@ -336,6 +347,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     for name in SECTIONS:
         _section(raw, name)  # `restore: 5` is bad input here, not an AttributeError in a feature module
+    hooks_from_config(raw)  # a bad hook command is bad input now, not when the backup runs
     _check_log_level(env.get("CB_LOG_LEVEL"))
     configured_dir = env.get("CB_BACKUP_DIR") or _strict_text("backup_dir", raw.get("backup_dir"), "a folder path")
     backup_dir = Path(configured_dir or DEFAULT_BACKUP_DIR)
@@ -420,7 +432,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if raw.get("retention") is not None:
         policies_from_config(raw)  # a bad retention policy is bad input for every command
     offsite_from_config(raw)  # so is a bad `offsite:` section
+    pitr_from_config(raw, env)  # and a bad `postgres_wal:` section (point-in-time recovery)
     return Settings(
+        encryption=_encryption(env, _section(raw, "encryption")),
         backup_dir=backup_dir,
         timezone=timezone,
         volumes=volumes,
@@ -429,6 +443,62 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raw=raw,
         **stores,
     )
+
+
+ENCRYPTION_KEYS = ("enabled", "stores", "recipients", "recipients_file", "identity_file")
+
+
+def _yes_no(what: str, value: Any) -> bool:
+    word = str(value).strip().lower()
+    if isinstance(value, bool):
+        return value
+    if word not in FLAG_WORDS:
+        raise ConfigError(what, value, "true or false")
+    return FLAG_WORDS[word]
+
+
+def _encryption(env: Mapping[str, str], section: dict[str, Any]) -> Encryption:
+    """`encryption:` + CB_ENCRYPTION, CB_AGE_RECIPIENTS(_FILE), CB_AGE_IDENTITY_FILE. Without an explicit
+    `enabled`, stores encrypt exactly when recipients are configured (so setting them is never ignored)."""
+    unknown = sorted(str(k) for k in section if k not in ENCRYPTION_KEYS)
+    if unknown:
+        raise ConfigError("setting in 'encryption'", unknown[0], ", ".join(ENCRYPTION_KEYS))
+    recipients: tuple[str, ...] = ()
+    listed = env.get("CB_AGE_RECIPIENTS") or section.get("recipients")
+    if isinstance(listed, list):
+        listed = " ".join(str(r) for r in listed)
+    if listed:
+        recipients += parse_recipients(str(listed), "CB_AGE_RECIPIENTS")
+    recipients_file = env.get("CB_AGE_RECIPIENTS_FILE") or section.get("recipients_file")
+    if recipients_file:
+        try:
+            text = Path(str(recipients_file)).read_text()
+        except OSError as exc:
+            raise ConfigError("CB_AGE_RECIPIENTS_FILE", str(recipients_file),
+                              f"a readable file of age public keys ({exc.strerror})") from None
+        recipients += tuple(r for r in parse_recipients(text, f"recipient in {recipients_file}")
+                            if r not in recipients)
+    identity = env.get("CB_AGE_IDENTITY_FILE") or section.get("identity_file") or ""
+    identity_files = tuple(Path(str(p).strip()) for p in
+                           (identity if isinstance(identity, list) else str(identity).split(",")) if str(p).strip())
+    if env.get("CB_ENCRYPTION"):
+        default = _yes_no("CB_ENCRYPTION", env["CB_ENCRYPTION"])
+    elif section.get("enabled") is not None:
+        default = _yes_no("encryption.enabled", section["enabled"])
+    else:
+        default = bool(recipients)
+    stores_raw = section.get("stores") or {}
+    if not isinstance(stores_raw, dict):
+        raise ConfigError("encryption.stores", stores_raw, "a mapping of store name to true/false")
+    stores: dict[str, bool] = {}
+    for name, value in stores_raw.items():
+        if name not in (*STORE_NAMES, FULL_SYSTEM):
+            raise ConfigError("store in encryption.stores", name, ", ".join((*STORE_NAMES, FULL_SYSTEM)))
+        stores[name] = _yes_no(f"encryption.stores.{name}", value)
+    if (default or any(stores.values())) and not recipients:
+        raise ConfigError("encryption recipients", "none", "CB_AGE_RECIPIENTS (age1... public keys) or "
+                          "CB_AGE_RECIPIENTS_FILE, when encryption is enabled")
+    return Encryption(default, stores, recipients, identity_files)
 
 
 def configured_secrets(env: Mapping[str, str] | None = None) -> list[str]:

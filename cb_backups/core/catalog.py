@@ -13,6 +13,8 @@ Layout::
     <root>/<store>/_safety/<stamp>/        safety backups taken before a restore
     <root>/<store>/.staging-*/             a backup being written (never "looks good")
     <root>/.restore-<store>-*/<key>/       an off-site copy downloaded for a restore (removed afterwards)
+    <root>/.decrypted-<store>-*/<key>/     an encrypted backup decrypted for a restore or check (0700,
+                                           removed afterwards)
     <root>/_retention/deletions.jsonl      every deletion made by retention (for the auditor report)
     <root>/_reports/                       the auditor reports
 
@@ -40,9 +42,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cb_backups.core import crypto
 from cb_backups.core.errors import BackupFailed, CbBackupsError, ConfigError
 from cb_backups.core.fileio import (
     DiskFull,
+    HashingWriter,
     atomic_write_bytes,
     atomic_write_json,
     free_bytes,
@@ -51,7 +55,7 @@ from cb_backups.core.fileio import (
     private_dir,
     sha256_file,
 )
-from cb_backups.core.model import Artifact, BackupOutput, Manifest, Verification
+from cb_backups.core.model import Artifact, BackupOutput, FileRecord, Manifest, Verification
 
 MANIFEST = "manifest.json"
 MANIFEST_SEAL = "manifest.json.sha256"
@@ -59,8 +63,10 @@ VERIFICATION = "verification.json"
 SAFETY = "_safety"
 RETENTION_LOG = ("_retention", "deletions.jsonl")
 REPORTS = "_reports"
+HOOKS = "_hooks"  # stores/hooks.py: post_backup hooks owed by a running (or killed) backup
 RESTORES = "_restores"  # restore.recovery's journals of in-place restores in progress
 DOWNLOAD_PREFIX = ".restore-"
+DECRYPT_PREFIX = ".decrypted-"  # an encrypted backup's plaintext, for the one restore/check that needs it
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 
 
@@ -103,8 +109,12 @@ class Staging:
     def __init__(self, catalog: Catalog, store: str, key: str, kind: str, started: datetime) -> None:
         self.catalog, self.store, self.key, self.kind, self.started = catalog, store, key, kind, started
         self.path = private_dir(catalog.store_dir(store) / f".staging-{key}-{uuid.uuid4().hex[:8]}")
+        self.marked: crypto.Marked | None = None  # set while the backup writes, when it is encrypted
 
     def commit(self, output: BackupOutput) -> Artifact:
+        if self.marked is not None:
+            output.files = [self._sealed(record) for record in output.files]
+            self.marked.active = False
         finished = utcnow()
         names = sorted(f.name for f in output.files)
         on_disk = sorted(p.name for p in self.path.iterdir())
@@ -143,10 +153,36 @@ class Staging:
     def abandon(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    def _sealed(self, record: FileRecord) -> FileRecord:
+        """`record`'s file as `<name>.age`: encrypted while written (HashingWriter), or now, in one streaming
+        pass, for a file a tool wrote itself (neo4j-admin's dump); either way no plaintext stays behind."""
+        assert self.marked is not None
+        path = self.path / record.name
+        if not path.is_file():
+            return record  # the name check below reports it
+        st = path.stat()
+        sealed = self.marked.sealed.get((st.st_dev, st.st_ino))
+        final = path.with_name(path.name + crypto.AGE_SUFFIX)
+        if sealed is None:
+            with open(path, "rb") as src, HashingWriter(final) as out:
+                out.copy_from(src)  # `final` is under the marked folder: encrypted on its way
+            st = final.stat()
+            sealed = self.marked.sealed[(st.st_dev, st.st_ino)]
+            path.unlink()
+        else:
+            os.rename(path, final)
+        if (sealed.plaintext_sha256, sealed.plaintext_bytes) != (record.sha256, record.bytes):
+            raise CbBackupsError(f"{self.store}: {record.name}: the adapter reported sha256 {record.sha256[:12]}… "
+                                 f"({record.bytes} bytes) but {sealed.plaintext_sha256[:12]}… "
+                                 f"({sealed.plaintext_bytes} bytes) was encrypted")
+        return FileRecord(final.name, sealed.bytes, sealed.sha256, sealed.plaintext_sha256, sealed.plaintext_bytes,
+                          sealed.recipients)
+
 
 class Catalog:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, encryption: crypto.Encryption | None = None) -> None:
         self.root = Path(root)
+        self.encryption = encryption or crypto.Encryption()
 
     # --- layout ------------------------------------------------------------
     def store_dir(self, store: str) -> Path:
@@ -174,6 +210,11 @@ class Catalog:
         _check_name("store name", store)
         return self.root / RESTORES / f"{store}.json"
 
+    def hook_marker(self, name: str) -> Path:
+        """Where a backup notes that its post_backup hook is still owed (stores/hooks.py)."""
+        _check_name("store name", name)
+        return self.root / HOOKS / f"{name}.json"
+
     def restore_journals(self) -> list[Path]:
         folder = self.root / RESTORES
         return sorted(folder.glob("*.json")) if folder.is_dir() else []
@@ -191,6 +232,49 @@ class Catalog:
         parent = Path(tempfile.mkdtemp(prefix=f"{DOWNLOAD_PREFIX}{store}-", dir=self.root))
         try:
             yield parent / key
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
+
+    @contextmanager
+    def plaintext(self, artifact: Artifact) -> Iterator[Artifact]:
+        """`artifact` itself, or for an encrypted one its decrypted copy: every `.age` file decrypted and
+        authenticated into a private (0700) folder on the backup disk, its plaintext sha256 checked against
+        the manifest, under the names it had before encryption (removed afterwards). Nothing else is read
+        or touched before this succeeded; a missing or wrong identity is one IdentityMismatch line."""
+        m = artifact.manifest
+        if not m.encrypted:
+            yield artifact
+            return
+        what = f"{m.store} {m.kind} {m.partition_key}"
+        identities = self.encryption.identities()
+        mine = {crypto.fingerprint(crypto.public_key(i)) for i in identities}
+        if not mine & set(m.recipients):
+            raise crypto.IdentityMismatch(crypto.mismatch_message(what, m.recipients, identities,
+                                                                  self.encryption.identity_files))
+        private_dir(self.root)
+        parent = Path(tempfile.mkdtemp(prefix=f"{DECRYPT_PREFIX}{m.store}-", dir=self.root))
+        try:
+            folder = private_dir(parent / m.partition_key)
+            files = []
+            for record in m.files:
+                if not record.encrypted:
+                    (folder / record.name).symlink_to(artifact.path(record.name).resolve())
+                    files.append(record)
+                    continue
+                name = record.name.removesuffix(crypto.AGE_SUFFIX)
+                with open(artifact.path(record.name), "rb") as src, HashingWriter(folder / name) as out:
+                    try:
+                        crypto.decrypt_into(src, out, identities)
+                    except crypto.DecryptError as exc:
+                        raise CbBackupsError(f"{what}: {record.name} does not decrypt: {exc} (changed or "
+                                             "truncated ciphertext fails age's authentication)") from None
+                if (out.sha256, out.bytes) != (record.plaintext_sha256, record.plaintext_bytes):
+                    raise CbBackupsError(f"{what}: {record.name} decrypts to sha256 {out.sha256[:12]}… "
+                                         f"({out.bytes} bytes), the manifest says {str(record.plaintext_sha256)[:12]}… "
+                                         f"({record.plaintext_bytes} bytes)")
+                files.append(FileRecord(name, out.bytes, out.sha256))
+            view = Manifest(**{**m.__dict__, "files": files})
+            yield Artifact(folder, view)
         finally:
             shutil.rmtree(parent, ignore_errors=True)
 
@@ -219,8 +303,13 @@ class Catalog:
         """Yield a staging folder; removed again unless committed."""
         private_dir(self.root)
         staging = Staging(self, store, key, kind, utcnow())
+        recipients = self.encryption.recipients_for(store)
         try:
-            yield staging
+            if recipients:
+                with crypto.encrypting(staging.path, recipients) as staging.marked:
+                    yield staging
+            else:
+                yield staging
         finally:
             if staging.path.exists():
                 staging.abandon()

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from cb_backups.core import crypto
 from cb_backups.core.errors import CbBackupsError
 
 CHUNK = 1024 * 1024
@@ -140,7 +141,12 @@ def fsync_dir(path: Path) -> None:
 
 
 class HashingWriter:
-    """A write-only binary file (0600) that hashes and counts what it writes."""
+    """A write-only binary file (0600) that hashes and counts what it writes.
+
+    Under a staging folder marked by `crypto.encrypting`, the bytes are age-encrypted on their way to
+    the file: `sha256`/`bytes` stay those of the plaintext (what the adapter wrote and may compare), and
+    the ciphertext's are recorded with the folder for the catalog's commit (by inode: renames are fine).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -148,10 +154,16 @@ class HashingWriter:
         self._file: IO[bytes] = os.fdopen(fd, "wb", buffering=0)
         self._hash = hashlib.sha256()
         self.bytes = 0
+        self._marked = crypto.marked_for(path)
+        self._encryptor = crypto.StreamEncryptor(self._file, self._marked.recipients) if self._marked else None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
         self._hash.update(view)
+        if self._encryptor is not None:
+            self._encryptor.write(view)
+            self.bytes += len(view)
+            return len(view)
         written = 0
         while written < len(view):
             written += self._file.write(view[written:])
@@ -168,15 +180,27 @@ class HashingWriter:
         return self._hash.hexdigest()
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file.closed:
+            return
+        try:
+            if self._encryptor is not None and self._marked is not None:
+                digest, size = self._encryptor.close()
+                st = os.fstat(self._file.fileno())
+                self._marked.sealed[(st.st_dev, st.st_ino)] = crypto.Sealed(
+                    self.sha256, self.bytes, digest, size, tuple(map(crypto.fingerprint, self._marked.recipients)))
             self._file.flush()
             os.fsync(self._file.fileno())
+        finally:
             self._file.close()
 
     def __enter__(self) -> HashingWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None and self._encryptor is not None:
+            self._encryptor.abort()  # a failed write: no final chunk, the file is never "sealed"
+            self._file.close()
+            return
         self.close()
 
 

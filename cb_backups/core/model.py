@@ -24,7 +24,31 @@ def no_progress(message: str, done: int, total: int | None) -> None:
 class FileRecord:
     name: str  # relative to the backup folder, no path separators
     bytes: int
-    sha256: str
+    sha256: str  # of the file as stored: for an encrypted one (`<name>.age`), the ciphertext
+    # Only for a file encrypted with age (core.crypto); recipients are key fingerprints, never a key:
+    plaintext_sha256: str | None = None
+    plaintext_bytes: int | None = None
+    recipients: tuple[str, ...] = ()
+
+    @property
+    def encrypted(self) -> bool:
+        return self.plaintext_sha256 is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """Without the encryption fields when unencrypted: such manifests stay as they always were."""
+        data = asdict(self)
+        if not self.encrypted:
+            for key in ("plaintext_sha256", "plaintext_bytes", "recipients"):
+                data.pop(key)
+        else:
+            data["recipients"] = list(self.recipients)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileRecord:
+        fields = dict(data)
+        fields["recipients"] = tuple(fields.get("recipients") or ())
+        return cls(**fields)
 
 
 @dataclass
@@ -59,13 +83,24 @@ class Manifest:
     format_version: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["files"] = [f.to_json() for f in self.files]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
         fields = dict(data)
-        fields["files"] = [FileRecord(**f) for f in data["files"]]
+        fields["files"] = [FileRecord.from_json(f) for f in data["files"]]
         return cls(**fields)
+
+    @property
+    def encrypted(self) -> bool:
+        return any(f.encrypted for f in self.files)
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """The fingerprint of every key any file is encrypted to, in order."""
+        return tuple(dict.fromkeys(r for f in self.files for r in f.recipients))
 
     @property
     def total_bytes(self) -> int:

@@ -19,6 +19,7 @@ from cb_backups.checks.slot import DRILL_CHECK
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.partitions import TIMEZONE
 from cb_backups.core.specs import STORES, StoreSpec
+from cb_backups.defs.liveness import writer_tags
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.restore.drill import DrillResult, run_drill
 
@@ -85,7 +86,8 @@ def drill_requests(backups: BackupsResource, stores: list[str] | None = None) ->
         # The check keys differ in partitions definition, so the partition travels as the run tag.
         requests.append(dg.RunRequest(run_key=f"{spec.name}-{key}", asset_selection=[],
                                       asset_check_keys=[drill_check_key(spec)],
-                                      tags={"dagster/partition": key, "store": spec.name}))
+                                      tags={"dagster/partition": key, "store": spec.name,
+                                            **writer_tags([spec.name])}))
     return requests
 
 

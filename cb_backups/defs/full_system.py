@@ -11,10 +11,11 @@ from cb_backups.core.model import Artifact
 from cb_backups.core.partitions import parse_slot, weekly_sunday_0100
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
 from cb_backups.defs.backups.assets import artifact_metadata
-from cb_backups.defs.liveness import store_pools
+from cb_backups.defs.liveness import store_pools, writer_tags
 from cb_backups.defs.progress import per_store_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.full_system.backup import FULL_CHECKS, RETENTION_DAYS, evaluate_full, stores_in, write_full_backup
+from cb_backups.stores.hooks import with_hooks
 
 ASSET_KEY = dg.AssetKey("full_system_backup")
 
@@ -71,7 +72,9 @@ def full_system_backup(context: dg.AssetExecutionContext, backups: BackupsResour
         context.log.info(f"full system slot {key}: backing up {', '.join(configured)} at once"
                          + (f"; skipped (not configured): {', '.join(skipped)}" if skipped else ""))
         with store_pools(context, configured):  # the per-store jobs' pools: one writer per store
-            artifact = write_full_backup(catalog, key, configured, backups.store, per_store_progress(context))
+            artifact = write_full_backup(catalog, key, configured, backups.store, per_store_progress(context),
+                                         fence=lambda run: with_hooks(backups.settings(), [FULL_SYSTEM, *configured],
+                                                                      run, context.log.info))
     except CbBackupsError as exc:
         raise dg.Failure(description=str(exc)) from None
     markers = artifact.manifest.markers
@@ -108,7 +111,7 @@ _CHECK_SELECTION = dg.AssetSelection.checks(*[dg.AssetCheckKey(ASSET_KEY, name) 
 
 full_system_backup_job = dg.define_asset_job(
     "full_system_backup_job", selection=dg.AssetSelection.assets(ASSET_KEY).without_checks() | _CHECK_SELECTION,
-    partitions_def=weekly_sunday_0100, tags={"store": FULL_SYSTEM},
+    partitions_def=weekly_sunday_0100, tags={"store": FULL_SYSTEM, **writer_tags(STORE_NAMES)},
     description="Back up every configured store at once into one folder, and check it.")
 full_system_verify_job = dg.define_asset_job(
     "full_system_verify_job", selection=_CHECK_SELECTION, partitions_def=weekly_sunday_0100,

@@ -28,6 +28,7 @@ from cb_backups.core import process
 from cb_backups.core.errors import CbBackupsError, ConfigError
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
 from cb_backups.restore.recovery import recover_restores, recover_store
+from cb_backups.stores.hooks import owed_post_backups
 
 HOST_TAG, BOOT_TAG, PID_TAG, START_TAG = process.HOST, process.BOOT, process.PID, process.START
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -45,6 +46,16 @@ def sensor_seconds() -> int:
 def pool_name(store: str) -> str:
     """The pool every op that reads or writes `store` takes (`full_system` for the full system's own ops)."""
     return store if store == FULL_SYSTEM else f"store_{store}"
+
+
+WRITER_TAG_PREFIX = "cb/writes-"  # + store; dagster.yaml limits each to one run in progress
+
+
+def writer_tags(stores: Iterable[str]) -> dict[str, str]:
+    """Run tags that let the run queue (dagster.yaml's tag_concurrency_limits) start no two runs that touch
+    one store: a store's own jobs carry its tag, the full system's carry all five. Without them the daemon
+    launches a store's backup during the full system backup and the run waits inside its op for the pool."""
+    return {f"{WRITER_TAG_PREFIX}{s}": "1" for s in stores}
 
 
 def stores_of(store_tag: str | None) -> list[str]:
@@ -141,6 +152,7 @@ def free_dead_runs(instance: dg.DagsterInstance, stores: Iterable[str]) -> list[
     configured = set(settings.configured_stores())
     for store in sorted(dead & configured):
         lines += recover_store(settings, store)
+    lines += owed_post_backups(settings, lambda _line: None, stores)
     return lines + recover_restores(settings, [s for s in stores if s in configured])
 
 

@@ -14,7 +14,7 @@ import dagster as dg
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Progress, Target
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES, STORES, StoreSpec, spec_for
-from cb_backups.defs.liveness import free_dead_runs, store_pools
+from cb_backups.defs.liveness import free_dead_runs, store_pools, writer_tags
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.restore.execute import RestoreResult, execute_full_restore, execute_restore
@@ -102,7 +102,7 @@ def restore_job(spec: StoreSpec) -> dg.JobDefinition:
             raise dg.Failure(description=result.summary(), metadata=result_metadata(result))
         yield dg.Output(result.to_json(), metadata=result_metadata(result))
 
-    @dg.job(name=f"restore_{spec.name}", tags={"store": spec.name},
+    @dg.job(name=f"restore_{spec.name}", tags={"store": spec.name, **writer_tags([spec.name])},
             description=f"Restore {spec.title} from a backup (scratch or in place; in place takes a safety "
                         f"backup first). RTO target {spec.rto}.")
     def _job() -> None:
@@ -141,7 +141,7 @@ def _full_restore(context: dg.OpExecutionContext, config: RestoreConfig,
     yield dg.Output(summary, metadata=meta)
 
 
-@dg.job(name="full_system_restore", tags={"store": FULL_SYSTEM},
+@dg.job(name="full_system_restore", tags={"store": FULL_SYSTEM, **writer_tags(STORE_NAMES)},
         description="Full system recovery (runbook scenario 2): every store from its latest verified backup or "
                     "from one full system backup.")
 def full_system_restore() -> None:

@@ -40,6 +40,7 @@ from cb_backups.report import history
 from cb_backups.retention.apply import read_deletions
 
 FORMATS = ("html", "csv", "json")
+NOT_CONFIGURED = "not configured"  # a slot's status, and a store's verdict, when it has no connection settings
 PAGE = 2000
 _RTO_KEYS = ("rto_seconds", "restore_seconds", "duration_seconds", "seconds", "rto")
 _OFFSITE_KEYS = ("url", "s3_url", "location", "prefix", "key", "manifest_key", "keys")
@@ -60,7 +61,7 @@ class SlotRow:
     store: str
     slot: str
     due: str  # when the slot's window ended (the runbook's cron time)
-    status: str = "missed"  # verified | failed | unverified | missed
+    status: str = "missed"  # verified | failed | unverified | missed | not configured
     rpo_ok: bool = False
     captured_at: str = ""
     bytes: int | None = None
@@ -85,6 +86,7 @@ class StoreSummary:
     title: str
     rpo_hours: float
     rto_target_minutes: float
+    configured: bool = True  # False: no connection settings; its empty slots are "not configured", not missed
     slots: int = 0
     verified: int = 0
     failed: int = 0
@@ -302,8 +304,11 @@ def _drill_rto(metadata: dict[str, Any]) -> float | None:
 
 def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime, end: datetime,
                  stores: Sequence[str] | None = None, now: datetime | None = None,
-                 offsite_lag_hours: float = 1.0) -> Report:
+                 offsite_lag_hours: float = 1.0, configured: Sequence[str] | None = None) -> Report:
     """Read everything for the period (bulk queries) and judge every expected slot.
+
+    `configured`: the stores with connection settings (None: all). A slot of any other store that has
+    no backup is "not configured" (not missed), and the store has no RPO compliance (None, not 0%).
 
     Off-site state per slot is `offsite.state.offsite_state`: a passing check about an older manifest
     than the slot's current one is "stale", never "verified"."""
@@ -332,7 +337,8 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
         copies = seen_copies(offsite_mats)
         off_checks = seen_checks(instance, dg.AssetCheckKey(spec.offsite_key, OFFSITE_CHECK), since)
         on_disk = {a.partition_key: a for a in catalog.list(spec.name)}
-        summary = StoreSummary(spec.name, spec.title, spec.rpo / timedelta(hours=1), spec.rto / timedelta(minutes=1))
+        summary = StoreSummary(spec.name, spec.title, spec.rpo / timedelta(hours=1), spec.rto / timedelta(minutes=1),
+                               configured=configured is None or spec.name in configured)
         latest: dict[tuple[str, str], history.CheckRun] = {}
         for key in store_checks(spec):
             label = check_label(spec, key)
@@ -465,7 +471,10 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
                 row.retention = "kept"
             elif mat is not None:
                 row.retention = "not on disk (no deletion recorded)"
-            setattr(summary, row.status, getattr(summary, row.status) + 1)
+            if row.status == "missed" and not summary.configured:
+                row.status = NOT_CONFIGURED
+            else:
+                setattr(summary, row.status, getattr(summary, row.status) + 1)
             summary.rpo_compliant += row.rpo_ok
             rows.append(row)
         summary.slots = len(slots)
@@ -473,9 +482,9 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
             summary.offsite_newest_verified = newest_copy[1]
             summary.offsite_age_hours = round((min(end, now) - newest_copy[0]) / timedelta(hours=1), 2)
             summary.offsite_rpo_ok = summary.offsite_age_hours <= summary.offsite_limit_hours
-        elif slots:
+        elif slots and summary.configured:
             summary.offsite_rpo_ok = False
-        if slots:
+        if slots and summary.configured:
             summary.rpo_compliance = round(summary.rpo_compliant / len(slots), 4)
             gap = _longest_gap(sorted(verified_times), slots[0][2], min(end, now))
             summary.longest_gap_hours = round(gap[0] / timedelta(hours=1), 2)

@@ -148,7 +148,7 @@ td.mono{font-family:ui-monospace,monospace;font-size:11px}details{margin:6px 0}
 td:nth-child(-n+7){white-space:nowrap}
 """
 _STATUS_CLASS = {"verified": "ok", "passed": "ok", "failed": "bad", "execution_failed": "bad", "missed": "bad",
-                 "unverified": "warn", "planned": "warn", "copied, not verified": "warn"}
+                 "unverified": "warn", "planned": "warn", "copied, not verified": "warn", "not configured": "muted"}
 
 
 def _cell(text: Any, cls: str = "") -> str:
@@ -180,14 +180,16 @@ def to_html(report: Report) -> str:
     out.append("".join(f"<th>{h}</th>" for h in heads) + "</tr>")
     for s in report.stores:
         compliance_cls = "ok" if s.rpo_compliance == 1 else ("bad" if s.rpo_compliance is not None else "muted")
+        compliance = _pct(s.rpo_compliance) if s.configured else "not configured"
         rto_cls = {True: "ok", False: "bad", None: "muted"}[s.rto_met]
         gap = "n/a" if s.longest_gap_hours is None else (
             f"{s.longest_gap_hours:g} h ({s.longest_gap_between[0]} → {s.longest_gap_between[1]})")
         out.append("<tr>" + "".join([
-            _cell(s.store), _cell(s.slots), _cell(s.verified, "ok" if s.verified else ""),
+            _cell(s.store if s.configured else f"{s.store} (not configured)", "" if s.configured else "muted"),
+            _cell(s.slots), _cell(s.verified, "ok" if s.verified else ""),
             _cell(s.failed, "bad" if s.failed else ""), _cell(s.unverified, "warn" if s.unverified else ""),
             _cell(s.missed, "bad" if s.missed else ""), _cell(f"{s.rpo_hours:g} h"),
-            _cell(_pct(s.rpo_compliance), compliance_cls), _cell(gap),
+            _cell(compliance, compliance_cls), _cell(gap),
             _cell(s.failed_check_evaluations, "bad" if s.failed_check_evaluations else ""),
             _cell(s.failed_runs, "bad" if s.failed_runs else ""), _offsite_rpo_cell(s),
             _cell(s.offsite_failed_runs, "bad" if s.offsite_failed_runs else ""),
@@ -223,15 +225,16 @@ def to_html(report: Report) -> str:
     out.append("<h2>Slots</h2>")
     for store, rows in by_store.items():
         labels = [label for label in report.check_labels if any(label in r.checks for r in rows)]
-        bad = sum(r.status != "verified" for r in rows)
+        bad = sum(r.status not in ("verified", "not configured") for r in rows)
         out.append(f"<details{' open' if bad and len(rows) <= 400 else ''}><summary><b>{esc(store)}</b>: "
                    f"{len(rows)} slots, {bad} not verified</summary><table><tr>")
         heads = ["slot", "due", "status", "within RPO", "captured_at", "bytes", "seconds", "sha256", *labels,
                  "off-site key", "off-site", "off-site error", "drill", "RTO s", "retention", "error"]
         out.append("".join(f"<th>{esc(h)}</th>" for h in heads) + "</tr>")
         for r in rows:
-            cells = [_cell(r.slot), _cell(r.due), _cell(r.status), _cell("yes" if r.rpo_ok else "no",
-                                                                         "ok" if r.rpo_ok else "bad"),
+            cells = [_cell(r.slot), _cell(r.due), _cell(r.status),
+                     _cell("n/a", "muted") if r.status == "not configured" else
+                     _cell("yes" if r.rpo_ok else "no", "ok" if r.rpo_ok else "bad"),
                      _cell(r.captured_at), _cell("" if r.bytes is None else f"{r.bytes:,}"),
                      _cell("" if r.duration_seconds is None else f"{r.duration_seconds:g}"),
                      '<td class="mono">' + "<br>".join(f"{esc(k)}: {esc(v)}" for k, v in sorted(r.sha256.items()))

@@ -8,6 +8,7 @@ A store without a scratch target (Neo4j without a scratch server) is drilled as 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +16,14 @@ from datetime import timedelta
 from typing import Any
 
 from cb_backups.config.settings import Settings
+from cb_backups.core.crypto import IdentityMismatch
 from cb_backups.core.errors import CbBackupsError
-from cb_backups.core.model import Inventory, Progress, Target, no_progress
+from cb_backups.core.model import Artifact, Inventory, Progress, Target, Verification, no_progress
 from cb_backups.core.specs import spec_for
+from cb_backups.restore.decrypt import Plaintexts
 from cb_backups.restore.execute import verify_artifact
 from cb_backups.restore.plan import hms
-from cb_backups.stores.base import DRILL, Scratch
+from cb_backups.stores.base import DRILL, Scratch, Store
 from cb_backups.stores.registry import open_store
 
 UNCOUNTED_SECTIONS = ("estimates", "expires")  # drift by nature: not shown as counts
@@ -73,8 +76,20 @@ def run_drill(settings: Settings, store_name: str, partition_key: str | None = N
         what = f"slot {partition_key}" if partition_key else "any slot"
         return DrillResult(store_name, partition_key, False, f"no complete {store_name} backup for {what}",
                            "restore", rto_target_seconds=rto_target)
-    key = artifact.partition_key
-    verification = verify_artifact(store, artifact)
+    with contextlib.ExitStack() as stack:  # an encrypted backup is drilled from its decrypted copy, then removed
+        plain = Plaintexts(catalog, stack)
+        try:
+            verification = verify_artifact(store, artifact, plain)
+        except IdentityMismatch as exc:
+            return DrillResult(store_name, artifact.partition_key, False, str(exc), "restore",
+                               rto_target_seconds=rto_target)
+        return _drill(store, plain.of(artifact) if verification.ok else artifact, verification, rto_target,
+                      started, between, progress)
+
+
+def _drill(store: Store, artifact: Artifact, verification: Verification, rto_target: float, started: float,
+           between: Callable[[Scratch], None] | None, progress: Progress) -> DrillResult:
+    store_name, key = store.name, artifact.partition_key
     if not verification.ok:
         return DrillResult(store_name, key, False, "the backup did not verify: " + "; ".join(verification.problems),
                            "restore", rto_target_seconds=rto_target)

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from cb_backups.core.catalog import MANIFEST, Catalog, checksum_problems, seal_problems
+from cb_backups.core.crypto import IdentityMismatch
 from cb_backups.core.errors import CbBackupsError, RestoreFailed, RestoreRefused
 from cb_backups.core.fileio import as_disk_full, sha256_file
 from cb_backups.core.model import Artifact, Inventory, Progress, Verification, no_progress
 from cb_backups.core.specs import FULL_SYSTEM
 from cb_backups.full_system.backup import store_view, stores_in
 from cb_backups.offsite import s3 as offsite
+from cb_backups.restore.decrypt import Plaintexts
 from cb_backups.restore.journal import CLOSED, RESTORING, journaled
 from cb_backups.restore.plan import FULL_PREFIX, LATEST, SAFETY_PREFIX, FullRestorePlan, RestorePlan, hms
 from cb_backups.restore.safety import prune_safety, take_safety_backup
@@ -140,12 +142,21 @@ def execute_full_restore(full: FullRestorePlan, progress: Progress = no_progress
         return FullRestoreResult(results, failed, time.monotonic() - started)
 
 
-def verify_artifact(store: Store, artifact: Artifact) -> Verification:
+def verify_artifact(store: Store, artifact: Artifact, plain: Plaintexts | None = None) -> Verification:
     """sha256 of every file against the manifest (and the manifest against its seal), then the store's own
-    integrity check. A full disk (the temp dir) is raised as DiskFull: it says nothing about the backup."""
+    integrity check. A full disk (the temp dir) is raised as DiskFull: it says nothing about the backup.
+    An encrypted backup's ciphertext is checked here, its plaintext (`plain.of`: decrypted, authenticated,
+    plaintext sha256 checked) by the store; a missing or wrong identity raises IdentityMismatch."""
     problems = checksum_problems(artifact)
     if problems:
         return Verification(False, problems)
+    if artifact.manifest.encrypted and plain is not None:
+        try:
+            artifact = plain.of(artifact)
+        except IdentityMismatch:
+            raise  # not this backup's fault: the operator must name the right key
+        except CbBackupsError as exc:
+            return Verification(False, [str(exc)])
     try:
         return store.verify(artifact)
     except Exception as exc:
@@ -192,12 +203,14 @@ def _prepare(plan: RestorePlan, progress: Progress, stack: contextlib.ExitStack,
     store = open_store(plan.store, plan.settings)
     skipped: list[str] = []
     notes: list[str] = []
+    plain = Plaintexts(plan.settings.catalog(), stack)
     if plan.backup.startswith(FULL_PREFIX):
-        full, artifact = _resolve_full(plan, store, progress, stack, cache)
+        full, artifact = _resolve_full(plan, store, progress, stack, cache, plain)
         origin = f"{full.directory} ({plan.store} part)"
     else:
-        artifact = _resolve(plan, store, progress, stack, skipped)
+        artifact = _resolve(plan, store, progress, stack, skipped, plain)
         origin = str(artifact.directory) if plan.source == "local" else f"s3 copy of {artifact.partition_key}"
+        artifact = plain.of(artifact)  # from here on the store reads the verified plaintext
     if skipped:
         notes.append(f"latest-verified fell back to {artifact.partition_key}: the newer backup(s) failed "
                      "verification: " + "; ".join(skipped))
@@ -306,7 +319,7 @@ def _restore(prepared: _Prepared, safety: Artifact | None, progress: Progress) -
 
 
 def _resolve(plan: RestorePlan, store: Store, progress: Progress, stack: contextlib.ExitStack,
-             skipped: list[str]) -> Artifact:
+             skipped: list[str], plain: Plaintexts) -> Artifact:
     catalog = plan.settings.catalog()
 
     def skip(artifact: Artifact, problems: list[str]) -> None:
@@ -315,14 +328,14 @@ def _resolve(plan: RestorePlan, store: Store, progress: Progress, stack: context
                  f"{'; '.join(problems)}", 0, None)
 
     if plan.source == "offsite":
-        return _resolve_offsite(plan, store, progress, stack, skip)
+        return _resolve_offsite(plan, store, progress, stack, skip, plain)
     def verify(artifact: Artifact) -> Verification:
         problems = catalog.binding_problems(artifact)  # a folder renamed or swapped is not that slot
-        verification = Verification(False, problems) if problems else verify_artifact(store, artifact)
+        verification = Verification(False, problems) if problems else verify_artifact(store, artifact, plain)
         if verification.ok and plan.backup == LATEST:
             # Counts too, in a scratch target, so a backup whose restore would fail on counts is skipped
             # like a corrupt one, and the real target is never touched by it.
-            problems = counts_precheck(store, artifact, progress)
+            problems = counts_precheck(store, plain.of(artifact), progress)
             if problems:
                 return Verification(False, problems)
         return verification
@@ -348,7 +361,7 @@ def _resolve(plan: RestorePlan, store: Store, progress: Progress, stack: context
 
 
 def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack: contextlib.ExitStack,
-                     skip: Callable[[Artifact, list[str]], None]) -> Artifact:
+                     skip: Callable[[Artifact, list[str]], None], plain: Plaintexts) -> Artifact:
     target = offsite.S3Target(plan.settings.s3)
     keys = [plan.backup] if plan.backup != LATEST else list(reversed(offsite.list_offsite(plan.store, target)))
     if not keys:
@@ -368,9 +381,9 @@ def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack:
         artifact = Catalog(folder.parent).load(folder)
         assert artifact is not None  # download_artifact writes the manifest last
         problems = _offsite_manifest_problems(target, plan.store, key, folder)
-        verification = Verification(False, problems) if problems else verify_artifact(store, artifact)
+        verification = Verification(False, problems) if problems else verify_artifact(store, artifact, plain)
         if verification.ok and plan.backup == LATEST:
-            problems = counts_precheck(store, artifact, progress)
+            problems = counts_precheck(store, plain.of(artifact), progress)
             verification = Verification(False, problems) if problems else verification
         if verification.ok:
             return artifact
@@ -383,7 +396,7 @@ def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack:
 
 
 def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: contextlib.ExitStack,
-                  cache: dict[str, Artifact]) -> tuple[Artifact, Artifact]:
+                  cache: dict[str, Artifact], plain: Plaintexts) -> tuple[Artifact, Artifact]:
     """(the full system backup, this store's part of it as its own verified Artifact)."""
     key = plan.backup[len(FULL_PREFIX):]
     full = cache.get(key)
@@ -407,6 +420,17 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
         problems += seal_problems(full)
         if problems:
             raise RestoreRefused(plan.store, f"full system backup {key} failed verification: " + "; ".join(problems))
+        if full.manifest.encrypted:  # the ciphertext against the manifest, then decrypted once for every store
+            problems = checksum_problems(full)
+            if problems:
+                raise RestoreRefused(plan.store, f"full system backup {key} failed verification: "
+                                     + "; ".join(problems))
+            try:
+                full = plain.of(full)
+            except IdentityMismatch:
+                raise
+            except CbBackupsError as exc:
+                raise RestoreRefused(plan.store, f"full system backup {key}: {exc}") from None
         cache[key] = full
     if plan.store not in stores_in(full):
         raise RestoreRefused(plan.store, f"full system backup {key} holds no {plan.store} backup "

@@ -21,6 +21,7 @@ the snapshot (`ignore_index_settings`), so restored indices take writes. Removed
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import uuid
@@ -522,9 +523,16 @@ class OpenSearchStore:
         name = f"{self.settings.repository}-restore-{folder[-8:]}"
         try:
             dest.mkdir(parents=True)
-            for blob in blobs.files:  # moved, not copied: the download folder is removed afterwards anyway
+            for blob in blobs.files:
+                # Linked (or copied across filesystems), not moved: `latest` pre-checks a candidate in a scratch
+                # restore before the real one, and both publish the same download. Readable by the cluster's
+                # own user, like the files OpenSearch writes into its repository.
                 (dest / blob.path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(carried / blob.path, dest / blob.path)
+                try:
+                    os.link(carried / blob.path, dest / blob.path)
+                except OSError:
+                    shutil.copyfile(carried / blob.path, dest / blob.path)
+                os.chmod(dest / blob.path, 0o644)
             unpack_generations(artifact.path(GENERATIONS_FILE), dest)
             body = {"type": "fs", "settings": {"location": f"{location.rstrip('/')}/{folder}", "readonly": True}}
             self._must(f"register read-only repository [{name}]", self.client.snapshot.create_repository,

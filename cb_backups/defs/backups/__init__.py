@@ -22,11 +22,24 @@ from cb_backups.defs.backups.automation import (
 from cb_backups.defs.backups.checks import freshness_check, slot_checks
 
 
-def build_store_defs(spec: StoreSpec) -> dg.Definitions:
-    """One store's backup asset, slot checks, backup and verify jobs, and schedule."""
+def configured_stores() -> list[str] | None:
+    """The stores with connection settings when the code location loads; None when the settings are bad
+    (every store then stays live, and its runs say what is wrong)."""
+    from cb_backups.config.settings import load_settings
+    from cb_backups.core.errors import CbBackupsError
+
+    try:
+        return load_settings().configured_stores()
+    except CbBackupsError:
+        return None
+
+
+def build_store_defs(spec: StoreSpec, configured: bool = True) -> dg.Definitions:
+    """One store's backup asset, slot checks, backup and verify jobs, and schedule (stopped when the store
+    is not configured)."""
     backup = backup_job(spec)
-    return dg.Definitions(assets=[backup_asset(spec)], asset_checks=[slot_checks(spec)],
-                          jobs=[backup, verify_job(spec)], schedules=[backup_schedule(spec, backup)])
+    return dg.Definitions(assets=[backup_asset(spec, configured)], asset_checks=[slot_checks(spec)],
+                          jobs=[backup, verify_job(spec)], schedules=[backup_schedule(spec, backup, configured)])
 
 
 def build_freshness_defs(specs: Sequence[StoreSpec]) -> dg.Definitions:
@@ -36,4 +49,6 @@ def build_freshness_defs(specs: Sequence[StoreSpec]) -> dg.Definitions:
                           schedules=[freshness_schedule(job)])
 
 
-defs = dg.Definitions.merge(*(build_store_defs(spec) for spec in STORES), build_freshness_defs(STORES))
+_configured = configured_stores()
+defs = dg.Definitions.merge(*(build_store_defs(spec, _configured is None or spec.name in _configured)
+                              for spec in STORES), build_freshness_defs(STORES))

@@ -10,6 +10,7 @@ from cb_backups.core.partitions import parse_slot
 from cb_backups.core.specs import StoreSpec
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
+from cb_backups.stores.hooks import with_hooks
 
 
 def refuse_outside_retention(spec: StoreSpec, key: str) -> None:
@@ -46,15 +47,22 @@ def artifact_metadata(artifact: Artifact) -> dict[str, dg.MetadataValue]:
     return meta
 
 
-def backup_asset(spec: StoreSpec) -> dg.AssetsDefinition:
+def backup_asset(spec: StoreSpec, configured: bool = True) -> dg.AssetsDefinition:
+    from cb_backups.config.settings import CONNECTIONS
+
+    unconfigured = "" if configured else (f" NOT CONFIGURED when this code location loaded: set "
+                                          f"{CONNECTIONS[spec.name].env}; its schedule starts stopped.")
+
     @dg.asset(
         name=f"{spec.name}_backup",
         partitions_def=spec.partitions,
         group_name="backups",
         kinds={spec.name},
         pool=f"store_{spec.name}",
-        description=f"{spec.title} backup for one slot (RPO {spec.rpo}, retention {spec.retention_days} days).",
-        metadata={"store": spec.name, "priority": spec.priority, "rpo_hours": spec.rpo / timedelta(hours=1)},
+        description=f"{spec.title} backup for one slot (RPO {spec.rpo}, retention {spec.retention_days} days)."
+                    + unconfigured,
+        metadata={"store": spec.name, "priority": spec.priority, "rpo_hours": spec.rpo / timedelta(hours=1),
+                  "configured": configured},
         tags={"store": spec.name},
     )
     def _backup(context: dg.AssetExecutionContext, backups: BackupsResource) -> dg.MaterializeResult:
@@ -68,7 +76,9 @@ def backup_asset(spec: StoreSpec) -> dg.AssetsDefinition:
             if not health.ok:
                 raise dg.Failure(description=f"{spec.name} pre-backup checklist failed: {'; '.join(health.problems)}")
             context.log.info(f"backing up {spec.name} slot {key} into {catalog.store_dir(spec.name)}")
-            artifact = catalog.write(spec.name, key, lambda into: store.backup(into, dagster_progress(context)))
+            fenced = with_hooks(backups.settings(), [spec.name], lambda into: store.backup(
+                into, dagster_progress(context)), context.log.info)  # pre_backup/post_backup quiesce hooks
+            artifact = catalog.write(spec.name, key, fenced)
         except CbBackupsError as exc:
             raise dg.Failure(description=str(exc)) from None
         context.log.info(f"{spec.name} slot {key}: {artifact.manifest.total_bytes} bytes in "

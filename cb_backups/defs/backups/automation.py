@@ -9,6 +9,7 @@ import dagster as dg
 from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS
 from cb_backups.core.partitions import TIMEZONE
 from cb_backups.core.specs import StoreSpec
+from cb_backups.defs.liveness import writer_tags
 
 
 def slot_check_selection(spec: StoreSpec) -> dg.AssetSelection:
@@ -18,7 +19,7 @@ def slot_check_selection(spec: StoreSpec) -> dg.AssetSelection:
 def backup_job(spec: StoreSpec) -> dg.UnresolvedAssetJobDefinition:
     selection = dg.AssetSelection.assets(spec.asset_key).without_checks() | slot_check_selection(spec)
     return dg.define_asset_job(f"{spec.name}_backup_job", selection=selection, partitions_def=spec.partitions,
-                               tags={"store": spec.name},
+                               tags={"store": spec.name, **writer_tags([spec.name])},
                                description=f"Back up {spec.title} for one slot and verify it.")
 
 
@@ -28,10 +29,12 @@ def verify_job(spec: StoreSpec) -> dg.UnresolvedAssetJobDefinition:
                                description=f"Run {spec.title}'s post-backup checks again for one slot.")
 
 
-def backup_schedule(spec: StoreSpec, job: dg.UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
-    """On the store's partitions' cron (the runbook's crontab), running from the start."""
-    return dg.build_schedule_from_partitioned_job(job, name=f"{spec.name}_backup_schedule",
-                                                  default_status=dg.DefaultScheduleStatus.RUNNING)
+def backup_schedule(spec: StoreSpec, job: dg.UnresolvedAssetJobDefinition, configured: bool = True
+                    ) -> dg.ScheduleDefinition:
+    """On the store's partitions' cron (the runbook's crontab), running from the start when the store is
+    configured; stopped when it is not (its runs could only fail), to be turned on in the UI once it is."""
+    status = dg.DefaultScheduleStatus.RUNNING if configured else dg.DefaultScheduleStatus.STOPPED
+    return dg.build_schedule_from_partitioned_job(job, name=f"{spec.name}_backup_schedule", default_status=status)
 
 
 def freshness_job(specs: Sequence[StoreSpec]) -> dg.UnresolvedAssetJobDefinition:

@@ -1,11 +1,13 @@
 """Factory: per-partition post-backup checks, and the freshness check, per store."""
 
 import warnings
+from datetime import timedelta
 
 import dagster as dg
 
 from cb_backups.checks.slot import FRESHNESS_CHECK, SLOT_CHECKS, evaluate_freshness, evaluate_slot
 from cb_backups.checks.tamper import manifest_record_problems
+from cb_backups.config.settings import CONNECTIONS
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.specs import StoreSpec
 from cb_backups.defs.resources import BackupsResource
@@ -48,7 +50,13 @@ def freshness_check(spec: StoreSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=spec.asset_key, name=FRESHNESS_CHECK,
                     description=f"The newest verified {spec.name} backup is younger than the RPO ({spec.rpo}).")
     def _freshness(backups: BackupsResource) -> dg.AssetCheckResult:
-        outcome = evaluate_freshness(backups.catalog(), spec.name, spec.rpo)
+        settings = backups.settings()
+        if spec.name not in settings.configured_stores():
+            # Nothing is backed up, so nothing can be stale: passed, and the metadata says why.
+            return dg.AssetCheckResult(passed=True, description=f"{spec.name} is not configured (set "
+                                       f"{CONNECTIONS[spec.name].env}): no backups expected",
+                                       metadata={"configured": False, "rpo_hours": spec.rpo / timedelta(hours=1)})
+        outcome = evaluate_freshness(settings.catalog(), spec.name, spec.rpo)
         return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description,
                                    metadata=outcome.metadata)
 

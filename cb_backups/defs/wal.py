@@ -1,0 +1,171 @@
+"""PostgreSQL point-in-time recovery in Dagster: `postgres_wal` (hourly: the segments completed in the hour,
+with their checks, the RPO check and the slot's retained WAL) and `postgres_base_backup` (daily
+pg_basebackup, checked by pg_verifybackup and by the WAL's continuity from its start LSN).
+
+The WAL itself is received by the `cb-backups wal-receive` service, not by a run: these assets record and
+check what it archived.
+"""
+
+
+import warnings
+from collections.abc import Iterator
+
+import dagster as dg
+
+from cb_backups.core.errors import CbBackupsError
+from cb_backups.core.partitions import DAILY_FMT, PARTITIONS_START, SIX_HOURLY_FMT, TIMEZONE, slots
+from cb_backups.defs.progress import dagster_progress
+from cb_backups.defs.resources import BackupsResource
+from cb_backups.restore.pitr import pitr_settings
+from cb_backups.stores.pitr import basebackup
+from cb_backups.stores.pitr.archive import WAL_STORE, WalArchive
+from cb_backups.stores.pitr.health import (
+    BASE_CHECKS,
+    RETAINED_CHECK,
+    RPO_CHECK,
+    WAL_CHECKS,
+    Outcome,
+    base_outcomes,
+    hour_outcomes,
+    in_window,
+    retained_outcome,
+    rpo_outcome,
+)
+from cb_backups.stores.pitr.server import STORE, Server
+
+WAL_KEY = dg.AssetKey(WAL_STORE)
+BASE_KEY = dg.AssetKey(basebackup.BASE_STORE)
+WAL_PARTITIONS = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START[:10] + "-00:00", timezone=TIMEZONE,
+                                               fmt=SIX_HOURLY_FMT)
+BASE_PARTITIONS = slots("30 0 * * *", DAILY_FMT)  # daily, 00:30
+
+
+def _server(backups: BackupsResource) -> tuple[Server, WalArchive]:
+    settings = backups.settings()
+    pitr = pitr_settings(settings)
+    return Server(settings.store(STORE), pitr), WalArchive(settings.catalog(), level=pitr.compression_level)
+
+
+def _result(key: dg.AssetKey, outcome: Outcome, warn: bool = False) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(asset_key=key, check_name=outcome.name, passed=outcome.passed,
+                               description=outcome.description, metadata=outcome.metadata,
+                               severity=dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR)
+
+
+@dg.asset(name=WAL_STORE, partitions_def=WAL_PARTITIONS, group_name="backups", kinds={"postgres"},
+          description="PostgreSQL WAL segments completed in one hour, archived by `cb-backups wal-receive` "
+                      "(point-in-time recovery).", tags={"store": STORE})
+def postgres_wal(context: dg.AssetExecutionContext, backups: BackupsResource) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    try:
+        _, archive = _server(backups)
+        found = in_window(archive, window.start, window.end)
+    except CbBackupsError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    context.log.info(f"{len(found)} WAL segment(s) completed in {context.partition_key}")
+    return dg.MaterializeResult(metadata={
+        "segments": len(found), "bytes": sum(s.bytes for s in found),
+        "sha256": dg.MetadataValue.json({s.name: s.sha256 for s in found}),
+        "path": dg.MetadataValue.path(str(archive.segments_dir))})
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.PreviewWarning)  # per-partition check status is a preview in 1.13
+    _WAL_SPECS = [dg.AssetCheckSpec(n, asset=WAL_KEY, description=d, partitions_def=WAL_PARTITIONS)
+                  for n, d in WAL_CHECKS.items()]
+    _BASE_SPECS = [dg.AssetCheckSpec(n, asset=BASE_KEY, description=d, blocking=True, partitions_def=BASE_PARTITIONS)
+                   for n, d in BASE_CHECKS.items()]
+
+
+@dg.multi_asset_check(specs=_WAL_SPECS, name="postgres_wal_checks")
+def postgres_wal_checks(context: dg.AssetCheckExecutionContext, backups: BackupsResource
+                        ) -> Iterator[dg.AssetCheckResult]:
+    start = WAL_PARTITIONS.time_window_for_partition_key(context.partition_key)
+    try:
+        server, archive = _server(backups)
+        outcomes = hour_outcomes(server, archive, start.start, start.end)
+    except CbBackupsError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    for outcome in outcomes:
+        if not outcome.passed:
+            context.log.warning(f"postgres_wal {context.partition_key}: {outcome.name}: {outcome.description}")
+        yield _result(WAL_KEY, outcome)
+
+
+@dg.asset_check(asset=WAL_KEY, name=RPO_CHECK, description="The newest received WAL is younger than "
+                "postgres_wal.rpo_seconds (60 s): the receiver is streaming.")
+def postgres_wal_rpo(backups: BackupsResource) -> dg.AssetCheckResult:
+    server, archive = _server(backups)
+    return _result(WAL_KEY, rpo_outcome(server, archive))
+
+
+@dg.asset_check(asset=WAL_KEY, name=RETAINED_CHECK, description="The replication slot holds less WAL on the "
+                "server than postgres_wal.max_retained_mb (a dead receiver otherwise fills its disk).")
+def postgres_wal_retained(backups: BackupsResource) -> dg.AssetCheckResult:
+    server, _ = _server(backups)
+    return _result(WAL_KEY, retained_outcome(server), warn=True)
+
+
+@dg.asset(name=basebackup.BASE_STORE, partitions_def=BASE_PARTITIONS, group_name="backups", kinds={"postgres"},
+          pool=f"store_{STORE}", tags={"store": STORE},
+          description="PostgreSQL base backup (pg_basebackup, tar + backup manifest, zstd) for point-in-time "
+                      "recovery; the six-hourly logical dumps stay beside it.")
+def postgres_base_backup(context: dg.AssetExecutionContext, backups: BackupsResource) -> dg.MaterializeResult:
+    try:
+        server, _ = _server(backups)
+        catalog = backups.catalog()
+        catalog.sweep(basebackup.BASE_STORE)
+        artifact = catalog.write(basebackup.BASE_STORE, context.partition_key,
+                                 lambda into: basebackup.take(server, into, dagster_progress(context)))
+    except CbBackupsError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    m = artifact.manifest
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(artifact.directory)), "bytes": m.total_bytes,
+        "duration_seconds": m.duration_seconds, "start_lsn": m.markers["start_lsn"],
+        "stop_lsn": m.markers["stop_lsn"], "timeline": m.markers["timeline"],
+        "sha256": dg.MetadataValue.json({f.name: f.sha256 for f in m.files})})
+
+
+@dg.multi_asset_check(specs=_BASE_SPECS, name="postgres_base_backup_checks", pool=f"store_{STORE}")
+def postgres_base_backup_checks(context: dg.AssetCheckExecutionContext, backups: BackupsResource
+                                ) -> Iterator[dg.AssetCheckResult]:
+    from cb_backups.core.model import Verification
+
+    try:
+        server, archive = _server(backups)
+        catalog = backups.catalog()
+        artifact = catalog.get(basebackup.BASE_STORE, context.partition_key)
+        outcomes, ok = base_outcomes(server, archive, artifact, catalog.root)
+        if artifact is not None:  # point-in-time restores choose among verified base backups
+            catalog.record_verification(artifact, Verification(ok, [o.description for o in outcomes[:1] if not ok]))
+    except CbBackupsError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    for outcome in outcomes:
+        yield _result(BASE_KEY, outcome)
+
+
+wal_job = dg.define_asset_job("postgres_wal_job", selection=dg.AssetSelection.assets(WAL_KEY).without_checks()
+                              | dg.AssetSelection.checks_for_assets(WAL_KEY) - dg.AssetSelection.checks(
+                                  dg.AssetCheckKey(WAL_KEY, RPO_CHECK), dg.AssetCheckKey(WAL_KEY, RETAINED_CHECK)),
+                              partitions_def=WAL_PARTITIONS, tags={"store": STORE},
+                              description="Record and check the WAL segments completed in one hour.")
+base_backup_job = dg.define_asset_job("postgres_base_backup_job", selection=dg.AssetSelection.assets(BASE_KEY),
+                                      partitions_def=BASE_PARTITIONS, tags={"store": STORE},
+                                      description="Take a PostgreSQL base backup and verify it.")
+rpo_job = dg.define_asset_job("postgres_wal_rpo_job", selection=dg.AssetSelection.checks(
+    dg.AssetCheckKey(WAL_KEY, RPO_CHECK), dg.AssetCheckKey(WAL_KEY, RETAINED_CHECK)),
+    description="Is the newest received WAL within the RPO, and the slot's retained WAL small?")
+
+wal_schedule = dg.build_schedule_from_partitioned_job(wal_job, name="postgres_wal_schedule", minute_of_hour=5,
+                                                      default_status=dg.DefaultScheduleStatus.RUNNING)
+base_backup_schedule = dg.build_schedule_from_partitioned_job(base_backup_job, name="postgres_base_backup_schedule",
+                                                              default_status=dg.DefaultScheduleStatus.RUNNING)
+rpo_schedule = dg.ScheduleDefinition(name="postgres_wal_rpo_schedule", job=rpo_job, cron_schedule="* * * * *",
+                                     execution_timezone=TIMEZONE, default_status=dg.DefaultScheduleStatus.RUNNING)
+
+defs = dg.Definitions(assets=[postgres_wal, postgres_base_backup],
+                      asset_checks=[postgres_wal_checks, postgres_wal_rpo, postgres_wal_retained,
+                                    postgres_base_backup_checks],
+                      jobs=[wal_job, base_backup_job, rpo_job],
+                      schedules=[wal_schedule, base_backup_schedule, rpo_schedule])

@@ -1,0 +1,295 @@
+"""PostgreSQL point-in-time restore: resolve -> verify -> recover into a new data directory -> start ->
+promote -> check -> (in place) swap, the old data directory kept as the safety copy.
+
+Nothing of the live server is touched before the base backup and every WAL segment needed were checked
+(sha256 of the stored and the decompressed file) and the recovered server has started, promoted and
+answered. Scratch leaves that server running on its loopback port and says how to reach and stop it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cb_backups.config.pitr import PitrSettings, pitr_from_config
+from cb_backups.config.settings import Settings
+from cb_backups.core.catalog import checksum_problems, iso, utcnow
+from cb_backups.core.errors import ConfigError, RestoreFailed, RestoreRefused
+from cb_backups.core.fileio import private_dir
+from cb_backups.core.model import Artifact, Progress, no_progress
+from cb_backups.core.specs import spec_for
+from cb_backups.stores.pitr import recovery
+from cb_backups.stores.pitr.archive import Segment, WalArchive
+from cb_backups.stores.pitr.basebackup import BASE_STORE
+from cb_backups.stores.pitr.server import STORE, Server
+from cb_backups.stores.pitr.wal import format_lsn, parse_lsn, segment_name, segment_of
+
+LATEST = "latest"
+SCRATCH_FOLDER = "cb-pitr"
+
+
+def pitr_settings(settings: Settings) -> PitrSettings:
+    return pitr_from_config(settings.raw, os.environ)
+
+
+def parse_target(to_time: str | None, to_lsn: str | None) -> recovery.RecoveryTarget:
+    """`--to-time` (ISO 8601 with a zone, or `latest`) or `--to-lsn`; exactly one."""
+    if to_time and to_lsn:
+        raise ConfigError("recovery target", f"--to-time {to_time} and --to-lsn {to_lsn}", "one of them, not both")
+    if to_lsn:
+        return recovery.RecoveryTarget("lsn", lsn=format_lsn(parse_lsn(to_lsn, "--to-lsn")))
+    if not to_time or to_time.strip().lower() == LATEST:
+        return recovery.RecoveryTarget(LATEST)
+    try:
+        when = datetime.fromisoformat(to_time.strip().replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ConfigError("--to-time", to_time, "an ISO 8601 time with a zone, e.g. 2026-12-01T07:42:10Z, or latest")
+    if when > utcnow():
+        raise ConfigError("--to-time", to_time, f"a time in the past (now is {iso(utcnow())})")
+    return recovery.RecoveryTarget("time", time=when.astimezone(UTC))
+
+
+@dataclass
+class PitrPlan:
+    target: recovery.RecoveryTarget
+    mode: str  # "scratch" | "in_place"
+    base: Artifact
+    segments: list[Segment]
+    partial: Path | None
+    server: Server = field(repr=False)
+    archive: WalArchive = field(repr=False)
+    work_root: Path = field(repr=False)
+    skipped: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        m = self.base.manifest.markers
+        where = ("IN PLACE (the live data directory is swapped; the old one is kept)" if self.mode == "in_place"
+                 else "into a SCRATCH server on a free port")
+        lines = [f"point-in-time restore of postgres to {self.target.describe()} {where}",
+                 f"  1. base backup {self.base.partition_key} (start {m.get('start_lsn')}, stop {m.get('stop_lsn')}, "
+                 f"finished {self.base.manifest.captured_at}): sha256 checked",
+                 f"  2. {len(self.segments)} archived WAL segment(s) "
+                 + (f"{self.segments[0].name} .. {self.segments[-1].name}" if self.segments else "")
+                 + (f" + the segment being received ({self.partial.name})" if self.partial else "")
+                 + ": continuity and sha256 checked, decompressed beside the new data directory",
+                 "  3. recover into a new data directory, start it on a loopback port, wait until it promoted, "
+                 "check it answers and read the recovery point reached"]
+        if self.mode == "in_place":
+            lines.append("  4. stop the live server, rename its data directory to <data_dir>.replaced-<stamp> (the "
+                         "safety copy), rename the recovered one into place, start, check")
+        return lines
+
+
+def plan_pitr(settings: Settings, to_time: str | None = None, to_lsn: str | None = None, mode: str = "scratch"
+              ) -> PitrPlan:
+    """Choose the newest verified base backup before the target and the WAL after it; refuse on any gap."""
+    target = parse_target(to_time, to_lsn)
+    if mode not in ("scratch", "in_place"):
+        raise ConfigError("restore target", mode, "scratch, in_place")
+    pitr = pitr_settings(settings)
+    if mode == "in_place" and not pitr.data_dir:
+        raise ConfigError("postgres_wal.data_dir (CB_PG_DATA_DIR)", None,
+                          "the live data directory, for an in-place point-in-time restore")
+    server = Server(settings.store(STORE), pitr)
+    catalog = settings.catalog()
+    archive = WalArchive(catalog)
+    skipped: list[str] = []
+    base = None
+    for candidate in reversed(catalog.list(BASE_STORE)):
+        record = catalog.verification_of(candidate)
+        if record is None or not record.ok:
+            skipped.append(f"{candidate.partition_key}: {'never verified' if record is None else 'failed verification'}")
+            continue
+        if _before(candidate, target):
+            base = candidate
+            break
+    if base is None:
+        raise RestoreRefused(STORE, f"no verified base backup finished before {target.describe()} "
+                                    f"({', '.join(skipped) or 'none in ' + str(catalog.store_dir(BASE_STORE))})")
+    markers = base.manifest.markers
+    seg_size = int(markers.get("wal_segment_size", archive.seg_size))
+    archive.seg_size = seg_size
+    timeline = int(markers["timeline"])
+    first = segment_of(parse_lsn(markers["stop_lsn"]), seg_size)
+    segments, partial = _needed(archive, timeline, first, target, seg_size)
+    # Not under backup_dir by default: the server's system user must reach it, and backup_dir is private.
+    work_root = Path(pitr.scratch_dir) if pitr.scratch_dir else Path(tempfile.gettempdir()) / SCRATCH_FOLDER
+    if mode == "in_place":
+        work_root = Path(pitr.data_dir).parent  # type: ignore[arg-type]  # same filesystem: the swap is a rename
+    return PitrPlan(target, mode, base, segments, partial, server, archive, work_root, skipped)
+
+
+def _before(base: Artifact, target: recovery.RecoveryTarget) -> bool:
+    if target.kind == "time":
+        assert target.time is not None
+        return datetime.fromisoformat(base.manifest.captured_at) <= target.time
+    if target.kind == "lsn":
+        assert target.lsn is not None
+        return parse_lsn(base.manifest.markers["stop_lsn"]) <= parse_lsn(target.lsn)
+    return True
+
+
+def _needed(archive: WalArchive, timeline: int, first: int, target: recovery.RecoveryTarget, seg_size: int
+            ) -> tuple[list[Segment], Path | None]:
+    """The contiguous segments from `first` on (the server stops at the target itself).
+
+    A missing segment the target may lie beyond is refused, naming it: every record of a segment is older
+    than the time it was archived, so a gap after a segment archived later than a time target (or after
+    an LSN target's segment) is harmless; any other gap is not.
+    """
+    mine = {s.segno: s for s in archive.segments() if s.timeline == timeline}
+    newest = max(mine, default=first - 1)
+    chosen: list[Segment] = []
+    for number in range(first, newest + 1):
+        segment = mine.get(number)
+        if segment is None:
+            if _reached(chosen, target, number, seg_size):
+                return chosen, None
+            raise RestoreRefused(STORE, f"WAL segment {segment_name(timeline, number, seg_size)} is missing from the "
+                                        f"archive ({archive.segments_dir}): the WAL is not continuous from the base "
+                                        f"backup to {target.describe()}; nothing was changed")
+        problems = archive.problems(segment)
+        if problems:
+            raise RestoreRefused(STORE, "; ".join(problems) + "; nothing was changed")
+        chosen.append(segment)
+    partial = archive.partial()
+    if partial is not None and partial.name.startswith(segment_name(timeline, newest + 1, seg_size)):
+        return chosen, partial
+    if target.kind == "time" and not _reached(chosen, target, newest + 1, seg_size):
+        reached = chosen[-1].completed if chosen else None
+        raise RestoreRefused(STORE, f"the archived WAL ends before {target.describe()} (last segment archived "
+                                    f"{iso(reached) if reached else 'none'}); is `cb-backups wal-receive` running?")
+    return chosen, None
+
+
+def _reached(chosen: list[Segment], target: recovery.RecoveryTarget, missing: int, seg_size: int) -> bool:
+    if target.kind == "time":
+        assert target.time is not None
+        return bool(chosen) and chosen[-1].completed > target.time
+    if target.kind == "lsn":
+        assert target.lsn is not None
+        return segment_of(parse_lsn(target.lsn), seg_size) < missing
+    return False
+
+
+@dataclass
+class PitrResult:
+    mode: str
+    target: str
+    base_backup: str
+    segments: int
+    point: dict[str, Any]
+    counts: dict[str, int]
+    data_dir: str
+    rto_seconds: float
+    rto_target_seconds: float
+    connection: str = ""
+    stop_command: str = ""
+    safety_copy: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        where = f"scratch server {self.connection}" if self.mode == "scratch" else f"in place ({self.data_dir})"
+        return (f"postgres recovered to {self.target} into {where}: reached LSN {self.point.get('lsn')}, last "
+                f"transaction {self.point.get('last_transaction_at')}, timeline {self.point.get('timeline')}")
+
+
+def execute_pitr(plan: PitrPlan, progress: Progress = no_progress) -> PitrResult:
+    started = time.monotonic()
+    problems = checksum_problems(plan.base)
+    if problems:
+        raise RestoreRefused(STORE, f"base backup {plan.base.partition_key}: {'; '.join(problems)}")
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    if plan.mode == "in_place":
+        live = Path(plan.server.pitr.data_dir)  # type: ignore[arg-type]
+        workdir = private_dir(live.parent / f"{live.name}.pitr-{stamp}")
+    else:
+        workdir = private_dir(plan.work_root / stamp)
+    progress(f"extracting base backup {plan.base.partition_key} and {len(plan.segments)} WAL segment(s)", 0, None)
+    try:
+        data, wal = recovery.prepare(plan.server, plan.base, plan.archive, plan.segments, plan.partial, plan.target,
+                                     workdir)
+    except (ValueError, OSError) as exc:
+        raise RestoreRefused(STORE, f"the recovery could not be prepared in {workdir}: {exc}") from None
+    progress("starting the recovered server", 0, None)
+    recovered = recovery.start(plan.server, data, wal, workdir)
+    counts = _counts(plan.server, "127.0.0.1", recovered.port)
+    result = PitrResult(plan.mode, plan.target.describe(), plan.base.partition_key, len(plan.segments),
+                        recovered.point, counts, str(data), 0.0, spec_for(STORE).rto.total_seconds(),
+                        notes=list(plan.skipped))
+    if plan.partial is not None:
+        result.notes.append(f"used the segment still being received ({plan.partial.name}; no checksum recorded yet)")
+    if plan.mode == "scratch":
+        result.connection = (f"postgresql://{plan.server.pg.user}@127.0.0.1:{recovered.port}/{plan.server.pg.dbname}"
+                             " (password: the live server's)")
+        result.stop_command = f"pg_ctl -D {data} stop"
+    else:
+        result.safety_copy = _swap(plan, recovered, live, stamp)
+        result.data_dir = str(live)
+        result.counts = _counts(plan.server, None, None)
+    result.rto_seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _swap(plan: PitrPlan, recovered: recovery.Recovered, live: Path, stamp: str) -> str:
+    """Stop the recovered and the live server; the recovered directory takes the live one's name."""
+    server, pitr = plan.server, plan.server.pitr
+    recovery.stop(server, recovered.data_dir)
+    recovery.strip_recovery_settings(recovered.data_dir)
+    aside = live.with_name(f"{live.name}.replaced-{stamp}")
+    _run_or_pg_ctl(server, pitr.stop_command, live, "stop")
+    os.rename(live, aside)
+    os.rename(recovered.data_dir, live)
+    try:
+        _run_or_pg_ctl(server, pitr.start_command, live, "start")
+        with server.connect() as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        # The recovered directory did not come up as the live one: put the old one back and start it.
+        recovery.stop(server, live) if (live / "postmaster.pid").exists() else None
+        os.rename(live, recovered.data_dir)
+        os.rename(aside, live)
+        _run_or_pg_ctl(server, pitr.start_command, live, "start")
+        raise RestoreFailed(STORE, f"the recovered data directory did not start in place ({exc}); the old one is "
+                                   f"back at {live} and started again; the recovered one is {recovered.data_dir}") from None
+    return str(aside)
+
+
+def _run_or_pg_ctl(server: Server, command: tuple[str, ...], data: Path, action: str) -> None:
+    import subprocess
+
+    if command:
+        done = subprocess.run(list(command), capture_output=True, text=True, timeout=600)
+        out = done.stderr or done.stdout
+    else:
+        log = data.parent / f"{data.name}-pitr-{action}.log"
+        done = server.pg_ctl(data, action, log=log if action == "start" else None, options=server.pitr.server_options)
+        out = done.stderr or done.stdout
+    if done.returncode != 0:
+        raise RestoreFailed(STORE, f"{action} of the server on {data} failed: {out.strip()[-300:]}")
+
+
+def _counts(server: Server, host: str | None, port: int | None) -> dict[str, int]:
+    from psycopg import sql
+
+    found = {}
+    with server.connect(host, port) as conn:
+        present = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
+        for table in server.pg.count_tables:
+            if table in present:
+                found[table] = int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                    sql.Identifier(table))).fetchone()[0])  # type: ignore[index]
+    return found
+
+
+__all__ = ["BASE_STORE", "PitrPlan", "PitrResult", "execute_pitr", "parse_target", "plan_pitr"]
