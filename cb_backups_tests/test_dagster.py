@@ -154,6 +154,7 @@ ASSET_KEYS = {
     "audit_report", "full_system_backup", "full_system_backup_offsite", "neo4j_backup", "neo4j_offsite",
     "opensearch_backup", "opensearch_offsite", "postgres_backup", "postgres_offsite", "qdrant_backup",
     "qdrant_offsite", "valkey_backup", "valkey_offsite",
+    "postgres_wal", "postgres_base_backup",  # point-in-time recovery (defs/wal.py)
 }
 CHECK_KEYS = {
     "full_system_backup:all_stores_present", "full_system_backup:all_stores_verified",
@@ -171,6 +172,9 @@ CHECK_KEYS = {
     "valkey_backup:integrity", "valkey_backup:inventory_recorded", "valkey_backup:restore_drill",
     "valkey_offsite:offsite_complete", "neo4j_offsite:offsite_freshness", "opensearch_offsite:offsite_freshness",
     "postgres_offsite:offsite_freshness", "qdrant_offsite:offsite_freshness", "valkey_offsite:offsite_freshness",
+    "postgres_wal:segments_present", "postgres_wal:sha256", "postgres_wal:continuity", "postgres_wal:waldump",
+    "postgres_wal:rpo", "postgres_wal:slot_retained_wal", "postgres_base_backup:verifybackup",
+    "postgres_base_backup:wal_continuous",
 }
 JOB_NAMES = {
     "audit_report_job", "freshness_checks_job", "full_system_backup_job", "full_system_backup_offsite_job",
@@ -182,11 +186,14 @@ JOB_NAMES = {
     "restore_opensearch", "restore_postgres", "restore_qdrant", "restore_valkey", "retention_job",
     "valkey_backup_job", "valkey_offsite_job", "valkey_offsite_verify_job", "valkey_verify_job",
     "offsite_freshness_job",
+    "postgres_wal_job", "postgres_base_backup_job", "postgres_wal_rpo_job", "postgres_wal_retention_job",
 }
 SCHEDULE_NAMES = {
     "audit_report_schedule", "freshness_checks_schedule", "full_system_backup_schedule", "neo4j_backup_schedule",
     "opensearch_backup_schedule", "postgres_backup_schedule", "qdrant_backup_schedule", "restore_drills_schedule",
     "retention_schedule", "valkey_backup_schedule", "offsite_freshness_schedule",
+    "postgres_wal_schedule", "postgres_base_backup_schedule", "postgres_wal_rpo_schedule",
+    "postgres_wal_retention_schedule",
 }
 SENSOR_NAMES = {
     "check_failure_webhook_sensor", "dead_runs_sensor", "offsite_automation_sensor", "run_failure_webhook_sensor",

@@ -191,6 +191,31 @@ def test_wrong_or_missing_identity_is_one_line_and_touches_nothing(
     assert not drill.passed and fingerprint(public) in drill.description
 
 
+def test_verify_deep_checks_the_plaintext_and_needs_an_identity(
+        pg_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    identity, public = key_pair(tmp_path, "key")
+    encrypt_to(monkeypatch, public, None)
+    artifact = backup("postgres", "2026-11-24-06:00")
+    argv = [sys.executable, "-m", "cb_backups.cli.app", "verify", "postgres", "--slot", artifact.partition_key,
+            "--deep", "--json"]
+
+    def verify(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=180,
+                              env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+
+    refused = verify({})
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, (refused.stdout, refused.stderr)
+    assert "CB_AGE_IDENTITY_FILE" in lines[0] and artifact.partition_key in lines[0] and "Traceback" not in lines[0]
+    deep = verify({"CB_AGE_IDENTITY_FILE": str(identity)})
+    assert deep.returncode == 0, (deep.stdout, deep.stderr)
+    assert json.loads(deep.stdout)["passed"]
+    # it really decrypts: another key fails the check, naming the fingerprint the backup was encrypted to
+    other, _ = key_pair(tmp_path, "other")
+    wrong = verify({"CB_AGE_IDENTITY_FILE": str(other)})
+    assert wrong.returncode == 1 and fingerprint(public) in wrong.stdout + wrong.stderr, (wrong.stdout, wrong.stderr)
+
+
 def test_key_rotation_old_backups_restore_with_an_older_identity_among_several(
         pg_db: str, pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old, old_public = key_pair(tmp_path, "old")
@@ -232,9 +257,6 @@ def own_valkey(cb_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Itera
         server.cleanup()
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="stores/valkey.py reads the RDB header back from the staging file it just wrote, which "
-                          "is ciphertext when encrypted: the adapter must take the header from its source")
 def test_valkey_encrypted_round_trip(own_valkey: EmbeddedValkey, backup_dir: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     identity, public = key_pair(tmp_path, "key")
@@ -270,6 +292,44 @@ def test_qdrant_encrypted_round_trip(cb_env: dict[str, str], qdrant_seeded: Seed
     result = execute_restore(plan)
     assert result.ok and client.count(collection, exact=True).count == 300
     no_decrypted_leftovers(backup_dir)
+
+
+# --- full system backup ------------------------------------------------------------------------------------------
+
+
+def test_full_system_checks_of_an_encrypted_backup_with_and_without_identity(
+        pg_db: str, own_valkey: EmbeddedValkey, backup_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cb_backups.core.model import no_progress
+    from cb_backups.full_system.backup import evaluate_full, write_full_backup
+
+    identity, public = key_pair(tmp_path, "key")
+    encrypt_to(monkeypatch, public, None)  # the backup host: public key only
+    settings = load_settings()
+    full = write_full_backup(settings.catalog(), "2026-11-22", ["postgres", "valkey"],
+                             lambda n: open_store(n, settings), lambda n: no_progress)
+    assert_encrypted(full, public)
+    assert_no_plaintext(backup_dir)
+
+    def outcomes() -> dict[str, tuple[bool, str]]:
+        s = load_settings()
+        _, found = evaluate_full(s.catalog(), "2026-11-22", lambda n: open_store(n, s))
+        return {o.name: (o.passed, o.description) for o in found}
+
+    keyless = outcomes()  # no identity: header and ciphertext checks only, and they pass
+    assert all(passed for passed, _ in keyless.values()), keyless
+    monkeypatch.setenv("CB_AGE_IDENTITY_FILE", str(identity))
+    deep = outcomes()  # with the identity: each store's own check of the decrypted part
+    assert all(passed for passed, _ in deep.values()), deep
+    assert "2 store(s) verified: postgres, valkey" in deep["all_stores_verified"][1]
+    no_decrypted_leftovers(backup_dir)
+    # a ciphertext whose age header is cut off fails the keyless check too, naming the file
+    rdb = next(f.name for f in full.manifest.files if f.name.startswith("valkey__"))
+    full.path(rdb).write_bytes(b"not age at all")
+    monkeypatch.delenv("CB_AGE_IDENTITY_FILE")
+    broken = outcomes()
+    assert not broken["all_stores_verified"][0] and rdb in broken["all_stores_verified"][1]
+    assert not broken["checksum"][0]
 
 
 # --- off-site (SeaweedFS) ----------------------------------------------------------------------------------------

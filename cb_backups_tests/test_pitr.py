@@ -8,21 +8,25 @@ must not be shared with the session server every other test uses.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from cb_backups.config.settings import Settings, load_settings
+from cb_backups.core.catalog import utcnow
 from cb_backups.core.errors import ConfigError, RestoreRefused
 from cb_backups.core.net import wait_until
 from cb_backups.demo.embedded import EmbeddedPostgres
 from cb_backups.restore.pitr import execute_pitr, pitr_settings, plan_pitr
 from cb_backups.stores.pitr import basebackup, recovery
 from cb_backups.stores.pitr.archive import WalArchive, gaps
+from cb_backups.stores.pitr.health import WAL_CHECKS, hour_outcomes, rpo_outcome
 from cb_backups.stores.pitr.receiver import Receiver, preflight
 from cb_backups.stores.pitr.server import PitrError, Server
 
@@ -51,6 +55,12 @@ def _env(pg: EmbeddedPostgres, backup_dir: Path) -> dict[str, str]:
             "CB_PG_DATA_DIR": str(pg.pgdata), "CB_PG_RUN_AS": "postgres" if os.geteuid() == 0 else "",
             "CB_PG_SERVER_OPTIONS": f"-p {pg.port} -k {pg.socket_dir} -c listen_addresses=127.0.0.1",
             "CB_WAL_SLOT": "cb_test_wal"}
+
+
+def _drop_scratch(p: Pitr, data: Path) -> None:
+    """Stop a scratch recovery's server and remove its folder (data, WAL, log)."""
+    recovery.stop(p.server, data)
+    shutil.rmtree(data.parent)
 
 
 def burst(pg: EmbeddedPostgres, number: int, rows: int) -> None:
@@ -84,7 +94,8 @@ def pitr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pitr]:
         thread = threading.Thread(target=receiver.run, daemon=True)
         thread.start()
         with pg.connect() as conn:
-            conn.execute("CREATE TABLE memories (id bigserial PRIMARY KEY, burst int NOT NULL, at timestamptz NOT NULL)")
+            conn.execute("CREATE TABLE memories (id bigserial PRIMARY KEY, burst int NOT NULL, "
+                         "at timestamptz NOT NULL)")
         catalog = settings.catalog()
         base = catalog.write(basebackup.BASE_STORE, "2026-12-01", lambda into: basebackup.take(server, into))
         catalog.record_verification(base, basebackup.verify(server, base, catalog.root / "_pitr"))
@@ -120,7 +131,7 @@ def test_recover_to_a_time_between_bursts_into_scratch(pitr: Pitr) -> None:
         assert pitr.count(port) == {1: 100, 2: 200}  # exactly bursts 1-2
         assert result.point["last_transaction_at"] <= pitr.t_mid
     finally:
-        recovery.stop(pitr.server, Path(result.data_dir))
+        _drop_scratch(pitr, Path(result.data_dir))
     assert pitr.count() == pitr.bursts  # the live server untouched
 
 
@@ -130,7 +141,7 @@ def test_recover_latest_finds_all_three_bursts(pitr: Pitr) -> None:
         port = int(result.connection.split(":")[2].split("/")[0])
         assert pitr.count(port) == pitr.bursts
     finally:
-        recovery.stop(pitr.server, Path(result.data_dir))
+        _drop_scratch(pitr, Path(result.data_dir))
 
 
 def test_killed_receiver_resumes_with_no_gap(pitr: Pitr) -> None:
@@ -157,6 +168,9 @@ def test_a_deleted_segment_fails_continuity_and_refuses_pitr(pitr: Pitr) -> None
     record.unlink()
     try:
         assert gaps(pitr.archive.segments(), victim.timeline, segments[0].segno) == [victim.name]
+        hour = {o.name: o for o in hour_outcomes(pitr.server, pitr.archive, victim.completed - timedelta(hours=1),
+                                                 utcnow() + timedelta(hours=1))}
+        assert not hour["segments_present"].passed and victim.name in hour["segments_present"].description
         with pytest.raises(RestoreRefused, match=victim.name):
             plan_pitr(pitr.settings, mode="in_place")
         assert pitr.count() == pitr.bursts  # nothing changed
@@ -165,9 +179,67 @@ def test_a_deleted_segment_fails_continuity_and_refuses_pitr(pitr: Pitr) -> None
         record.write_bytes(saved[1])
 
 
+def test_hour_checks_pass_on_the_archive(pitr: Pitr) -> None:
+    first = pitr.archive.segments()[1]  # its predecessor is archived: continuity has something to prove
+    outcomes = hour_outcomes(pitr.server, pitr.archive, first.completed, utcnow() + timedelta(seconds=1))
+    assert {o.name: o.passed for o in outcomes} == dict.fromkeys(WAL_CHECKS, True), outcomes
+    assert outcomes[0].metadata["segments"] >= 2
+
+
+def test_base_backup_job_and_its_checks_through_dagster(pitr: Pitr, tmp_path: Path) -> None:
+    import dagster as dg
+
+    from cb_backups.cli.runs import run_job
+    from cb_backups.defs.wal import BASE_PARTITIONS
+
+    key = BASE_PARTITIONS.get_last_partition_key()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = run_job("postgres_base_backup_job", key, instance)
+        rpo = run_job("postgres_wal_rpo_job", None, instance)
+    assert {e.check_name: e.passed for e in rpo.get_asset_check_evaluations()} == {"rpo": True,
+                                                                                  "slot_retained_wal": True}
+    assert result.success
+    verdicts = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert verdicts == {"verifybackup": True, "wal_continuous": True}
+    artifact = pitr.settings.catalog().get(basebackup.BASE_STORE, key)
+    assert artifact is not None and pitr.settings.catalog().verification_of(artifact).ok  # type: ignore[union-attr]
+
+
+def test_cli_restore_to_time_runs_through_dagster(pitr: Pitr, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from cb_backups.cli.app import main
+
+    os.environ["DAGSTER_HOME"] = str(tmp_path)
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    code = main(["restore", "postgres", "--to-time", pitr.t_mid])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0, out
+    assert "point-in-time restore of postgres" in out and "counts {'memories': 300}" in out
+    data = out.split("stop it with: pg_ctl -D ")[1].split(" stop")[0]
+    _drop_scratch(pitr, Path(data))
+
+
+def test_cli_wal_receive_refuses_a_role_without_replication(pitr: Pitr, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from cb_backups.cli.app import main
+
+    with pitr.pg.connect() as conn:
+        conn.execute("DROP ROLE IF EXISTS norepl_cli")
+        conn.execute("CREATE ROLE norepl_cli LOGIN PASSWORD 'y-Secret-2'")
+    monkeypatch.setenv("CB_POSTGRES_URL", f"postgresql://norepl_cli@127.0.0.1:{pitr.pg.port}/postgres")
+    monkeypatch.setenv("CB_POSTGRES_PASSWORD", "y-Secret-2")
+    assert main(["wal-receive", "--check"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) <= 2 and "REPLICATION" in err and "y-Secret-2" not in err
+
+
 def test_in_place_pitr_keeps_the_old_data_directory(pitr: Pitr) -> None:
+    assert rpo_outcome(pitr.server, pitr.archive).passed  # streaming: the newest WAL is seconds old
     pitr.receiver.stop.set()
     pitr.thread.join(60)
+    late = utcnow() + timedelta(seconds=pitr.server.pitr.rpo_seconds + 5)
+    stale = rpo_outcome(pitr.server, pitr.archive, now=late)  # the receiver down longer than the RPO
+    assert not stale.passed and "NOT connected" in stale.description
     with pitr.pg.connect() as conn:
         before = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]
     result = execute_pitr(plan_pitr(pitr.settings, to_time=pitr.t_mid, mode="in_place"))

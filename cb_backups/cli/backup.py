@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from rich.markup import escape
+
 from cb_backups.cli.args import (
     FULL_SYSTEM,
     Subcommands,
@@ -15,7 +17,7 @@ from cb_backups.cli.args import (
     partition,
     within_retention,
 )
-from cb_backups.cli.output import check_table, console, print_run_failures
+from cb_backups.cli.output import check_table, console, print_run_failures, progress_bars
 from cb_backups.cli.runs import evaluations, instance, run_job
 
 
@@ -40,12 +42,26 @@ def run(args: argparse.Namespace) -> int:
     dagster = instance()
     status = 0
     for name, key in slots:
-        with console.status(f"backing up {name} slot {key} ..."):
+        console.print(f"backing up {name} slot {key} ...")
+        with progress_bars():
             result = run_job(f"{name}_backup_job", key, dagster)
         rows = [(name, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]
         if not result.success or not rows or not all(r[2] for r in rows):
             status = 1
         print_run_failures(f"{name} {key}: ", result)
+        if result.success:
+            _say_superseded(name, key)
         if rows:
             console.print(check_table(f"{name} backup {key}", rows))
     return status
+
+
+def _say_superseded(store: str, key: str) -> None:
+    """Nothing good is replaced silently: name the earlier backup of the slot this run kept aside."""
+    from cb_backups.defs.backups.assets import superseded_lines
+    from cb_backups.defs.resources import BackupsResource
+
+    catalog = BackupsResource().catalog()
+    artifact = catalog.get(store, key)
+    for line in superseded_lines(catalog, artifact) if artifact is not None else []:
+        console.print(f"[yellow]{escape(line)}[/]")

@@ -8,6 +8,7 @@ from rich.markup import escape
 
 from cb_backups.cli.args import Subcommands, add_json, store_names
 from cb_backups.cli.output import console, err_console, keep_whole, print_json, table
+from cb_backups.config.settings import Settings
 from cb_backups.core.errors import CbBackupsError
 
 
@@ -16,6 +17,22 @@ def register(sub: Subcommands) -> None:
     doctor.add_argument("store", nargs="?")
     add_json(doctor)
     doctor.set_defaults(func=run)
+
+
+def object_lock_item(settings: Settings) -> dict[str, object]:
+    """`offsite.object_lock` configured: the bucket must have versioning and Object Lock enabled."""
+    from cb_backups.offsite.lock import bucket_problems
+    from cb_backups.offsite.s3 import S3Target
+
+    lock = settings.s3.object_lock
+    assert lock is not None
+    try:
+        problems = bucket_problems(S3Target(settings.s3))
+    except CbBackupsError as exc:
+        problems = [str(exc)]
+    result = "; ".join(problems) or "ok"
+    return {"store": "offsite", "item": f"object lock ({lock.mode}) on s3://{settings.s3.bucket}", "ok": not problems,
+            "result": result}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             found = {"adapter": str(exc)}
         items += [{"store": name, "item": item, "ok": result == "ok", "result": result}
                   for item, result in found.items()]
+    if settings.s3.enabled and settings.s3.object_lock is not None and args.store is None:
+        items.append(object_lock_item(settings))
     status = 0 if all(i["ok"] for i in items) else 1
     if args.json:
         print_json({"ok": status == 0, "items": items})

@@ -6,6 +6,8 @@ files are as they were when it was checked: the size and mtime of every file (an
 seal) are compared with the record, a cheap test that catches a file rewritten, truncated or
 replaced. `--deep` re-hashes every file against the manifest as well (and the manifest against its
 seal), which also catches a change that kept size and mtime. A record older than a day is flagged.
+Superseded copies (earlier backups of a slot, kept when a newer backup replaced them) are listed after
+the store's backups, with `superseded` set in the JSON (null for a slot's current backup).
 """
 
 from __future__ import annotations
@@ -55,7 +57,18 @@ def run(args: argparse.Namespace) -> int:
                             "captured_at": artifact.manifest.captured_at, "bytes": artifact.manifest.total_bytes,
                             "verified": state, "problems": wrong or changed,
                             "last_verified": None if record is None else record.checked_at,
-                            "stale": age is not None and age > STALE_AFTER, "path": str(artifact.directory)})
+                            "stale": age is not None and age > STALE_AFTER, "path": str(artifact.directory),
+                            "superseded": None})
+        for copy in catalog.superseded(store):
+            record = catalog.verification_of(copy.artifact)
+            entries.append({"store": store, "slot": copy.artifact.partition_key,
+                            "captured_at": copy.artifact.manifest.captured_at,
+                            "bytes": copy.artifact.manifest.total_bytes,
+                            "verified": "never" if record is None else "yes" if record.ok else "failed",
+                            "problems": [], "last_verified": None if record is None else record.checked_at,
+                            "stale": False, "path": str(copy.artifact.directory),
+                            "superseded": {"copy": copy.name, "superseded_at": copy.superseded_at,
+                                           "label": copy.label}})
     if args.json:
         print_json({"backup_dir": str(catalog.root), "backups": entries})
         return 0
@@ -71,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
             last = f"{_age(now - parse_iso(e['last_verified']))} ago"
             if e["stale"]:
                 last += " [yellow]older than a day[/]"
+        if e["superseded"] is not None:
+            # an earlier backup of the slot, kept when a newer one replaced it (retention removes it later)
+            verified = f"[yellow]superseded[/] ({verified} when replaced), kept as {escape(e['superseded']['label'])}"
         out.add_row(e["store"], e["slot"], f"{e['bytes']:,}", verified, last)
     console.print(keep_whole(out, ("store", "slot", "bytes")))
     return 0

@@ -8,7 +8,14 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from cb_backups.cli.args import Subcommands, add_json, add_slot, canonical
-from cb_backups.cli.output import check_rows_json, check_table, console, print_json, print_run_failures
+from cb_backups.cli.output import (
+    check_rows_json,
+    check_table,
+    console,
+    print_json,
+    print_run_failures,
+    progress_bars,
+)
 from cb_backups.cli.runs import evaluations, failure_messages, instance, run_job
 from cb_backups.core.errors import ConfigError
 
@@ -50,7 +57,9 @@ def _run(args: argparse.Namespace, verify_only: bool) -> int:
     config: dict[str, Any] = {"ops": {src.check_op_name: {"config": {"deep": True}}}} if args.deep else {}
     job = src.verify_job_name if verify_only else src.job_name
     action = "verifying the off-site copy of" if verify_only else "copying off-site"
-    with console.status(f"{action} {src.store} slot {key} ..."):
+    if not args.json:
+        console.print(f"{action} {src.store} slot {key} ...")
+    with progress_bars(enabled=not args.json):
         result = run_job(job, key, instance(), run_config=config)
     rows = [(src.store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]
     ok = bool(result.success and rows and all(r[2] for r in rows))

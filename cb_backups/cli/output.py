@@ -1,14 +1,25 @@
-"""The CLI's two consoles, its JSON output, tables that fit 80 columns, and the check table."""
+"""The CLI's two consoles, its JSON output, tables that fit 80 columns, the check table, progress bars."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -89,3 +100,63 @@ def print_run_failures(prefix: str, result: Any) -> None:
     for message in messages:
         text = " ".join(message.split())  # a multi-line error stays one line
         err_console.print(f"[red]{escape(prefix + text)}[/] (Dagster run {result.run_id} has the details)")
+
+
+class _AmountColumn(ProgressColumn):
+    """done of total, in bytes (KiB/MiB/GiB) or items as the counter is (defs.progress.is_bytes)."""
+
+    def render(self, task: Task) -> Text:
+        from cb_backups.defs.progress import amount, is_bytes
+
+        done, total = int(task.completed), None if task.total is None else int(task.total)
+        as_bytes = is_bytes(done, total)
+        return Text(amount(done, as_bytes) + ("" if total is None else f"/{amount(total, as_bytes)}"))
+
+
+class _RateColumn(ProgressColumn):
+    """The rate (bytes/s or items/s) and the time left; nothing while a step has no counter."""
+
+    def render(self, task: Task) -> Text:
+        from cb_backups.defs.progress import amount, duration, is_bytes
+
+        speed = task.finished_speed or task.speed
+        if not speed or not task.completed:
+            return Text("")
+        total = None if task.total is None else int(task.total)
+        as_bytes = is_bytes(int(task.completed), total)
+        text = f"{amount(speed, as_bytes)}/s" if as_bytes else f"{speed:.1f}/s"
+        if total is not None and total > task.completed:
+            text += f", {duration((total - task.completed) / speed)} left"
+        return Text(text)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[None]:
+    """While the block runs a job in this process, draw its byte/item progress (rate and time left)
+    in the terminal: one bar per store (full system backups run the stores side by side). Drawn only
+    on a terminal and when `enabled` (never into --json output); transient: gone when done."""
+    from cb_backups.core.specs import STORE_NAMES
+    from cb_backups.defs import progress
+
+    show = enabled and sys.stdout.isatty()
+    bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20), _AmountColumn(),
+                    _RateColumn(), TimeElapsedColumn(), console=console, transient=True, disable=not show,
+                    speed_estimate_period=10)
+    tasks: dict[str, TaskID] = {}
+
+    def listener(message: str, done: int, total: int | None) -> None:
+        first = message.split(":", 1)[0].split(" ", 1)[0]
+        source = first if first in STORE_NAMES else ""
+        if source not in tasks:
+            tasks[source] = bars.add_task("", total=None)
+        task = tasks[source]
+        if bars.tasks[task].total != total and total is not None:
+            bars.reset(task, total=total)  # a new counter: its rate starts again
+        bars.update(task, description=escape(message[:60]), completed=done, total=total)
+
+    with bars:
+        progress.LISTENERS.append(listener)
+        try:
+            yield
+        finally:
+            progress.LISTENERS.remove(listener)

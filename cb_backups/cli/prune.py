@@ -38,6 +38,10 @@ def plan_table(plans: list[dict[str, Any]], title: str) -> Table:
             for item in plan["keep"]:
                 out.add_row(entry["store"], where, item["partition"], "[green]keep[/]",
                             escape("; ".join(item["reasons"])))
+            for item in plan.get("superseded") or []:  # earlier backups of a slot, replaced by a newer one
+                action = "[red]delete[/]" if item["action"] == "delete" else "[green]keep[/]"
+                out.add_row(entry["store"], where, item["partition"], action,
+                            escape(f"superseded copy {item['copy']}: {item['reason']}"))
     return keep_whole(out, ("store", "where", "slot", "action"))
 
 

@@ -9,11 +9,18 @@ import sys
 from typing import Any
 
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cb_backups.cli.args import SLOT_ALIAS_NOTE, Subcommands, add_json, canonical
-from cb_backups.cli.output import console, err_console, keep_whole, print_json, print_run_failures, table
+from cb_backups.cli.output import (
+    console,
+    err_console,
+    keep_whole,
+    print_json,
+    print_run_failures,
+    progress_bars,
+    table,
+)
 from cb_backups.cli.runs import execute, failure_messages, instance
 from cb_backups.core.errors import ConfigError
 
@@ -38,6 +45,10 @@ def register(sub: Subcommands) -> None:
     restore.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="target override, e.g. dbname=restored, collections=memories, safety_backup=skip "
                               "(unknown keys are refused, naming the allowed ones)")
+    restore.add_argument("--to-time", metavar="TIME",
+                         help="postgres point-in-time recovery: an ISO 8601 time with a zone (e.g. "
+                              "2026-12-01T07:42:10Z) or `latest`; needs base backups and `cb-backups wal-receive`")
+    restore.add_argument("--to-lsn", metavar="LSN", help="postgres point-in-time recovery to an LSN, e.g. 0/3000148")
     restore.add_argument("--yes", action="store_true", help="do not ask before an in-place restore")
     add_json(restore)
     restore.set_defaults(func=cmd_restore)
@@ -78,7 +89,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         plan: Any = plan_full_restore(settings, args.backup, args.source, target)
         job_name, confirm = "full_system_restore", FULL_SYSTEM
     else:
-        plan = plan_restore(settings, args.store, args.backup, args.source, target)
+        if args.to_time or args.to_lsn:  # point-in-time recovery (restore/pitr.py)
+            from cb_backups.restore.pitr import plan_pitr
+
+            plan = plan_pitr(settings, args.to_time, args.to_lsn, mode)
+        else:
+            plan = plan_restore(settings, args.store, args.backup, args.source, target)
         job_name, confirm = f"restore_{args.store}", args.store
     if not args.json:
         console.print("[bold]plan[/]")
@@ -93,7 +109,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             err_console.print("not confirmed; nothing was changed")
             return 2
     config = {"backup": args.backup, "source": args.source, "target": mode, "overrides": overrides,
-              "confirm": confirm if mode == "in_place" else ""}
+              "confirm": confirm if mode == "in_place" else "", "to_time": args.to_time or "",
+              "to_lsn": args.to_lsn or ""}
     result = run_restore_job(job_name, config, instance(), show_progress=not args.json)
     outputs = _outputs(result)
     if args.json:
@@ -102,6 +119,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
                     "results": outputs, "errors": failure_messages(result)})
         return 0 if result.success else 1
     print_run_failures("", result)
+    if result.success and (args.to_time or args.to_lsn):
+        recovered = result.output_for_node(f"{job_name}_op")
+        console.print(escape(f"recovered to LSN {recovered['point']['lsn']}, last transaction "
+                             f"{recovered['point']['last_transaction_at']}, timeline {recovered['point']['timeline']}; "
+                             f"counts {recovered['counts']}; {recovered['connection'] or recovered['data_dir']}"
+                             + (f"; stop it with: {recovered['stop_command']}" if recovered['stop_command'] else "")
+                             + (f"; old data kept at {recovered['safety_copy']}" if recovered['safety_copy'] else "")))
     if outputs:
         console.print(result_table(outputs))
     return 0 if result.success else 1
@@ -110,24 +134,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def run_restore_job(job_name: str, config: dict[str, Any], instance: Any, show_progress: bool = True) -> Any:
     """Execute a restore job in this process against the instance (so the run and its results are recorded)."""
     from cb_backups.definitions import defs
-    from cb_backups.defs import restore
 
     job = defs.resolve_job_def(job_name)
     op_name = "full_system_restore_op" if job_name == "full_system_restore" else f"{job_name}_op"
     run_config = {"ops": {op_name: {"config": config}},
                   "loggers": {"console": {"config": {"log_level": os.environ.get("CB_LOG_LEVEL", "CRITICAL")}}}}
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TimeElapsedColumn(), transient=True, disable=not (show_progress and sys.stdout.isatty())) as bar:
-        task = bar.add_task(f"{job_name} ...", total=None)
-
-        def show(message: str, done: int, total: int | None) -> None:
-            bar.update(task, description=escape(message[:100]), completed=done, total=total)
-
-        restore.PROGRESS_LISTENERS.append(show)
-        try:
-            return execute(job, instance, run_config=run_config)  # frees dead runs, waits for live ones
-        finally:
-            restore.PROGRESS_LISTENERS.remove(show)
+    with progress_bars(enabled=show_progress):  # every dagster_progress adapter feeds defs.progress.LISTENERS
+        return execute(job, instance, run_config=run_config)  # frees dead runs, waits for live ones
 
 
 def _outputs(result: Any) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""`cb-backups verify [STORE|full_system] [--slot KEY | --all] [--json]`: run the post-backup checks again,
-through Dagster."""
+"""`cb-backups verify [STORE|full_system] [--slot KEY | --all] [--deep] [--json]`: run the post-backup checks
+again, through Dagster. `--deep` insists that encrypted backups are decrypted (CB_AGE_IDENTITY_FILE) so their
+plaintext sha256 and the store's own check are verified, not only the ciphertext."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ from cb_backups.cli.args import (
 )
 from cb_backups.cli.output import check_rows_json, check_table, console, err_console, print_json
 from cb_backups.cli.runs import evaluations, failure_messages, instance, run_job
+from cb_backups.core.errors import CbBackupsError
+
+
+class DeepNeedsIdentity(CbBackupsError):
+    """`--deep` of an encrypted backup without a key to decrypt it: bad input (exit 2)."""
+
+    exit_code = 2
 
 
 def register(sub: Subcommands) -> None:
@@ -28,6 +36,8 @@ def register(sub: Subcommands) -> None:
     group = verify.add_mutually_exclusive_group()
     add_slot(group, "slot key (default: the newest slot)")
     group.add_argument("--all", action="store_true", help="every backup in the catalog")
+    verify.add_argument("--deep", action="store_true",
+                        help="decrypt encrypted backups (needs CB_AGE_IDENTITY_FILE) and check their plaintext")
     add_json(verify)
     verify.set_defaults(func=run)
 
@@ -44,8 +54,16 @@ def run(args: argparse.Namespace) -> int:
     catalog = BackupsResource().catalog()
     status = 0
     results: list[dict[str, Any]] = []
-    for store in names:
-        keys = [a.partition_key for a in catalog.list(store)] if args.all else [partition(store, args.slot)]
+    selected = {store: [a.partition_key for a in catalog.list(store)] if args.all else [partition(store, args.slot)]
+                for store in names}
+    if args.deep and not catalog.encryption.identity_files:
+        encrypted = [f"{store} {key}" for store, keys in selected.items() for key in keys
+                     if (a := catalog.get(store, key)) is not None and a.manifest.encrypted]
+        if encrypted:
+            raise DeepNeedsIdentity(f"verify --deep: {', '.join(encrypted[:3])}{' …' if len(encrypted) > 3 else ''} "
+                                    "is encrypted (age); set CB_AGE_IDENTITY_FILE to the identity file to check its "
+                                    "plaintext, or drop --deep to check the ciphertext only")
+    for store, keys in selected.items():
         for key in keys:
             result = run_job(f"{store}_verify_job", key, dagster)
             rows = [(store, key, e.passed, e.check_name + ": " + (e.description or "")) for e in evaluations(result)]

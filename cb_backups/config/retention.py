@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
 from typing import Any
 
 from cb_backups.core.errors import ConfigError
@@ -116,6 +117,58 @@ def _check_store(name: str, section: str) -> None:
 
 
 
+# --- off-site copies: S3 Object Lock (`offsite.object_lock`) ------------------------------
+
+LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
+SLOT_SPACING_DAYS = {"postgres": 0.25, "valkey": 0.25, FULL_SYSTEM: 7.0}  # else daily: what keep_last counts
+
+
+def retention_days(policy: RetentionPolicy, store: str) -> float:
+    """How long a slot may be kept off-site under `policy`, as an upper bound in days: the longest of its
+    rules (keep_last counted in slots of the store's schedule). A lock this long never ends before retention
+    would delete the slot."""
+    spacing = SLOT_SPACING_DAYS.get(store, 1.0)
+    return float(max(policy.keep_days or 0, policy.keep_daily or 0, 7 * (policy.keep_weekly or 0),
+                     31 * (policy.keep_monthly or 0), spacing * (policy.keep_last or 0)))
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """Every object of an off-site slot is written with retain-until = the slot's off-site retention end +
+    `days_beyond_retention` (never earlier than now + that margin: a late copy is still locked).
+
+    offsite:
+      object_lock: {mode: COMPLIANCE, days_beyond_retention: 7}
+    """
+
+    mode: str = "COMPLIANCE"
+    days_beyond_retention: int = 7
+    retention_days: Mapping[str, float] = field(default_factory=dict)  # per store; filled from `retention:`
+
+    def retain_until(self, store: str, captured_at: datetime, now: datetime) -> datetime:
+        end = captured_at + timedelta(days=self.retention_days.get(store, 0.0))
+        return max(end, now) + timedelta(days=self.days_beyond_retention)
+
+
+def object_lock_from_config(value: Any, policies: RetentionPolicies) -> ObjectLock | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigError("offsite.object_lock", value,
+                          "a mapping such as {mode: COMPLIANCE, days_beyond_retention: 7}")
+    unknown = sorted(str(k) for k in value if k not in ("mode", "days_beyond_retention"))
+    if unknown:
+        raise ConfigError("setting in 'offsite.object_lock'", unknown[0], "mode, days_beyond_retention")
+    mode = value.get("mode", "COMPLIANCE")
+    if mode not in LOCK_MODES:
+        raise ConfigError("offsite.object_lock.mode", mode, ", ".join(LOCK_MODES))
+    days = value.get("days_beyond_retention", 7)
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ConfigError("offsite.object_lock.days_beyond_retention", days, "a whole number of days >= 1")
+    return ObjectLock(mode, days, {store: retention_days(policies.for_store(store, OFFSITE), store)
+                                   for store in POLICY_NAMES})
+
+
 # --- off-site copies: retries, notification, RPO lag (the `offsite:` section) -----------
 
 
@@ -129,6 +182,7 @@ class OffsitePolicy:
       rpo_lag_hours: 1             # offsite_freshness: newest verified copy within RPO + this lag
       sensor_interval_seconds: 30  # how often offsite_automation_sensor looks for slots to copy
       deep_verify: false
+      object_lock: {mode: COMPLIANCE, days_beyond_retention: 7}   # see ObjectLock
     """
 
     retry_minutes: tuple[float, ...] = (5.0, 15.0, 60.0)
@@ -136,6 +190,7 @@ class OffsitePolicy:
     rpo_lag_hours: float = 1.0
     sensor_interval_seconds: int = 30
     deep_verify: bool = False
+    object_lock: ObjectLock | None = None
 
     def retry_wait_seconds(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th consecutive failure (>= 1) before the next attempt."""
@@ -180,4 +235,6 @@ def offsite_from_config(raw: Mapping[str, Any] | None) -> OffsitePolicy:
         if not isinstance(section["deep_verify"], bool):
             raise ConfigError("offsite.deep_verify", section["deep_verify"], "true or false")
         values["deep_verify"] = section["deep_verify"]
+    if section.get("object_lock") is not None:
+        values["object_lock"] = object_lock_from_config(section["object_lock"], policies_from_config(raw))
     return OffsitePolicy(**values)

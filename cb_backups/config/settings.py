@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -22,7 +22,7 @@ from cb_backups.config.hooks import hooks_from_config
 from cb_backups.config.pitr import SECTION as PITR_SECTION
 from cb_backups.config.pitr import pitr_from_config
 from cb_backups.config.redact import redact_url
-from cb_backups.config.retention import offsite_from_config, policies_from_config
+from cb_backups.config.retention import ObjectLock, offsite_from_config, policies_from_config
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.crypto import Encryption, parse_recipients, read_identities
 from cb_backups.core.errors import CbBackupsError, ConfigError
@@ -167,6 +167,7 @@ class S3Settings:
     sse: str | None = None  # "AES256" | "aws:kms"
     concurrency: int = 4
     multipart_chunk_mb: int = 16
+    object_lock: ObjectLock | None = None  # from `offsite.object_lock` (config/retention.py), not the s3 section
 
     @property
     def enabled(self) -> bool:
@@ -431,14 +432,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     if raw.get("retention") is not None:
         policies_from_config(raw)  # a bad retention policy is bad input for every command
-    offsite_from_config(raw)  # so is a bad `offsite:` section
+    lock = offsite_from_config(raw).object_lock  # so is a bad `offsite:` section
+    if "object_lock" in s3:
+        raise ConfigError("setting in the 's3' section", "object_lock", "offsite.object_lock (its own section)")
     pitr_from_config(raw, env)  # and a bad `postgres_wal:` section (point-in-time recovery)
     return Settings(
         encryption=_encryption(env, _section(raw, "encryption")),
         backup_dir=backup_dir,
         timezone=timezone,
         volumes=volumes,
-        s3=_build(S3Settings, s3, "s3"),
+        s3=replace(_build(S3Settings, s3, "s3"), object_lock=lock),
         webhook_url=secret(env, "CB_WEBHOOK_URL") or _text("webhook_url", raw.get("webhook_url"), optional=True),
         raw=raw,
         **stores,

@@ -11,6 +11,10 @@ Layout::
         verification.json                  the latest verification result (sidecar), with the size and
                                            mtime of every file when it was checked
     <root>/<store>/_safety/<stamp>/        safety backups taken before a restore
+    <root>/<store>/_superseded/<key>/<stamp>/  an earlier backup of slot <key>, kept when a new backup of
+                                           the slot replaced it (with superseded.json: when, and by which
+                                           manifest); retention deletes it once the replacement verified
+                                           (and, with off-site on, was copied and verified there)
     <root>/<store>/.staging-*/             a backup being written (never "looks good")
     <root>/.restore-<store>-*/<key>/       an off-site copy downloaded for a restore (removed afterwards)
     <root>/.decrypted-<store>-*/<key>/     an encrypted backup decrypted for a restore or check (0700,
@@ -61,6 +65,8 @@ MANIFEST = "manifest.json"
 MANIFEST_SEAL = "manifest.json.sha256"
 VERIFICATION = "verification.json"
 SAFETY = "_safety"
+SUPERSEDED = "_superseded"
+SUPERSEDED_RECORD = "superseded.json"  # inside a superseded copy: when, and by which manifest, it was replaced
 RETENTION_LOG = ("_retention", "deletions.jsonl")
 REPORTS = "_reports"
 HOOKS = "_hooks"  # stores/hooks.py: post_backup hooks owed by a running (or killed) backup
@@ -101,6 +107,25 @@ class VerificationRecord:
             return ["no file fingerprint in the record"]
         now = fingerprint(artifact)
         return sorted(name for name in set(self.files) | set(now) if self.files.get(name) != now.get(name))
+
+
+@dataclass(frozen=True)
+class SupersededCopy:
+    """An earlier backup of a slot, kept aside when a newer backup of the slot replaced it."""
+
+    artifact: Artifact
+    superseded_at: str
+    replaced_by: str  # sha256 of the manifest of the backup that replaced it
+
+    @property
+    def name(self) -> str:
+        """The copy's id within its slot (its folder name: a UTC stamp)."""
+        return self.artifact.directory.name
+
+    @property
+    def label(self) -> str:
+        """Where it is, relative to the store's folder: what the CLI and the run log print."""
+        return f"{SUPERSEDED}/{self.artifact.partition_key}/{self.name}"
 
 
 class Staging:
@@ -147,7 +172,8 @@ class Staging:
         os.rename(self.path, final)
         fsync_dir(final.parent)
         if replaced is not None:
-            shutil.rmtree(replaced, ignore_errors=True)
+            # Nothing good is replaced silently: the earlier backup is kept as a superseded copy.
+            self.catalog.keep_superseded(self.store, self.key, replaced, sha256_file(final / MANIFEST)[0])
         return Artifact(final, manifest)
 
     def abandon(self) -> None:
@@ -199,10 +225,20 @@ class Catalog:
         """Where the safety backups taken before an in-place restore of `store` go."""
         return self.store_dir(store) / SAFETY
 
+    def superseded_dir(self, store: str, key: str) -> Path:
+        """Where the earlier backups of slot `key`, replaced by newer ones, are kept."""
+        _check_name("partition key", key)
+        return self.store_dir(store) / SUPERSEDED / key
+
     @property
     def deletions_log(self) -> Path:
         """The append-only log of every deletion retention made."""
         return self.root.joinpath(*RETENTION_LOG)
+
+    def offsite_versions(self, store: str, key: str) -> Path:
+        """The S3 version ids of a slot's off-site objects as uploaded (cb_backups.offsite.versions)."""
+        _check_name("partition key", key)
+        return self.root / "_offsite" / self.store_dir(store).name / f"{key}.json"
 
     def restore_journal(self, store: str) -> Path:
         """Where an in-place restore of `store` notes what it holds (writes stopped, data moved aside) while it
@@ -328,6 +364,53 @@ class Catalog:
                                           f"{mount_point(self.root)}); the partial backup was removed, other "
                                           "backups are untouched") from None
 
+    def keep_superseded(self, store: str, key: str, replaced: Path, replaced_by: str) -> SupersededCopy | None:
+        """Move `replaced` (the slot's previous folder, swapped aside) to the slot's superseded copies. Only a
+        folder that is no backup (no readable manifest) or one whose verification FAILED is deleted instead:
+        it was never good, so keeping it protects nothing."""
+        old = self.load(replaced)
+        record = self.verification_of(old) if old is not None else None
+        if old is None or (record is not None and not record.ok):
+            shutil.rmtree(replaced, ignore_errors=True)
+            return None
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S.%fZ")
+        atomic_write_json(replaced / SUPERSEDED_RECORD, {"superseded_at": iso(utcnow()), "replaced_by": replaced_by,
+                                                         "partition_key": key})
+        folder = private_dir(private_dir(self.store_dir(store) / SUPERSEDED) / key)
+        os.rename(replaced, folder / stamp)
+        fsync_dir(folder)
+        fsync_dir(replaced.parent)
+        return self._superseded_copy(folder / stamp)
+
+    def superseded(self, store: str, key: str | None = None) -> list[SupersededCopy]:
+        """The superseded copies of slot `key` (default: of every slot), oldest first."""
+        base = self.store_dir(store) / SUPERSEDED
+        folders = [base / key] if key is not None else (sorted(base.iterdir()) if base.is_dir() else [])
+        found = []
+        for folder in folders:
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            for child in sorted(folder.iterdir()):
+                copy = self._superseded_copy(child) if child.is_dir() and not child.name.startswith(".") else None
+                if copy is not None:
+                    found.append(copy)
+        return sorted(found, key=lambda c: (c.artifact.partition_key, c.superseded_at, c.name))
+
+    def superseded_by(self, artifact: Artifact) -> list[SupersededCopy]:
+        """The copies `artifact` replaced when it was written (none: the slot was empty, or held nothing good)."""
+        sha = sha256_file(artifact.path(MANIFEST))[0]
+        return [c for c in self.superseded(artifact.store, artifact.partition_key) if c.replaced_by == sha]
+
+    def _superseded_copy(self, directory: Path) -> SupersededCopy | None:
+        artifact = self.load(directory)
+        if artifact is None:
+            return None
+        try:
+            data = json.loads((directory / SUPERSEDED_RECORD).read_text())
+            return SupersededCopy(artifact, str(data["superseded_at"]), str(data["replaced_by"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return SupersededCopy(artifact, "", "")
+
     def sweep(self, store: str, older_than_seconds: float = 0) -> list[Path]:
         """Remove staging/replaced leftovers of killed runs (skipping any slot being written)."""
         removed: list[Path] = []
@@ -349,6 +432,10 @@ class Catalog:
                         # put the old one back rather than lose the slot's only complete backup.
                         os.rename(child, slot)
                         fsync_dir(base)
+                        continue
+                    if child.name.startswith(".replaced-") and self.load(slot) is not None:
+                        # Killed after the new backup moved in: keep the old one as the commit would have.
+                        self.keep_superseded(store, key, child, sha256_file(slot / MANIFEST)[0])
                         continue
                     shutil.rmtree(child, ignore_errors=True)
                     removed.append(child)

@@ -7,6 +7,11 @@ compares counts with the manifest, records the RTO in seconds and removes the sc
 target. At 05:00 (the runbook's nightly verification) `restore_drills_schedule` asks for
 one run per configured store, on that store's newest backup.
 
+Beside each drill, the per-partition check `tamper_evidence` runs `checks.tamper.cross_check`: the
+backup on disk against the sha256 Dagster's event log recorded when it was written, and against its
+off-site copy. A file rewritten together with its manifest and seal passes every local check but fails
+this one (ERROR); a backup with no record in the event log (written outside Dagster) is a WARN.
+
 Severity: CB_DRILL_SEVERITY=WARN|ERROR (default ERROR), read when the drill runs.
 """
 
@@ -16,6 +21,7 @@ import warnings
 import dagster as dg
 
 from cb_backups.checks.slot import DRILL_CHECK
+from cb_backups.checks.tamper import cross_check, recorded_backup
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.partitions import TIMEZONE
 from cb_backups.core.specs import STORES, StoreSpec
@@ -61,13 +67,58 @@ def drill_check(spec: StoreSpec) -> dg.AssetChecksDefinition:
     return _drill
 
 
+TAMPER_CHECK = "tamper_evidence"
+
+
+def tamper_check_key(spec: StoreSpec) -> dg.AssetCheckKey:
+    return dg.AssetCheckKey(spec.asset_key, TAMPER_CHECK)
+
+
+def tamper_check(spec: StoreSpec) -> dg.AssetChecksDefinition:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)  # per-partition check status (preview in 1.13)
+        check_spec = dg.AssetCheckSpec(
+            TAMPER_CHECK, asset=spec.asset_key, blocking=False, partitions_def=spec.partitions,
+            description="Tamper evidence: the backup's files and manifest on disk, the sha256 Dagster's event log "
+                        "recorded when it was written, and the off-site copy's all agree.")
+
+    @dg.multi_asset_check(specs=[check_spec], name=f"{spec.name}_tamper_evidence")
+    def _tamper(context: dg.AssetCheckExecutionContext, backups: BackupsResource):  # type: ignore[no-untyped-def]
+        catalog = backups.catalog()
+        key = context.partition_key if context.has_partition_key else None
+        if key is None:
+            newest = catalog.list(spec.name)
+            key = newest[-1].partition_key if newest else None
+        severity = dg.AssetCheckSeverity.ERROR
+        if key is None:
+            problems = [f"no {spec.name} backup to check"]
+        else:
+            try:
+                problems = cross_check(context.instance, catalog, spec.name, key)
+            except CbBackupsError as exc:
+                problems = [str(exc)]
+            if problems and recorded_backup(context.instance, spec.name, key) is None:
+                severity = dg.AssetCheckSeverity.WARN  # no second record: nothing to prove either way
+        description = "; ".join(problems) or (f"{spec.name} {key}: disk, manifest, Dagster's record and the "
+                                              "off-site copy agree")
+        (context.log.warning if problems else context.log.info)(description)
+        yield dg.AssetCheckResult(asset_key=spec.asset_key, check_name=TAMPER_CHECK, passed=not problems,
+                                  description=description, severity=severity,
+                                  metadata={"slot": key or "", "problems": len(problems)})
+
+    return _tamper
+
+
 drill_checks = [drill_check(spec) for spec in STORES]
+tamper_checks = [tamper_check(spec) for spec in STORES]
 
 restore_drills_job = dg.define_asset_job(
     "restore_drills_job",
-    selection=dg.AssetSelection.checks(*[drill_check_key(spec) for spec in STORES]),
-    description="Restore drills: each store's backup into a scratch target, counts compared, RTO measured. "
-                "Launch one store's check with its partition (the schedule does).",
+    selection=dg.AssetSelection.checks(*[drill_check_key(spec) for spec in STORES],
+                                       *[tamper_check_key(spec) for spec in STORES]),
+    description="Restore drills: each store's backup into a scratch target, counts compared, RTO measured; "
+                "and its tamper evidence (disk vs Dagster's record vs off-site). Launch one store's checks with "
+                "its partition (the schedule does).",
 )
 
 
@@ -85,7 +136,7 @@ def drill_requests(backups: BackupsResource, stores: list[str] | None = None) ->
             continue
         # The check keys differ in partitions definition, so the partition travels as the run tag.
         requests.append(dg.RunRequest(run_key=f"{spec.name}-{key}", asset_selection=[],
-                                      asset_check_keys=[drill_check_key(spec)],
+                                      asset_check_keys=[drill_check_key(spec), tamper_check_key(spec)],
                                       tags={"dagster/partition": key, "store": spec.name,
                                             **writer_tags([spec.name])}))
     return requests
@@ -101,4 +152,4 @@ def restore_drills_schedule(context: dg.ScheduleEvaluationContext, backups: Back
     return requests  # run keys dedupe within a tick; each tick is its own night
 
 
-defs = dg.Definitions(asset_checks=drill_checks, jobs=[restore_drills_job], schedules=[restore_drills_schedule])
+defs = dg.Definitions(asset_checks=[*drill_checks, *tamper_checks], jobs=[restore_drills_job], schedules=[restore_drills_schedule])

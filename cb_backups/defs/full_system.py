@@ -10,7 +10,7 @@ from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Artifact
 from cb_backups.core.partitions import parse_slot, weekly_sunday_0100
 from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES
-from cb_backups.defs.backups.assets import artifact_metadata
+from cb_backups.defs.backups.assets import OWNER, artifact_metadata, superseded_lines
 from cb_backups.defs.liveness import store_pools, writer_tags
 from cb_backups.defs.progress import per_store_progress
 from cb_backups.defs.resources import BackupsResource
@@ -51,6 +51,8 @@ def full_metadata(artifact: Artifact) -> dict[str, dg.MetadataValue]:
     name="full_system_backup",
     partitions_def=weekly_sunday_0100,
     group_name="backups",
+    kinds={"backup", *STORE_NAMES},
+    owners=[OWNER],
     pool=FULL_SYSTEM,
     description="Weekly full system backup (Sunday 01:00): every configured store backed up at once into "
                 f"one folder with one manifest (retention {RETENTION_DAYS} days).",
@@ -84,7 +86,13 @@ def full_system_backup(context: dg.AssetExecutionContext, backups: BackupsResour
     context.log.info(f"full system slot {key}: {artifact.manifest.total_bytes} bytes in {timing['wall_seconds']}s "
                      f"(stores took {timing['sum_seconds']}s together; slowest {timing['slowest_store']} "
                      f"{timing['slowest_seconds']}s)")
-    return dg.MaterializeResult(metadata=full_metadata(artifact))
+    metadata = full_metadata(artifact)
+    replaced = superseded_lines(backups.catalog(), artifact)
+    for line in replaced:
+        context.log.warning(line)
+    if replaced:
+        metadata["superseded"] = dg.MetadataValue.text("; ".join(replaced))
+    return dg.MaterializeResult(metadata=metadata)
 
 
 with warnings.catch_warnings():

@@ -49,11 +49,13 @@ from cb_backups.core.fileio import sha256_file
 from cb_backups.core.model import Artifact, Manifest
 from cb_backups.core.partitions import TIMEZONE, weekly_sunday_0100
 from cb_backups.core.specs import FULL_SYSTEM, STORES, StoreSpec
+from cb_backups.defs.backups.assets import OWNER
 from cb_backups.defs.full_system import full_system_backup
 from cb_backups.defs.notifications import offsite_missing_payload, post, webhook_url
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.offsite import s3 as offsite
+from cb_backups.offsite import versions as offsite_versions
 from cb_backups.offsite.state import OFFSITE_FRESHNESS_CHECK as FRESHNESS
 from cb_backups.offsite.state import VERIFIED, Attempt, decide_copy, offsite_state
 from cb_backups.report import history
@@ -165,7 +167,7 @@ def copy_metadata(copy: offsite.OffsiteCopy, target: offsite.S3Target, manifest_
     return {
         "manifest_sha256": dg.MetadataValue.text(manifest_sha256),  # what the sensor compares with the slot's
         "bucket": dg.MetadataValue.text(copy.bucket),
-        "url": dg.MetadataValue.text(target.url(target.key(copy.store, copy.partition_key, ""))),
+        "url": dg.MetadataValue.url(target.url(target.key(copy.store, copy.partition_key, ""))),
         "keys": dg.MetadataValue.json(copy.keys),
         "bytes": dg.MetadataValue.int(copy.bytes),
         "sha256": dg.MetadataValue.json(copy.sha256()),
@@ -173,6 +175,8 @@ def copy_metadata(copy: offsite.OffsiteCopy, target: offsite.S3Target, manifest_
         "throughput_mib_s": dg.MetadataValue.float(float(copy.throughput_mib_s)),
         "already_there": dg.MetadataValue.bool(copy.skipped),
         "checksum_algorithm": dg.MetadataValue.text(copy.checksum_algorithm or "x-amz-meta-sha256 only"),
+        **({"versions": dg.MetadataValue.json(copy.versions)} if copy.versions else {}),
+        **({"locked_until": dg.MetadataValue.text(copy.locked_until)} if copy.locked_until else {}),
     }
 
 
@@ -185,7 +189,8 @@ def offsite_asset(src: OffsiteSource) -> dg.AssetsDefinition:
         partitions_def=src.partitions,
         deps=[src.backup_key],
         group_name=GROUP,
-        kinds={"s3"},
+        kinds={"s3", src.store},
+        owners=[OWNER],
         pool="offsite",
         description=(f"Off-site (S3) copy of {src.backup_key.to_user_string()} for one slot: files first, "
                      "manifest.json last, then verified against the local manifest."),
@@ -214,7 +219,8 @@ def offsite_asset(src: OffsiteSource) -> dg.AssetsDefinition:
                              + (", every object re-sent" if force else ""))
             sha = manifest_sha(artifact)
             copy = offsite.upload_artifact(artifact, target, dagster_progress(context), force=force)
-            check = offsite.verify_offsite(artifact, target)
+            offsite_versions.save(catalog, src.store, key, copy.versions)  # what verification/restores read
+            check = offsite.verify_offsite(artifact, target, versions=copy.versions or None)
         except CbBackupsError as exc:
             raise dg.Failure(description=str(exc)) from None
         if not check.ok:
@@ -246,7 +252,8 @@ def evaluate_offsite(settings: Settings, store: str, key: str, deep: bool) -> tu
             if artifact is None:
                 where = target.url(target.key(store, key, MANIFEST))
                 return False, f"no off-site copy of {store} slot {key} ({where} missing)", {"deep": deep}
-        result = offsite.verify_offsite(artifact, target, deep=deep)
+        result = offsite.verify_offsite(artifact, target, deep=deep,
+                                        versions=offsite_versions.load(settings.catalog(), store, key))
         verified = manifest_sha(artifact)
     meta: dict[str, Any] = {k: v for k, v in result.details.items() if isinstance(v, (int, float, str, bool))}
     meta["compared_with"] = against

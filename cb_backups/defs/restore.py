@@ -17,6 +17,7 @@ from cb_backups.core.specs import FULL_SYSTEM, STORE_NAMES, STORES, StoreSpec, s
 from cb_backups.defs.liveness import free_dead_runs, store_pools, writer_tags
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
+from cb_backups.defs.wal import point_in_time_restore
 from cb_backups.restore.execute import RestoreResult, execute_full_restore, execute_restore
 from cb_backups.restore.plan import LATEST, plan_full_restore, plan_restore
 
@@ -34,6 +35,8 @@ class RestoreConfig(dg.Config):
     target: str = "scratch"  # "scratch" | "in_place"
     overrides: dict[str, str] = {}  # noqa: RUF012 (pydantic copies it)  e.g. dbname, suffix, prefix, collections, indices, uri, safety_backup
     confirm: str = ""  # must equal the store name (full_system for the full restore) for in_place
+    to_time: str = ""  # postgres point-in-time: an ISO time with a zone, or "latest" (defs/wal.py)
+    to_lsn: str = ""  # postgres point-in-time: an LSN such as 0/3000148
 
 
 def _target(config: RestoreConfig, expected_confirm: str) -> Target:
@@ -88,6 +91,10 @@ def restore_job(spec: StoreSpec) -> dg.JobDefinition:
         target = _target(config, spec.name)
         for line in free_dead_runs(context.instance, [spec.name]):  # e.g. an earlier restore killed midway
             context.log.warning(line)
+        if config.to_time or config.to_lsn:  # point-in-time recovery: base backup + WAL (defs/wal.py)
+            yield from point_in_time_restore(context, spec.name, config.to_time, config.to_lsn, target.mode, backups,
+                                             PROGRESS_LISTENERS)
+            return
         try:
             plan = plan_restore(backups.settings(), spec.name, config.backup, config.source, target)
             for line in plan.describe():

@@ -38,6 +38,7 @@ from cb_backups.checks.slot import Outcome
 from cb_backups.config.retention import DEFAULT_POLICIES
 from cb_backups.core.blobs import CARRIED_DIR
 from cb_backups.core.catalog import Catalog, checksum_problems, utcnow
+from cb_backups.core.crypto import AGE_SUFFIX, age_header_problems
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.fileio import private_dir
 from cb_backups.core.model import Artifact, BackupOutput, FileRecord, Manifest, Progress, Verification
@@ -253,7 +254,28 @@ def store_view(artifact: Artifact, store: str) -> Iterator[Artifact]:
         yield Artifact(view, manifest)
 
 
+def stored_name(artifact: Artifact, flat: str) -> str:
+    """The name `flat` has in the folder: itself, or `<flat>.age` when it was encrypted at commit."""
+    names = {f.name for f in artifact.manifest.files}
+    return flat if flat in names or flat + AGE_SUFFIX not in names else flat + AGE_SUFFIX
+
+
+def sealed_part_problems(artifact: Artifact, store: str) -> list[str]:
+    """What can be checked of an encrypted part without a key: each file's age header (its bytes are the
+    checksum check's)."""
+    by_name = {f.name: f for f in artifact.manifest.files}
+    problems = []
+    for flat in (artifact.manifest.markers.get("stores") or {}).get(store, {}).get("files", {}).values():
+        record = by_name.get(stored_name(artifact, flat))
+        if record is None:
+            problems.append(f"{flat} is not listed in the full system manifest")
+        elif record.encrypted:
+            problems += age_header_problems(artifact.path(record.name), len(record.recipients))
+    return problems
+
+
 def verify_part(artifact: Artifact, store: str, open_store: OpenStore) -> Verification:
+    """`store`'s own check of its part; `artifact` is plaintext (or its decrypted view, Catalog.plaintext)."""
     try:
         adapter = open_store(store)
         with store_view(artifact, store) as view:
@@ -262,6 +284,21 @@ def verify_part(artifact: Artifact, store: str, open_store: OpenStore) -> Verifi
         return Verification(False, [str(exc)])
     except Exception as exc:
         return Verification(False, [f"{type(exc).__name__}: {exc}"])
+
+
+def verify_parts(catalog: Catalog, artifact: Artifact, names: list[str], open_store: OpenStore
+                 ) -> dict[str, Verification]:
+    """Each store's check of its part, all at once. An encrypted backup is decrypted once (authenticated,
+    plaintext sha256 checked) when an identity is configured; without one, only what needs no key."""
+    if artifact.manifest.encrypted and not catalog.encryption.identity_files:
+        note = {"encrypted": "age, plaintext not checked (no CB_AGE_IDENTITY_FILE)"}
+        return {n: Verification(not (p := sealed_part_problems(artifact, n)), p, note) for n in names}
+    try:
+        with (catalog.plaintext(artifact) as plain,
+              ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="cb-full-verify") as pool):
+            return dict(zip(names, pool.map(lambda n: verify_part(plain, n, open_store), names), strict=True))
+    except CbBackupsError as exc:  # a wrong identity or a ciphertext that does not decrypt: every part fails
+        return {n: Verification(False, [str(exc)]) for n in names}
 
 
 def evaluate_full(catalog: Catalog, key: str, open_store: OpenStore) -> tuple[Artifact | None, list[Outcome]]:
@@ -284,7 +321,8 @@ def evaluate_full(catalog: Catalog, key: str, open_store: OpenStore) -> tuple[Ar
         elif name not in parts:
             absent.append(f"{name} missing (not in the manifest)")
         else:
-            empty = [flat for flat in parts[name]["files"].values()
+            stored = [stored_name(artifact, flat) for flat in parts[name]["files"].values()]
+            empty = [flat for flat in stored
                      if not artifact.path(flat).is_file() or artifact.path(flat).stat().st_size == 0]
             if empty:
                 absent.append(f"{name}: missing or empty: {', '.join(empty)}")
@@ -295,8 +333,7 @@ def evaluate_full(catalog: Catalog, key: str, open_store: OpenStore) -> tuple[Ar
                       {"present": ", ".join(names), "failed": ", ".join(failed), "skipped": ", ".join(skipped),
                        "path": str(artifact.directory)})
 
-    with ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="cb-full-verify") as pool:
-        results = dict(zip(names, pool.map(lambda n: verify_part(artifact, n, open_store), names), strict=True))
+    results = verify_parts(catalog, artifact, names, open_store)
     bad = [f"{name} failed: {failed[name]}" for name in failed]
     bad += [f"{name} did not verify: {'; '.join(v.problems)}" for name, v in results.items() if not v.ok]
     verified = Outcome("all_stores_verified", not bad,

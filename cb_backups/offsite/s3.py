@@ -56,8 +56,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,21 @@ from cb_backups.core.blobs import (
     parse_blob_list,
     read_blob_lists,
 )
-from cb_backups.core.catalog import MANIFEST, write_seal
+from cb_backups.core.catalog import MANIFEST, parse_iso, utcnow, write_seal
 from cb_backups.core.errors import CbBackupsError, VerificationFailed
 from cb_backups.core.fileio import CHUNK, HashingWriter, atomic_write_bytes, fsync_dir, private_dir, sha256_file
 from cb_backups.core.model import Artifact, Manifest, Progress, Verification, no_progress
+from cb_backups.offsite.lock import (
+    extend,
+    latest_version,
+    lock_of,
+    lock_problem,
+    oldest_version,
+    put_args,
+    require_locking_bucket,
+    retention,
+)
+from cb_backups.offsite.lock import versions as object_versions
 from cb_backups.stores.s3client import (  # re-exported: the off-site API is this module's
     BLOB_FOLDER,
     OffsiteError,
@@ -194,6 +206,7 @@ class RemoteFile:
     sha256: str
     etag: str | None = None
     checksum_sha256: str | None = None  # the server's additional checksum (base64; "-N" when composite)
+    version_id: str | None = None  # in a versioned bucket: the version this upload wrote
 
 
 @dataclass
@@ -207,6 +220,8 @@ class OffsiteCopy:
     checksum_algorithm: str | None
     skipped: bool = False  # an identical complete copy was already there
     extra: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # object key -> version id (versioned buckets)
+    locked_until: str | None = None  # Object Lock retain-until of every object written (ISO, UTC)
 
     @property
     def keys(self) -> list[str]:
@@ -244,16 +259,21 @@ def upload_artifact(artifact: Artifact, target: S3Target, progress: Progress = n
     manifest_sha, manifest_bytes = sha256_file(manifest_path)
     manifest_key = target.key(store, pk, MANIFEST)
     started = time.monotonic()
+    lock = require_locking_bucket(target)
+    until = lock.retain_until(store, parse_iso(artifact.manifest.captured_at), utcnow()) if lock else None
+    locking = put_args(lock, until)
 
     if not force and remote_sha256(target, manifest_key) == manifest_sha:
-        check = verify_offsite(artifact, target)
+        check = verify_offsite(artifact, target)  # of the latest versions: those are what gets recorded
         if check.ok:
             files = [RemoteFile(f.name, target.key(store, pk, f.name), f.bytes, f.sha256)
                      for f in artifact.manifest.files]
+            present = {k: v for k, v in check.details.get("versions", {}).items() if v}
             return OffsiteCopy(store, pk, target.bucket, files, manifest_key, time.monotonic() - started,
-                               None, skipped=True)
+                               None, skipped=True, versions=present)
 
-    # A previous copy of this partition stops counting as complete before anything is replaced.
+    # A previous copy of this partition stops counting as complete before anything is replaced (in a
+    # locked bucket this only adds a delete marker: every locked version stays, and the new ones are recorded).
     _delete_key(target, manifest_key)
     abort_incomplete_uploads(target, target.key(store, pk, ""))
 
@@ -264,13 +284,17 @@ def upload_artifact(artifact: Artifact, target: S3Target, progress: Progress = n
         key = target.key(store, pk, record.name)
         sent.label = f"{store} {pk}: {record.name} -> {target.url(key)}"
         uploaded.append(_upload_file(target, store, artifact.path(record.name), key, record.bytes,
-                                     record.sha256, sent))
-    blob_stats = _upload_blobs(artifact, target, sent, force)
+                                     record.sha256, sent, locking))
+    blob_versions: dict[str, str] = {}
+    blob_stats = _upload_blobs(artifact, target, sent, force, until, blob_versions)
     sent.label = f"{store} {pk}: {MANIFEST} -> {target.url(manifest_key)}"
-    _upload_file(target, store, manifest_path, manifest_key, manifest_bytes, manifest_sha, sent)
+    sent_manifest = _upload_file(target, store, manifest_path, manifest_key, manifest_bytes, manifest_sha, sent,
+                                 locking)
     seconds = time.monotonic() - started
+    versions = {f.key: f.version_id for f in (*uploaded, sent_manifest) if f.version_id} | blob_versions
     copy = OffsiteCopy(store, pk, target.bucket, uploaded, manifest_key, round(seconds, 3),
-                       target.checksum_algorithm if target.checksums_supported else None, extra=blob_stats)
+                       target.checksum_algorithm if target.checksums_supported else None, extra=blob_stats,
+                       versions=versions, locked_until=until.isoformat(timespec="seconds") if until else None)
     copy.extra["bytes_uploaded"] = copy.bytes + manifest_bytes + blob_stats.get("blob_bytes_uploaded", 0)
     log.info("s3: copied %s %s (%d bytes) to %s in %.1fs (%.1f MiB/s)", store, pk, copy.bytes,
              target.url(target.key(store, pk, "")), seconds, copy.throughput_mib_s)
@@ -303,8 +327,12 @@ def _remote_blob_ok(stored: dict[str, Any] | None, blob: Blob) -> bool:
             and (stored.get("Metadata") or {}).get(SHA256_METADATA) == blob.sha256)
 
 
-def _upload_blobs(artifact: Artifact, target: S3Target, sent: _Counter, force: bool) -> dict[str, Any]:
-    """Send the listed repository files S3 lacks (by sha256); `force` re-sends every one."""
+def _upload_blobs(artifact: Artifact, target: S3Target, sent: _Counter, force: bool, until: datetime | None = None,
+                  versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Send the listed repository files S3 lacks (by sha256); `force` re-sends every one. Locked: a blob
+    already there stays locked until the latest of the slots listing it (its retention is lengthened)."""
+    lock = lock_of(target) if until is not None else None
+    versions = {} if versions is None else versions
     distinct = _distinct(artifact)
     if distinct is None:
         return {}
@@ -312,12 +340,21 @@ def _upload_blobs(artifact: Artifact, target: S3Target, sent: _Counter, force: b
              "blob_bytes_present": 0}
     for sha, (blob, root) in distinct.items():
         key = target.blob_key(artifact.store, sha)
-        if not force and _remote_blob_ok(head(target, key), blob):
+        present = None if force else head(target, key)
+        if _remote_blob_ok(present, blob):
+            assert present is not None
+            if lock is not None and until is not None:
+                extend(target, key, present.get("VersionId"), lock, until)
+            if present.get("VersionId"):
+                versions[key] = present["VersionId"]
             stats["blobs_present"] += 1
             stats["blob_bytes_present"] += blob.bytes
             continue
         sent.label = f"{artifact.store} {artifact.partition_key}: {blob.path} -> {target.url(key)}"
-        _upload_file(target, artifact.store, root / blob.path, key, blob.bytes, sha, sent)
+        written = _upload_file(target, artifact.store, root / blob.path, key, blob.bytes, sha, sent,
+                               put_args(lock, until))
+        if written.version_id:
+            versions[key] = written.version_id
         stats["blobs_uploaded"] += 1
         stats["blob_bytes_uploaded"] += blob.bytes
     return stats
@@ -337,8 +374,9 @@ class _Counter:
         self.progress(self.label, done, self.total)
 
 
-def _extra_args(target: S3Target, sha256: str, checksums: bool) -> dict[str, Any]:
-    extra: dict[str, Any] = {"Metadata": {SHA256_METADATA: sha256}}
+def _extra_args(target: S3Target, sha256: str, checksums: bool, locking: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    extra: dict[str, Any] = {"Metadata": {SHA256_METADATA: sha256}, **(locking or {})}
     if target.settings.storage_class:
         extra["StorageClass"] = target.settings.storage_class
     if target.settings.sse:
@@ -357,7 +395,7 @@ def _checksum_refused(exc: BaseException) -> bool:
 
 
 def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, sha256: str,
-                 sent: _Counter) -> RemoteFile:
+                 sent: _Counter, locking: dict[str, Any] | None = None) -> RemoteFile:
     client = target.client
     where = target.url(key)
     try:
@@ -366,7 +404,8 @@ def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, 
                 checksums = target.checksums_supported is not False
                 reader = VerifyingReader(path, size, sha256, store)
                 try:
-                    client.upload_fileobj(reader, target.bucket, key, ExtraArgs=_extra_args(target, sha256, checksums),
+                    client.upload_fileobj(reader, target.bucket, key,
+                                          ExtraArgs=_extra_args(target, sha256, checksums, locking),
                                           Config=target.transfer_config, Callback=sent)
                 except Exception as exc:
                     abort_incomplete_uploads(target, key, exact=True, quiet=True)
@@ -388,8 +427,9 @@ def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, 
     if stored is None or stored.get("ContentLength") != size:
         raise OffsiteError(f"s3: upload to {where} reported success but the object is "
                            f"{'missing' if stored is None else str(stored.get('ContentLength')) + ' bytes'}")
+    # the HEAD just after the upload names its version: nobody else writes under a slot's keys meanwhile
     return RemoteFile(path.name, key, size, sha256, (stored.get("ETag") or "").strip('"') or None,
-                      stored.get("ChecksumSHA256"))
+                      stored.get("ChecksumSHA256"), stored.get("VersionId"))
 
 
 def abort_incomplete_uploads(target: S3Target, prefix: str, exact: bool = False, quiet: bool = False) -> int:
@@ -420,9 +460,22 @@ def unreachable(target: S3Target) -> str | None:
     return None
 
 
-def _stream(target: S3Target, key: str) -> Iterator[bytes]:
+def _manifest_sha(target: S3Target, key: str, version_id: str | None) -> str | None:
+    if not version_id:
+        return remote_sha256(target, key)
+    digest, seen = hashlib.sha256(), False
     try:
-        body = target.client.get_object(Bucket=target.bucket, Key=key)["Body"]
+        for block in _stream(target, key, version_id):
+            digest.update(block)
+            seen = True
+    except OffsiteError:
+        return None
+    return digest.hexdigest() if seen else None
+
+
+def _stream(target: S3Target, key: str, version_id: str | None = None) -> Iterator[bytes]:
+    try:
+        body = target.client.get_object(**_get_args(target, key, version_id))["Body"]
         try:
             yield from body.iter_chunks(CHUNK)
         finally:
@@ -446,18 +499,59 @@ def _checksum_problem(name: str, stored: dict[str, Any], sha256_hex: str) -> str
     return None
 
 
-def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> Verification:
+def _head_version(target: S3Target, key: str, version_id: str | None) -> dict[str, Any] | None:
+    if not version_id:
+        return head(target, key)
+    try:
+        return target.client.head_object(Bucket=target.bucket, Key=key, VersionId=version_id, ChecksumMode="ENABLED")
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise target.error("reading", f"{target.url(key)} version {version_id}", exc) from None
+
+
+def _get_args(target: S3Target, key: str, version_id: str | None) -> dict[str, Any]:
+    return {"Bucket": target.bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+
+
+def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False,
+                   versions: Mapping[str, str] | None = None) -> Verification:
     """Check the remote copy against the local manifest: manifest present and identical, every
     file present with the manifest's size and sha256 metadata; `deep` re-reads and hashes every object.
+    With `versions` (recorded at upload) exactly those versions are checked, and a newer version under a
+    key (an overwrite, or a delete marker) is reported; with Object Lock configured each version must be
+    locked in the configured mode (GetObjectRetention) until at least the slot's retention end.
 
     An unreachable or refusing S3 endpoint is reported as a problem (ok=False), not raised."""
     store, pk = artifact.store, artifact.partition_key
     problems: list[str] = []
     details: dict[str, Any] = {"bucket": target.bucket, "prefix": target.key(store, pk, ""), "deep": deep,
-                               "files_checked": 0, "bytes_read": 0}
+                               "files_checked": 0, "bytes_read": 0, "versions": {}}
+    lock = lock_of(target)
+    expected_until = lock.retain_until(store, parse_iso(artifact.manifest.captured_at),
+                                       parse_iso(artifact.manifest.finished_at)) if lock else None
+    recorded = dict(versions or {})
+
+    def check_version(name: str, key: str, stored: dict[str, Any]) -> None:
+        """The lock of the version checked, and whether a newer one hides it."""
+        version = stored.get("VersionId")
+        details["versions"][key] = version
+        if lock is not None:
+            problem = lock_problem(target, name, key, version, lock, expected_until)
+            if problem:
+                problems.append(problem)
+        if recorded.get(key):
+            latest = latest_version(target, key)
+            if latest != recorded[key]:
+                problems.append(f"{name}: overwritten or deleted off-site (the latest version is "
+                                f"{latest or 'a delete marker'}, the upload wrote {recorded[key]}; the recorded "
+                                "version is the one verified and restored)")
     try:
         manifest_key = target.key(store, pk, MANIFEST)
-        remote_manifest = remote_sha256(target, manifest_key)
+        manifest_head = _head_version(target, manifest_key, recorded.get(manifest_key))
+        remote_manifest = _manifest_sha(target, manifest_key, recorded.get(manifest_key))
+        if manifest_head is not None:
+            check_version(MANIFEST, manifest_key, manifest_head)
         details["manifest_sha256"] = remote_manifest  # which manifest S3 holds: stale when not the local one
         if remote_manifest is None:
             problems.append(f"{MANIFEST}: missing remotely (the copy is incomplete)")
@@ -466,10 +560,11 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> 
         for record in artifact.manifest.files:
             key = target.key(store, pk, record.name)
             details["files_checked"] += 1
-            stored = head(target, key)
+            stored = _head_version(target, key, recorded.get(key))
             if stored is None:
                 problems.append(f"{record.name}: missing remotely ({target.url(key)})")
                 continue
+            check_version(record.name, key, stored)
             if stored.get("ContentLength") != record.bytes:
                 problems.append(f"{record.name}: {stored.get('ContentLength')} bytes remotely, manifest says "
                                 f"{record.bytes}")
@@ -483,7 +578,7 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> 
             if deep:
                 digest = hashlib.sha256()
                 size = 0
-                for block in _stream(target, key):
+                for block in _stream(target, key, stored.get("VersionId") if recorded else None):
                     digest.update(block)
                     size += len(block)
                 details["bytes_read"] += size
@@ -491,14 +586,18 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False) -> 
                     problems.append(f"{record.name}: remote content ({size} bytes, sha256 "
                                     f"{digest.hexdigest()[:12]}…) differs from the manifest "
                                     f"({record.bytes} bytes, {record.sha256[:12]}…)")
-        problems += _blob_problems(artifact, target, deep, details)
+        problems += _blob_problems(artifact, target, deep, details, recorded)
     except CbBackupsError as exc:
         problems.append(str(exc))
     return Verification(ok=not problems, problems=problems, details=details)
 
 
-def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: dict[str, Any]) -> list[str]:
-    """Every listed repository file present off-site with its size and sha256 (each object read once)."""
+def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: dict[str, Any],
+                   recorded: Mapping[str, str] | None = None) -> list[str]:
+    """Every listed repository file present off-site with its size and sha256 (each object read once); the
+    recorded version when there is one, locked when Object Lock is configured."""
+    recorded = recorded or {}
+    lock = lock_of(target)
     distinct = _distinct(artifact)
     if distinct is None:
         return []
@@ -507,10 +606,15 @@ def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: di
     for sha, (blob, _) in distinct.items():
         key = target.blob_key(artifact.store, sha)
         details["blobs_checked"] += 1
-        stored = head(target, key)
+        stored = _head_version(target, key, recorded.get(key))
         if stored is None:
             problems.append(f"repository file {blob.path}: missing remotely ({target.url(key)})")
             continue
+        details["versions"][key] = stored.get("VersionId")
+        if lock is not None:
+            problem = lock_problem(target, f"repository file {blob.path}", key, stored.get("VersionId"), lock, None)
+            if problem:
+                problems.append(problem)
         if not _remote_blob_ok(stored, blob):
             meta = str((stored.get("Metadata") or {}).get(SHA256_METADATA))
             problems.append(f"repository file {blob.path}: {target.url(key)} is {stored.get('ContentLength')} "
@@ -519,7 +623,7 @@ def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: di
             continue
         if deep:
             digest, size = hashlib.sha256(), 0
-            for block in _stream(target, key):
+            for block in _stream(target, key, stored.get("VersionId") if recorded else None):
                 digest.update(block)
                 size += len(block)
             details["bytes_read"] += size
@@ -534,13 +638,17 @@ def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: di
 
 
 def download_artifact(store: str, partition_key: str, target: S3Target, into_dir: Path,
-                      progress: Progress = no_progress) -> Path:
+                      progress: Progress = no_progress, versions: Mapping[str, str] | None = None) -> Path:
     """Download a complete off-site copy into `into_dir` (created 0700), verifying sha256 while
     streaming. Files land under temporary names and are renamed only once verified; manifest.json
-    is written last. Raises VerificationFailed on a mismatch (the bad file is removed)."""
+    is written last. Raises VerificationFailed on a mismatch (the bad file is removed).
+
+    In a locked bucket the versions recorded at upload are read (`versions`, or without a record the
+    oldest version of each object): an overwrite by someone else is a newer version and is ignored."""
     into_dir = Path(into_dir)
     manifest_key = target.key(store, partition_key, MANIFEST)
-    raw = get_bytes(target, manifest_key)
+    pick = _version_picker(target, versions)
+    raw = _get_version(target, manifest_key, pick(manifest_key))
     if raw is None:
         raise OffsiteError(f"s3: no complete copy of {store} {partition_key}: {target.url(manifest_key)} is missing")
     try:
@@ -562,7 +670,7 @@ def download_artifact(store: str, partition_key: str, target: S3Target, into_dir
         try:
             for attempt in _retrying(target):
                 with attempt, HashingWriter(partial) as out:
-                    for block in _stream_raw(target, key):
+                    for block in _stream_raw(target, key, pick(key)):
                         out.write(block)
                         progress(f"{store} {partition_key}: {record.name}", done + out.bytes, total)
             if out.bytes != record.bytes or out.sha256 != record.sha256:
@@ -580,14 +688,15 @@ def download_artifact(store: str, partition_key: str, target: S3Target, into_dir
         os.replace(partial, final)
         done += record.bytes
     for name in list_names(r.name for r in manifest.files):
-        _download_blobs(store, target, into_dir, name, progress)
+        _download_blobs(store, target, into_dir, name, progress, pick)
     atomic_write_bytes(into_dir / MANIFEST, raw)
     write_seal(into_dir)  # sealed as downloaded; the manifest itself is checked against S3 by the restore
     fsync_dir(into_dir)
     return into_dir
 
 
-def _download_blobs(store: str, target: S3Target, into_dir: Path, list_name: str, progress: Progress) -> None:
+def _download_blobs(store: str, target: S3Target, into_dir: Path, list_name: str, progress: Progress,
+                    pick: Callable[[str], str | None] = lambda key: None) -> None:
     """The files of list `list_name` into `<into_dir>/repository/<path>` (`<prefix>__repository/` for a
     prefixed list), each verified while streaming."""
     try:
@@ -603,7 +712,7 @@ def _download_blobs(store: str, target: S3Target, into_dir: Path, list_name: str
         try:
             for attempt in _retrying(target):
                 with attempt, HashingWriter(partial) as out:
-                    for block in _stream_raw(target, key):
+                    for block in _stream_raw(target, key, pick(key)):
                         out.write(block)
                         progress(f"{store}: repository file {blob.path}", done + out.bytes, total)
             if out.bytes != blob.bytes or out.sha256 != blob.sha256:
@@ -623,9 +732,41 @@ def _download_blobs(store: str, target: S3Target, into_dir: Path, list_name: str
         done += blob.bytes
 
 
-def _stream_raw(target: S3Target, key: str) -> Iterator[bytes]:
+def _version_picker(target: S3Target, versions: Mapping[str, str] | None) -> Callable[[str], str | None]:
+    """Which version of a key a restore reads: the recorded one; in a locked bucket without a record, the
+    oldest; otherwise the latest (None)."""
+    recorded = dict(versions or {})
+    locked = lock_of(target) is not None
+
+    def pick(key: str) -> str | None:
+        if key in recorded:
+            return recorded[key]
+        return oldest_version(target, key) if locked else None
+
+    return pick
+
+
+def manifest_head(target: S3Target, store: str, partition_key: str, versions: Mapping[str, str] | None = None
+                  ) -> dict[str, Any] | None:
+    """The HEAD of the manifest version a restore reads (see `download_artifact`), None when absent."""
+    key = target.key(store, partition_key, MANIFEST)
+    return _head_version(target, key, _version_picker(target, versions)(key))
+
+
+def _get_version(target: S3Target, key: str, version_id: str | None) -> bytes | None:
+    if not version_id:
+        return get_bytes(target, key)
+    try:
+        return target.client.get_object(**_get_args(target, key, version_id))["Body"].read()
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise target.error("reading", f"{target.url(key)} version {version_id}", exc) from None
+
+
+def _stream_raw(target: S3Target, key: str, version_id: str | None = None) -> Iterator[bytes]:
     """GET body in chunks; client errors propagate untranslated (for the retry loop)."""
-    body = target.client.get_object(Bucket=target.bucket, Key=key)["Body"]
+    body = target.client.get_object(**_get_args(target, key, version_id))["Body"]
     try:
         yield from body.iter_chunks(CHUNK)
     finally:
@@ -681,6 +822,65 @@ def delete_offsite(store: str, partition_key: str, target: S3Target) -> list[str
     return deleted
 
 
+@dataclass
+class LockedDeletion:
+    """What a deletion in a locked bucket did: the versions deleted, and until when the rest stay locked."""
+
+    deleted: list[str] = field(default_factory=list)  # "<key>@<version id>"
+    locked_until: datetime | None = None  # the latest retain-until among the versions that stay
+
+    @property
+    def complete(self) -> bool:
+        return self.locked_until is None
+
+
+def _delete_version(target: S3Target, key: str, version_id: str) -> bool:
+    """Delete one version; False when the server refuses because it is still locked (its clock decides)."""
+    try:
+        target.client.delete_object(Bucket=target.bucket, Key=key, VersionId=version_id)
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code == "AccessDenied":
+            return False
+        if not _not_found(exc):
+            raise target.error("deleting", f"{target.url(key)} version {version_id}", exc) from None
+    return True
+
+
+def _delete_expired(target: S3Target, rows: list[Any], now: datetime, result: LockedDeletion,
+                    stop_when_locked: bool = False) -> bool:
+    """Delete each version whose lock expired (delete markers have none); True when one stays locked."""
+    held = False
+    for row in rows:
+        until = None if row.delete_marker else retention(target, row.key, row.version_id).until
+        if (until is not None and until > now) or not _delete_version(target, row.key, row.version_id):
+            held = True
+            until = until or now
+            result.locked_until = max(result.locked_until or until, until)
+            if stop_when_locked:
+                return True
+            continue
+        result.deleted.append(f"{row.key}@{row.version_id}")
+    return held
+
+
+def delete_offsite_expired(store: str, partition_key: str, target: S3Target, now: datetime | None = None
+                           ) -> LockedDeletion:
+    """A locked (versioned) bucket's `delete_offsite`: every version of every object of the slot whose
+    retention has ended, the manifest's versions FIRST; while any manifest version is still locked nothing
+    else of the slot is touched (a copy that stays must stay complete)."""
+    now = now or utcnow()
+    folder = target.key(store, partition_key, "")
+    manifest_key = folder + MANIFEST
+    rows = object_versions(target, folder)
+    result = LockedDeletion()
+    if _delete_expired(target, [r for r in rows if r.key == manifest_key], now, result, stop_when_locked=True):
+        return result
+    _delete_expired(target, [r for r in rows if r.key != manifest_key], now, result)
+    abort_incomplete_uploads(target, folder, quiet=True)
+    return result
+
+
 
 def delete_unreferenced_blobs(store: str, target: S3Target) -> list[str]:
     """Delete the shared blobs of `store` that no slot's repository file list names (complete copies and
@@ -700,6 +900,11 @@ def delete_unreferenced_blobs(store: str, target: S3Target) -> list[str]:
                 raise OffsiteError(f"s3: {target.url(key)} cannot be read ({exc}); no shared blob deleted") from None
     deleted = []
     prefix = f"{folder}{BLOB_FOLDER}/"
+    if lock_of(target) is not None:  # locked: only versions whose retention ended (the latest slot's)
+        result = LockedDeletion()
+        _delete_expired(target, [r for r in object_versions(target, prefix) if r.key[len(prefix):] not in listed],
+                        utcnow(), result)
+        return result.deleted
     for key in list(_keys(target, prefix)):
         if key[len(prefix):] not in listed:
             _delete_key(target, key)

@@ -399,7 +399,9 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
                 row.sha256 = {f.name: f.sha256 for f in m.files}
             if mat is not None:
                 meta = mat.metadata
-                row.captured_at = row.captured_at or str(meta.get("captured_at") or as_iso(mat.timestamp))
+                captured = meta.get("captured_at")  # MetadataValue.timestamp (seconds); ISO text in older runs
+                row.captured_at = row.captured_at or (as_iso(float(captured)) if _number(captured) is not None
+                                                      else str(captured or as_iso(mat.timestamp)))
                 if row.bytes is None and _number(meta.get("bytes")) is not None:
                     row.bytes = int(meta["bytes"])
                 if row.duration_seconds is None:

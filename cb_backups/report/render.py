@@ -8,6 +8,7 @@ import hashlib
 import html
 import io
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -61,44 +62,79 @@ def to_csv(report: Report) -> str:
     return out.getvalue()
 
 
+def _nice_ceiling(value: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 x 10^k at or above `value` (an axis top a reader can read)."""
+    if value <= 0:
+        return 1.0
+    exponent = math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        top = step * 10 ** exponent
+        if top >= value * (1 - 1e-9):
+            return float(top)
+    return float(10 ** (exponent + 1))
+
+
 def _svg_series(title: str, series: dict[str, list[tuple[float, float]]], unit: str, width: int = 900,
-                height: int = 220) -> str:
-    """A line plot of several series (x: epoch seconds, y: value) as inline SVG."""
+                height: int = 240) -> str:
+    """A line plot of several series (x: epoch seconds, y: value) as inline SVG that scales to its box.
+
+    Every point has a marker (one point draws no line), the y axis runs from 0 to a round value above the
+    largest one with gridlines at quarters, and one instant (or one point) gets an hour either side."""
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     pts = [p for s in series.values() for p in s]
     esc = html.escape
     if not pts:
         return f'<p class="muted">{esc(title)}: no data</p>'
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-    y1 = max(p[1] for p in pts) or 1.0
-    left, right, top, bottom = 70, 10, 40, 30
+    if x1 - x0 < 3600:
+        x0, x1 = (x0 + x1) / 2 - 3600, (x0 + x1) / 2 + 3600
+    top_value = max(p[1] for p in pts)
+    scale = _unit_size(top_value) if unit == "bytes" else 1.0  # round MiB, not round bytes
+    y1 = _nice_ceiling(top_value / scale) * scale
+    left, right, top, bottom = 80, 20, 44, 34
     w, h = width - left - right, height - top - bottom
 
     def sx(x: float) -> float:
-        return left + (0.5 if x1 == x0 else (x - x0) / (x1 - x0)) * w
+        return left + (x - x0) / (x1 - x0) * w
 
     def sy(y: float) -> float:
         return top + h - (y / y1) * h
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="plot" role="img" '
              f'aria-label="{esc(title)}"><title>{esc(title)}</title>',
-             f'<text x="{left}" y="16" class="t">{esc(title)}</text>',
-             f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#999"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#999"/>',
-             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" class="a">{_human(y1, unit)}</text>',
-             f'<text x="{left - 4}" y="{top + h}" text-anchor="end" class="a">0</text>',
-             f'<text x="{left}" y="{height - 8}" class="a">{as_iso(x0)[:16]}</text>',
-             f'<text x="{left + w}" y="{height - 8}" text-anchor="end" class="a">{as_iso(x1)[:16]}</text>']
+             f'<text x="{left}" y="16" class="t">{esc(title)}</text>']
+    for i in range(5):  # gridlines and labels at 0, 1/4, 1/2, 3/4, top
+        value = y1 * i / 4
+        y = sy(value)
+        stroke = "#999" if i == 0 else "#e4e4e4"
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" stroke="{stroke}"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="a">{_human(value, unit)}</text>')
+    parts += [f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#999"/>',
+              f'<text x="{left}" y="{height - 10}" class="a">{as_iso(x0)[:16].replace("T", " ")}</text>',
+              f'<text x="{left + w / 2:.1f}" y="{height - 10}" text-anchor="middle" class="a">'
+              f'{as_iso((x0 + x1) / 2)[:16].replace("T", " ")}</text>',
+              f'<text x="{left + w}" y="{height - 10}" text-anchor="end" class="a">'
+              f'{as_iso(x1)[:16].replace("T", " ")} UTC</text>']
     legend_x = left
     for i, (name, points) in enumerate(sorted(series.items())):
         if not points:
             continue
         color = colors[i % len(colors)]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in sorted(points))
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
+        ordered = sorted(points)
+        if len(ordered) > 1:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ordered)
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
+        radius = 3.5 if len(ordered) <= 60 else 2
+        for x, y in ordered:
+            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{radius}" fill="{color}">'
+                         f"<title>{esc(name)} {as_iso(x)}: {_human(y, unit, exact=True)}</title></circle>")
+        if len(ordered) == 1:  # a lone point: say its value beside it
+            x, y = ordered[0]
+            parts.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}" class="a">'
+                         f"{_human(y, unit, exact=True)}</text>")
         parts.append(f'<rect x="{legend_x}" y="24" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{legend_x + 14}" y="33" class="a">{esc(name)}</text>')
-        legend_x += 24 + 7 * len(name)
+                     f'<text x="{legend_x + 14}" y="33" class="a">{esc(name)} ({len(ordered)})</text>')
+        legend_x += 44 + 7 * len(name)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -127,26 +163,58 @@ def _svg_bars(title: str, bars: list[tuple[str, int, int]], width: int = 900) ->
     return "".join(parts)
 
 
-def _human(value: float | None, unit: str) -> str:
+def _unit_size(value: float) -> float:
+    return next((float(size) for size in (1 << 30, 1 << 20, 1 << 10) if value >= size), 1.0)
+
+
+def _when(text: str) -> str:
+    """An ISO time as `2026-11-24 06:00` (UTC, minutes): what a reader needs; the CSV/JSON keep it whole."""
+    try:
+        return as_iso(parse_iso(text))[:16].replace("T", " ") if text else ""
+    except ValueError:
+        return text
+
+
+def _human(value: float | None, unit: str, exact: bool = False) -> str:
+    """A value with its unit, to 3 significant digits (`exact`: a measured value; else an axis label)."""
     if value is None:
         return ""
     if unit == "bytes":
         for name, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
             if value >= size:
-                return f"{value / size:.1f} {name}"
+                return f"{value / size:.3g} {name}"
         return f"{value:.0f} B"
-    return f"{value:.1f} {unit}"
+    return f"{value:.3g} {unit}" if value or exact else f"0 {unit}"
 
 
 _CSS = """
-body{font:14px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222}
-h1{font-size:22px}h2{font-size:18px;margin-top:28px}table{border-collapse:collapse;margin:8px 0}
-th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top;font-size:12px}
-th{background:#f4f4f4;position:sticky;top:0}.ok{color:#1a7f37}.bad{color:#c62828;font-weight:600}
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1500px;padding:0 16px;
+color:#222}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px}
+.scroll{overflow:auto;max-width:100%;max-height:80vh;border:1px solid #ddd;margin:8px 0}
+table{border-collapse:separate;border-spacing:0;width:max-content;max-width:none}
+th,td{border-right:1px solid #ddd;border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;
+vertical-align:top;font-size:12px;max-width:22em;overflow-wrap:break-word}
+th{background:#f4f4f4;position:sticky;top:0;z-index:1;white-space:nowrap}
+.ok{color:#1a7f37}.bad{color:#c62828;font-weight:600}
 .warn{color:#b26a00}.muted{color:#777}.t{font:600 13px sans-serif}.a{font:11px sans-serif;fill:#444}
-td.mono{font-family:ui-monospace,monospace;font-size:11px}details{margin:6px 0}
-td:nth-child(-n+7){white-space:nowrap}
+td.mono{font-family:ui-monospace,monospace;font-size:11px;white-space:nowrap;max-width:none}
+td.nowrap{white-space:nowrap}details{margin:6px 0}summary{cursor:pointer}
+svg.plot{width:100%;max-width:900px;height:auto;display:block}
+ul.verdicts{padding-left:20px}ul.verdicts li{margin:3px 0}
+@page{size:A4 landscape;margin:12mm}
+@media print{
+body{margin:0;max-width:none;padding:0;font-size:11px}
+.scroll{overflow:visible;max-height:none;border:0}
+table{width:100%}th{position:static}thead{display:table-header-group}
+tr,svg,li{break-inside:avoid}h2{break-after:avoid}
+th,td{font-size:9px;max-width:16em;padding:2px 3px}th{white-space:normal}td.mono{font-size:8px}
+summary{list-style:none}
+}
 """
+# Printing opens every <details> (a closed one prints nothing but its summary); self-contained, no network.
+_PRINT_SCRIPT = ("<script>addEventListener('beforeprint',function(){document.querySelectorAll('details')"
+                 ".forEach(function(d){d.open=true})});</script>")
 _STATUS_CLASS = {"verified": "ok", "passed": "ok", "failed": "bad", "execution_failed": "bad", "missed": "bad",
                  "unverified": "warn", "planned": "warn", "copied, not verified": "warn", "not configured": "muted"}
 
@@ -157,6 +225,50 @@ def _cell(text: Any, cls: str = "") -> str:
     return f'<td class="{css}">{html.escape(value)}</td>' if css else f"<td>{html.escape(value)}</td>"
 
 
+def verdict(s: StoreSummary) -> tuple[str, str]:
+    """The period's verdict for one store, in one sentence, and its CSS class (ok, warn, bad, muted)."""
+    if not s.configured:
+        return "muted", f"{s.store}: not configured (no connection settings), so nothing was expected."
+    if not s.slots:
+        return "muted", f"{s.store}: no slot was due in the period."
+    problems = []
+    if s.missed or s.failed:
+        problems.append(f"{s.missed + s.failed} of {s.slots} slots missed or failed")
+    if s.unverified:
+        problems.append(f"{s.unverified} not verified yet")
+    late = s.slots - s.missed - s.failed - s.rpo_compliant
+    if s.rpo_compliance is not None and s.rpo_compliance < 1 and late > 0:
+        problems.append(f"{late} backed up outside the RPO")
+    if s.offsite_rpo_ok is False:
+        problems.append("no current verified off-site copy within the off-site RPO")
+    if s.rto_met is False:
+        problems.append(f"the slowest drill took {s.measured_rto_minutes:g} min against a "
+                        f"{s.rto_target_minutes:g} min RTO")
+    compliance = _pct(s.rpo_compliance)
+    drills = ("no restore drill ran" if not s.drills else
+              f"{s.drills_passed} of {s.drills} restore drills passed"
+              + (f" (slowest {s.measured_rto_minutes:g} min, RTO {s.rto_target_minutes:g} min)"
+                 if s.measured_rto_minutes is not None else ""))
+    offsite = ("" if s.offsite_rpo_ok is None else
+               "; off-site copies current" if s.offsite_rpo_ok else "")
+    if problems:
+        cls = "bad" if (s.missed or s.failed or s.offsite_rpo_ok is False or s.rto_met is False) else "warn"
+        return cls, (f"{s.store}: NOT met: {'; '.join(problems)} (RPO {s.rpo_hours:g} h compliance "
+                     f"{compliance}); {drills}.")
+    slots = f"all {s.slots} slots" if s.slots > 1 else "its one slot"
+    return "ok", (f"{s.store}: met: {slots} verified within the {s.rpo_hours:g} h RPO "
+                  f"({compliance}){offsite}; {drills}.")
+
+
+def _table(heads: Iterable[str]) -> str:
+    """The opening of a table that scrolls sideways inside its own box, with a header row that stays."""
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    return f'<div class="scroll"><table><thead><tr>{cells}</tr></thead><tbody>'
+
+
+_TABLE_END = "</tbody></table></div>"
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -165,19 +277,24 @@ def to_html(report: Report) -> str:
     esc = html.escape
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
            f"<title>cb-backups auditor report {esc(report.start[:10])} to {esc(report.end[:10])}</title>",
-           f"<style>{_CSS}</style></head><body>",
+           f"<style>{_CSS}</style>{_PRINT_SCRIPT}</head><body>",
            "<h1>cb-backups auditor report</h1>",
            f"<p>Period <b>{esc(report.start)}</b> to <b>{esc(report.end)}</b> (end excluded); generated "
            f"{esc(report.generated_at)} from the Dagster instance (dagster {esc(report.dagster_version)}), the "
            "backup catalog and the retention log. One row per expected slot; a slot counts as backed up only "
            "when every post-backup check passed.</p>"]
+    out.append('<h2>Verdict</h2><ul class="verdicts">')
+    for s in report.stores:
+        cls, sentence = verdict(s)
+        out.append(f'<li class="{cls}">{esc(sentence)}</li>')
+    out.append("</ul>")
     for warning in report.warnings:
         out.append(f'<p class="warn">warning: {esc(warning)}</p>')
-    out.append("<h2>Summary</h2><table><tr>")
+    out.append("<h2>Summary</h2>")
     heads = ["store", "slots", "verified", "failed", "unverified", "missed", "RPO", "RPO compliance",
              "longest gap", "failed checks", "failed runs", "off-site RPO", "failed off-site runs", "drills passed",
              "measured RTO", "RTO target", "RTO met"]
-    out.append("".join(f"<th>{h}</th>" for h in heads) + "</tr>")
+    out.append(_table(heads))
     for s in report.stores:
         compliance_cls = "ok" if s.rpo_compliance == 1 else ("bad" if s.rpo_compliance is not None else "muted")
         compliance = _pct(s.rpo_compliance) if s.configured else "not configured"
@@ -197,7 +314,7 @@ def to_html(report: Report) -> str:
             _cell("no drill" if s.measured_rto_minutes is None else f"{s.measured_rto_minutes:g} min", rto_cls),
             _cell(f"{s.rto_target_minutes:g} min"),
             _cell({True: "yes", False: "NO", None: "n/a"}[s.rto_met], rto_cls)]) + "</tr>")
-    out.append("</table>")
+    out.append(_TABLE_END)
 
     by_store: dict[str, list[SlotRow]] = {}
     for row in report.rows:
@@ -227,18 +344,20 @@ def to_html(report: Report) -> str:
         labels = [label for label in report.check_labels if any(label in r.checks for r in rows)]
         bad = sum(r.status not in ("verified", "not configured") for r in rows)
         out.append(f"<details{' open' if bad and len(rows) <= 400 else ''}><summary><b>{esc(store)}</b>: "
-                   f"{len(rows)} slots, {bad} not verified</summary><table><tr>")
-        heads = ["slot", "due", "status", "within RPO", "captured_at", "bytes", "seconds", "sha256", *labels,
+                   f"{len(rows)} slots, {bad} not verified</summary>")
+        heads = ["slot", "due (UTC)", "status", "within RPO", "captured (UTC)", "bytes", "seconds", "sha256", *labels,
                  "off-site key", "off-site", "off-site error", "drill", "RTO s", "retention", "error"]
-        out.append("".join(f"<th>{esc(h)}</th>" for h in heads) + "</tr>")
+        out.append(_table(heads))
         for r in rows:
-            cells = [_cell(r.slot), _cell(r.due), _cell(r.status),
+            cells = [_cell(r.slot, "nowrap"), _cell(_when(r.due), "nowrap"), _cell(r.status),
                      _cell("n/a", "muted") if r.status == "not configured" else
                      _cell("yes" if r.rpo_ok else "no", "ok" if r.rpo_ok else "bad"),
-                     _cell(r.captured_at), _cell("" if r.bytes is None else f"{r.bytes:,}"),
-                     _cell("" if r.duration_seconds is None else f"{r.duration_seconds:g}"),
-                     '<td class="mono">' + "<br>".join(f"{esc(k)}: {esc(v)}" for k, v in sorted(r.sha256.items()))
-                     + "</td>"]
+                     _cell(_when(r.captured_at), "nowrap"), _cell("" if r.bytes is None else f"{r.bytes:,}", "nowrap"),
+                     _cell("" if r.duration_seconds is None else f"{r.duration_seconds:g}", "nowrap"),
+                     # the first 16 hex digits on the page (enough to compare by eye), the whole digest on
+                     # hover and in the CSV/JSON
+                     '<td class="mono">' + "<br>".join(f'<span title="{esc(v)}">{esc(k)}: {esc(v[:16])}…</span>'
+                                                       for k, v in sorted(r.sha256.items())) + "</td>"]
             for label in labels:
                 c = r.checks.get(label)
                 cells.append(f'<td class="{_STATUS_CLASS.get(c.status, "")}" title="{esc(c.at)} {esc(c.description)}">'
@@ -249,7 +368,7 @@ def to_html(report: Report) -> str:
                       _cell("" if r.drill_rto_seconds is None else f"{r.drill_rto_seconds:g}"), _cell(r.retention),
                       _cell(r.error)]
             out.append("<tr>" + "".join(cells) + "</tr>")
-        out.append("</table></details>")
+        out.append(_TABLE_END + "</details>")
     out.append("</body></html>\n")
     return "".join(out)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from cb_backups.core.model import Artifact, Inventory, Progress, Verification, n
 from cb_backups.core.specs import FULL_SYSTEM
 from cb_backups.full_system.backup import store_view, stores_in
 from cb_backups.offsite import s3 as offsite
+from cb_backups.offsite import versions as offsite_versions
 from cb_backups.restore.decrypt import Plaintexts
 from cb_backups.restore.journal import CLOSED, RESTORING, journaled
 from cb_backups.restore.plan import FULL_PREFIX, LATEST, SAFETY_PREFIX, FullRestorePlan, RestorePlan, hms
@@ -370,8 +371,9 @@ def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack:
     for key in keys:
         folder = stack.enter_context(plan.settings.catalog().download_dir(plan.store, key))
         progress(f"{plan.store}: downloading the off-site copy of {key}", 0, None)
+        versions = offsite_versions.load(plan.settings.catalog(), plan.store, key)  # recorded at upload
         try:
-            offsite.download_artifact(plan.store, key, target, folder, progress)
+            offsite.download_artifact(plan.store, key, target, folder, progress, versions)
         except CbBackupsError as exc:
             if plan.backup != LATEST:
                 raise RestoreRefused(plan.store, f"off-site copy of {key}: {exc}") from None
@@ -380,7 +382,7 @@ def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack:
             continue
         artifact = Catalog(folder.parent).load(folder)
         assert artifact is not None  # download_artifact writes the manifest last
-        problems = _offsite_manifest_problems(target, plan.store, key, folder)
+        problems = _offsite_manifest_problems(target, plan.store, key, folder, versions)
         verification = Verification(False, problems) if problems else verify_artifact(store, artifact, plain)
         if verification.ok and plan.backup == LATEST:
             problems = counts_precheck(store, plain.of(artifact), progress)
@@ -443,9 +445,10 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
     return full, view
 
 
-def _offsite_manifest_problems(target: offsite.S3Target, store: str, key: str, folder: Path) -> list[str]:
+def _offsite_manifest_problems(target: offsite.S3Target, store: str, key: str, folder: Path,
+                               versions: Mapping[str, str] | None = None) -> list[str]:
     """The downloaded manifest against the sha256 its S3 object carried from the upload (when it has one)."""
-    stored = offsite.head(target, target.key(store, key, MANIFEST))
+    stored = offsite.manifest_head(target, store, key, versions)  # the version downloaded, not an overwrite
     recorded = ((stored or {}).get("Metadata") or {}).get(offsite.SHA256_METADATA)
     actual = sha256_file(folder / MANIFEST)[0]
     if recorded and recorded != actual:

@@ -20,7 +20,6 @@ from cb_backups.config.pitr import PitrSettings, pitr_from_config
 from cb_backups.config.settings import Settings
 from cb_backups.core.catalog import checksum_problems, iso, utcnow
 from cb_backups.core.errors import ConfigError, RestoreFailed, RestoreRefused
-from cb_backups.core.fileio import private_dir
 from cb_backups.core.model import Artifact, Progress, no_progress
 from cb_backups.core.specs import spec_for
 from cb_backups.stores.pitr import recovery
@@ -105,7 +104,8 @@ def plan_pitr(settings: Settings, to_time: str | None = None, to_lsn: str | None
     for candidate in reversed(catalog.list(BASE_STORE)):
         record = catalog.verification_of(candidate)
         if record is None or not record.ok:
-            skipped.append(f"{candidate.partition_key}: {'never verified' if record is None else 'failed verification'}")
+            why = 'never verified' if record is None else 'failed verification'
+            skipped.append(f"{candidate.partition_key}: {why}")
             continue
         if _before(candidate, target):
             base = candidate
@@ -210,15 +210,19 @@ def execute_pitr(plan: PitrPlan, progress: Progress = no_progress) -> PitrResult
     if problems:
         raise RestoreRefused(STORE, f"base backup {plan.base.partition_key}: {'; '.join(problems)}")
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    # Always a new folder (never one of an earlier recovery, whose settings would still be in it).
     if plan.mode == "in_place":
         live = Path(plan.server.pitr.data_dir)  # type: ignore[arg-type]
-        workdir = private_dir(live.parent / f"{live.name}.pitr-{stamp}")
+        workdir = Path(tempfile.mkdtemp(prefix=f"{live.name}.pitr-{stamp}-", dir=live.parent))
     else:
-        workdir = private_dir(plan.work_root / stamp)
+        plan.work_root.mkdir(parents=True, exist_ok=True)
+        plan.work_root.chmod(0o711)  # the server's system user passes through; each recovery's folder is 0700
+        workdir = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=plan.work_root))
     progress(f"extracting base backup {plan.base.partition_key} and {len(plan.segments)} WAL segment(s)", 0, None)
     try:
-        data, wal = recovery.prepare(plan.server, plan.base, plan.archive, plan.segments, plan.partial, plan.target,
-                                     workdir)
+        with plan.archive.catalog.plaintext(plan.base) as base:  # an encrypted base backup: decrypted, checked
+            data, wal = recovery.prepare(plan.server, base, plan.archive, plan.segments, plan.partial, plan.target,
+                                         workdir)
     except (ValueError, OSError) as exc:
         raise RestoreRefused(STORE, f"the recovery could not be prepared in {workdir}: {exc}") from None
     progress("starting the recovered server", 0, None)
@@ -261,7 +265,8 @@ def _swap(plan: PitrPlan, recovered: recovery.Recovered, live: Path, stamp: str)
         os.rename(aside, live)
         _run_or_pg_ctl(server, pitr.start_command, live, "start")
         raise RestoreFailed(STORE, f"the recovered data directory did not start in place ({exc}); the old one is "
-                                   f"back at {live} and started again; the recovered one is {recovered.data_dir}") from None
+                                   f"back at {live} and started again; the recovered one is "
+                                   f"{recovered.data_dir}") from None
     return str(aside)
 
 

@@ -48,6 +48,7 @@ def local_backups(catalog: Catalog, store: str, offsite_verified: Mapping[str, b
             offsite_verified=None if offsite_verified is None else offsite_verified.get(key),
             manifest_sha256=None if offsite_sha256 is None else sha256_file(artifact.path(MANIFEST))[0],
             offsite_sha256=None if offsite_sha256 is None else offsite_sha256.get(key),
+            superseded=tuple(copy.name for copy in catalog.superseded(store, key)),
         ))
     return found
 
@@ -156,17 +157,50 @@ def apply_local(plan_: PrunePlan, catalog: Catalog, store: str,
         _append_log(catalog.root, [record])
         records.append(record)
         log.info("retention: deleted local %s %s (%s)", store, key, reason)
+    records += _delete_superseded(plan_, catalog, store, deleter, stamp, failures)
     if failures:
         raise RetentionIncomplete(f"{store}: {len(failures)} local deletion(s) failed: " + "; ".join(failures),
                                   records)
     return records
 
 
+def _delete_superseded(plan_: PrunePlan, catalog: Catalog, store: str, deleter: Callable[[Artifact], None] | None,
+                       stamp: str, failures: list[str]) -> list[DeletionRecord]:
+    """The plan's superseded copies to delete (store cleanup via `deleter` first: each backup's store-side
+    objects, e.g. an OpenSearch snapshot, are its own), each logged."""
+    records = []
+    for key, copy, reason in plan_.superseded_delete:
+        try:
+            with catalog.slot_lock(store, key):
+                found = catalog.load(catalog.superseded_dir(store, key) / copy)
+                if found is None:
+                    continue
+                if deleter is not None:
+                    deleter(found)
+                _remove_backup_dir(found.directory)
+        except SlotBusy:
+            log.info("retention: %s %s is being written; its superseded copy %s is not deleted this time",
+                     store, key, copy)
+            continue
+        except Exception as exc:
+            failures.append(f"{key} superseded copy {copy}: {exc}")
+            continue
+        record = DeletionRecord(store, key, LOCAL, f"superseded copy {copy}: {reason}", stamp)
+        _append_log(catalog.root, [record])
+        records.append(record)
+        log.info("retention: deleted %s %s superseded copy %s (%s)", store, key, copy, reason)
+    return records
+
+
 def apply_offsite(plan_: PrunePlan, target: S3Target, store: str, backup_dir: Path | None = None,
-                  now: datetime | None = None) -> list[DeletionRecord]:
+                  now: datetime | None = None, locked: list[str] | None = None) -> list[DeletionRecord]:
     """Delete the plan's off-site copies (manifest first), log each deletion under `backup_dir`; then the
-    shared repository blobs that no remaining slot lists (a blob a kept slot lists is never deleted)."""
-    from cb_backups.offsite.s3 import delete_offsite, delete_unreferenced_blobs
+    shared repository blobs that no remaining slot lists (a blob a kept slot lists is never deleted).
+
+    With Object Lock configured only versions whose lock has expired are deleted; a slot with versions
+    still locked is not logged as deleted but reported in `locked` ("<slot>: locked until <date>")."""
+    from cb_backups.offsite.lock import lock_of
+    from cb_backups.offsite.s3 import delete_offsite, delete_offsite_expired, delete_unreferenced_blobs
 
     _check_plan(plan_, OFFSITE)
     stamp = iso(now or utcnow())
@@ -174,7 +208,17 @@ def apply_offsite(plan_: PrunePlan, target: S3Target, store: str, backup_dir: Pa
     failures: list[str] = []
     for key, reason in plan_.delete:
         try:
-            deleted = delete_offsite(store, key, target)
+            if lock_of(target) is not None:
+                result = delete_offsite_expired(store, key, target, now)
+                deleted = result.deleted if result.complete else []
+                if not result.complete:
+                    assert result.locked_until is not None
+                    message = f"{key}: locked until {iso(result.locked_until)}"
+                    log.info("retention: off-site %s %s", store, message)
+                    if locked is not None:
+                        locked.append(message)
+            else:
+                deleted = delete_offsite(store, key, target)
         except CbBackupsError as exc:
             failures.append(f"{key}: {exc}")
             continue

@@ -24,6 +24,10 @@ How a plan is made (explicit, never surprising)
    kept, the oldest unprotected candidate is deleted. Protected backups count
    towards the maximum but are never deleted by it.
 Everything else is deleted, with the reason recorded.
+4. A superseded copy (an earlier backup of a slot, kept when a newer backup of the slot replaced it) is
+   kept until its replacement has verified and, with off-site copies enabled, has a verified off-site
+   copy of its own manifest; then it is deleted. It goes with its slot when the policy deletes the slot,
+   but never while the store has no verified backup at all (it may be the last good one).
 
 Applying a plan deletes the delete-list only, appends one JSON line per deletion
 to `<backup_dir>/_retention/deletions.jsonl` (for the auditor report), and never
@@ -35,7 +39,7 @@ manifest first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -54,6 +58,7 @@ class BackupInfo:
     offsite_verified: bool | None = None  # None: no off-site copy known
     manifest_sha256: str | None = None  # this backup's manifest; None: not known (no comparison)
     offsite_sha256: str | None = None  # the manifest sha256 the off-site verification verified
+    superseded: tuple[str, ...] = ()  # ids of the slot's superseded copies (earlier backups it replaced)
 
     @property
     def offsite_current(self) -> bool:
@@ -69,6 +74,9 @@ class PrunePlan:
     policy: RetentionPolicy
     keep: list[tuple[str, list[str]]]  # newest first, with every reason it is kept
     delete: list[tuple[str, str]]  # oldest first, with the reason
+    # superseded copies: (slot, copy id, reason), oldest slot first
+    superseded_keep: list[tuple[str, str, str]] = field(default_factory=list)
+    superseded_delete: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def kept_keys(self) -> list[str]:
@@ -81,7 +89,10 @@ class PrunePlan:
     def to_json(self) -> dict[str, Any]:
         return {"where": self.where, "policy": asdict(self.policy),
                 "keep": [{"partition": k, "reasons": r} for k, r in self.keep],
-                "delete": [{"partition": k, "reason": r} for k, r in self.delete]}
+                "delete": [{"partition": k, "reason": r} for k, r in self.delete],
+                "superseded": [{"partition": k, "copy": c, "action": action, "reason": r}
+                               for action, items in (("keep", self.superseded_keep), ("delete", self.superseded_delete))
+                               for k, c, r in items]}
 
 
 def _aware(ts: datetime) -> datetime:
@@ -177,7 +188,28 @@ def plan(backups: Sequence[BackupInfo], policy: RetentionPolicy, now: datetime, 
         else:
             delete.append((key, _delete_reason(b, policy)))
     delete.reverse()
-    return PrunePlan(where=where, policy=policy, keep=keep, delete=delete)
+    sup_keep, sup_delete = _superseded(newest_first, dict(delete), bool(good), offsite_enabled)
+    return PrunePlan(where=where, policy=policy, keep=keep, delete=delete, superseded_keep=sup_keep,
+                     superseded_delete=sup_delete)
+
+
+def _superseded(newest_first: list[BackupInfo], deleted: dict[str, str], any_verified: bool,
+                offsite_enabled: bool) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """Rule 4 (module docstring): which superseded copies to keep and which to delete, with the reason."""
+    keep: list[tuple[str, str, str]] = []
+    delete: list[tuple[str, str, str]] = []
+    for b in reversed(newest_first):
+        for copy in b.superseded:
+            if b.partition_key in deleted and any_verified:  # never while it may be the last good backup
+                delete.append((b.partition_key, copy, f"its slot is deleted ({deleted[b.partition_key]})"))
+            elif not b.verified:
+                keep.append((b.partition_key, copy, "its replacement has not verified yet"))
+            elif offsite_enabled and not b.offsite_current:
+                keep.append((b.partition_key, copy, "its replacement is not yet verified off-site"))
+            else:
+                delete.append((b.partition_key, copy, "superseded: its replacement verified"
+                                                      + (" and was copied off-site" if offsite_enabled else "")))
+    return keep, delete
 
 
 def _delete_reason(b: BackupInfo, policy: RetentionPolicy) -> str:
@@ -192,3 +224,34 @@ def _delete_reason(b: BackupInfo, policy: RetentionPolicy) -> str:
 
 
 
+
+
+# --- WAL (point-in-time recovery) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WalBase:
+    """A base backup as the WAL rule sees it: where its WAL starts, and whether it verified."""
+
+    partition_key: str
+    timeline: int
+    start_segno: int
+    verified: bool
+
+
+def plan_wal(segments: Sequence[tuple[int, int]], bases: Sequence[WalBase], kept: Sequence[str]
+             ) -> list[tuple[int, int]]:
+    """The WAL segments (timeline, number) that may be deleted, oldest first (pure).
+
+    A segment is deleted only when it is older than the start of EVERY kept base backup and of the newest
+    verified base backup (kept or not): each kept base backup can be recovered to any point after it, and
+    nothing newer than the newest verified base backup is ever pruned. Without a verified base backup,
+    nothing is deleted.
+    """
+    verified = [b for b in bases if b.verified]
+    if not verified:
+        return []
+    newest = max(verified, key=lambda b: (b.timeline, b.start_segno))
+    floor = [newest, *(b for b in bases if b.partition_key in set(kept))]
+    return sorted(s for s in set(segments)
+                  if all(s[1] < b.start_segno and s[0] <= b.timeline for b in floor))

@@ -155,6 +155,14 @@ def staged(store: Store, artifact: Artifact, target: Target, progress: Progress 
         store.stage(artifact, target, progress)
 
 
+def stage_verifies(store: Store) -> bool:
+    """True when `stage` itself proves the backup (every byte's sha256 against the manifest, the store's own
+    check, the restored counts) beside the target (PostgreSQL's `<db>__incoming`) before touching it: a
+    restore then stages instead of reading the backup beforehand, and `latest` falls back past a backup whose
+    staging failed instead of restoring it into a scratch target first."""
+    return isinstance(store, GuardsInPlace) and bool(getattr(store, "stage_verifies", False))
+
+
 def kept_aside(store: Store) -> list[str]:
     return store.replaced() if isinstance(store, GuardsInPlace) else []
 

@@ -57,6 +57,7 @@ from cb_backups.stores.base import (
     run_tool,
     version_problems,
 )
+from cb_backups.stores.pg_archive import DataOffsets, patch
 
 DUMP_FILE = "postgres.dump"
 ZSTD_FILE = "postgres.dump.zst"
@@ -110,6 +111,7 @@ class PostgresStore:
     restore_method = ("pg_restore into a new database, swapped in by rename only after its counts matched; "
                       "the old database is kept as <db>__replaced_<stamp>")
     consistency_markers = ("wal_lsn", "snapshot")
+    stage_verifies = True  # _restore_incoming: sha256 + TOC + versions, then counts, all before the target
 
     def __init__(self, settings: PostgresSettings, volume: VolumeSettings | None = None) -> None:
         self.settings = settings
@@ -291,8 +293,12 @@ class PostgresStore:
     def _verified_dump(self, artifact: Artifact) -> Iterator[Path]:
         """The dump as a seekable file (pg_restore --jobs needs one), proven intact in ONE read.
 
-        The compressed file is hashed against the manifest while it is decompressed beside the
-        backup; then `pg_restore --list` reads only the plain file's table of contents. Raises
+        One pass over the backup file: each block is hashed against the manifest, decompressed into a
+        private temporary file beside the backup, and the plain dump's block headers are walked
+        (`pg_archive.DataOffsets`) to learn where each table's data starts. Only after the whole file's
+        size and sha256 matched the manifest are those offsets written into the copy's table of contents
+        (what pg_dump does when it writes to a file: pg_restore --jobs then orders tables largest first
+        and seeks straight to them), and `pg_restore --list` reads just that table of contents. Raises
         RestoreRefused before anything is restored.
         """
         problems = seal_problems(artifact)
@@ -308,17 +314,25 @@ class PostgresStore:
             plain = Path(tmp) / DUMP_FILE if path.name.endswith(".zst") else path
             digest = hashlib.sha256()
             size = 0
+            offsets = DataOffsets()
             try:
                 with open(path, "rb") as src, contextlib.ExitStack() as stack:
                     sink = None
                     if plain != path:
-                        dst = stack.enter_context(open(plain, "wb"))
-                        sink = stack.enter_context(zstandard.ZstdDecompressor().stream_writer(dst, closefd=False))
+                        dst = stack.enter_context(open(plain, "w+b"))
+                        sink = stack.enter_context(zstandard.ZstdDecompressor().stream_writer(
+                            _Walked(dst, offsets), closefd=False))
                     while block := src.read(CHUNK):
                         digest.update(block)
                         size += len(block)
                         if sink is not None:
                             sink.write(block)
+                    if sink is not None:
+                        sink.flush()
+                        dst.flush()
+                        found = offsets.finish()
+                        if size == record.bytes and digest.hexdigest() == record.sha256 and found:
+                            patch(dst.fileno(), found)  # only into the verified copy
             except zstandard.ZstdError as exc:
                 raise RestoreRefused(self.name, f"{path.name}: zstd stream damaged: {exc}") from None
             if size != record.bytes or digest.hexdigest() != record.sha256:
@@ -585,6 +599,18 @@ class PostgresStore:
     def _drop(self, admin: psycopg.Connection[Any], dbname: str) -> None:
         self._terminate(admin, dbname)
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(dbname)))
+
+
+class _Walked:
+    """The plain dump's file, telling `DataOffsets` every block written to it."""
+
+    def __init__(self, fh: Any, offsets: DataOffsets) -> None:
+        self.fh, self.offsets = fh, offsets
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data)
+        self.offsets.feed(data)
+        return len(data)
 
 
 def _judge_toc(artifact: Artifact, code: int, toc: str, err: str) -> Verification:

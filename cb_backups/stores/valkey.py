@@ -52,10 +52,17 @@ PAUSE_MS = 30_000  # one CLIENT PAUSE; renewed every third of it, so a run that 
 ASIDE_STAMP = "%Y%m%dT%H%M%S"  # of `<appenddirname>.before-restore-<stamp>` (local time)
 
 
+RDB_HEAD = 9  # bytes of "VALKEY" or "REDIS" plus the format version's digits
+
+
 def rdb_header(path: Path) -> tuple[str, int]:
     """('REDIS'|'VALKEY', version) from an RDB file's first bytes; ValueError when it is not one."""
     with open(path, "rb") as fh:
-        head = fh.read(9)
+        return parse_rdb_header(fh.read(RDB_HEAD))
+
+
+def parse_rdb_header(head: bytes) -> tuple[str, int]:
+    """The header of an RDB's first bytes (taken as they are written: the file may be age ciphertext)."""
     for magic in ("REDIS", "VALKEY"):
         if head.startswith(magic.encode()):
             digits = head[len(magic):].decode(errors="replace")
@@ -144,7 +151,8 @@ class ValkeyStore:
         if data_dir is not None and data_dir.is_dir():
             lastsave = self._bgsave(client, progress)
             dbfilename = self._call(client.config_get, "dbfilename").get("dbfilename", RDB_FILE)
-            files = [self._copy(data_dir / dbfilename, into / RDB_FILE)]
+            rdb, head = self._copy(data_dir / dbfilename, into / RDB_FILE)
+            files = [rdb]
             method = "bgsave+copy"
             aof = self._call(client.config_get, "appendonly").get("appendonly") == "yes"
             if aof:
@@ -153,12 +161,13 @@ class ValkeyStore:
                     files.append(_tar_folder(aof_dir, into / AOF_FILE))
         else:
             lastsave = int(self._call(client.lastsave).timestamp())
-            files = [self._fetch_over_wire(into / RDB_FILE, progress)]
+            rdb, head = self._fetch_over_wire(into / RDB_FILE, progress)
+            files = [rdb]
             method = "rdb-sync"
         return BackupOutput(
             files=files, method=method, inventory=inventory,
             versions={"valkey": str(server.get("valkey_version") or server.get("redis_version")),
-                      "rdb": str(rdb_header(into / RDB_FILE)[1])},
+                      "rdb": str(parse_rdb_header(head)[1])},
             options={"aof_included": any(f.name == AOF_FILE for f in files)},
             markers={"lastsave": lastsave},
             captured_at=datetime.fromtimestamp(lastsave, UTC).isoformat(timespec="seconds")
@@ -189,16 +198,20 @@ class ValkeyStore:
             time.sleep(0.1)
         raise BackupFailed(self.name, f"LASTSAVE did not advance within {self.settings.bgsave_timeout}s")
 
-    def _copy(self, source: Path, dest: Path) -> FileRecord:
+    def _copy(self, source: Path, dest: Path) -> tuple[FileRecord, bytes]:
+        """The copied RDB's record and its first bytes (its header)."""
         try:
             src = open(source, "rb")  # noqa: SIM115 - the server renames a new RDB in; our handle stays valid
         except OSError as exc:
             raise BackupFailed(self.name, f"cannot read {source}: {exc.strerror}") from None
         with src, HashingWriter(dest) as out:
+            head = src.read(RDB_HEAD)
+            out.write(head)
             out.copy_from(src)
-        return FileRecord(dest.name, out.bytes, out.sha256)
+        return FileRecord(dest.name, out.bytes, out.sha256), head
 
-    def _fetch_over_wire(self, dest: Path, progress: Progress) -> FileRecord:
+    def _fetch_over_wire(self, dest: Path, progress: Progress) -> tuple[FileRecord, bytes]:
+        """The fetched RDB's record and its first bytes (its header)."""
         env = dict(os.environ)
         if self.settings.password:
             env["REDISCLI_AUTH"] = self.settings.password
@@ -208,13 +221,16 @@ class ValkeyStore:
         except FileNotFoundError:
             raise BackupFailed(self.name, f"tool not found: {argv[0]} (set CB_VALKEY_BIN_DIR)") from None
         assert proc.stdout is not None and proc.stderr is not None
+        head = b""
         with HashingWriter(dest) as out:
             while block := proc.stdout.read1(CHUNK):  # what the pipe has now, not a full chunk
+                if len(head) < RDB_HEAD:
+                    head += block[:RDB_HEAD - len(head)]
                 out.write(block)
         if proc.wait() != 0:
             raise BackupFailed(self.name, f"valkey-cli --rdb failed: {proc.stderr.read().decode()[-300:]}")
         progress("RDB fetched", out.bytes, out.bytes)
-        return FileRecord(dest.name, out.bytes, out.sha256)
+        return FileRecord(dest.name, out.bytes, out.sha256), head
 
     def verify(self, artifact: Artifact) -> Verification:
         """RDB magic and version, then `valkey-check-rdb` (valkey-server under that name)."""

@@ -3,7 +3,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from cb_backups.core.catalog import MANIFEST, utcnow
+from cb_backups.core.catalog import MANIFEST, Catalog, parse_iso, utcnow
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.model import Artifact
 from cb_backups.core.partitions import parse_slot
@@ -11,6 +11,8 @@ from cb_backups.core.specs import StoreSpec
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.stores.hooks import with_hooks
+
+OWNER = "team:platform"  # every asset's owner in the UI (asset catalog filters, alerts routing)
 
 
 def refuse_outside_retention(spec: StoreSpec, key: str) -> None:
@@ -29,7 +31,7 @@ def artifact_metadata(artifact: Artifact) -> dict[str, dg.MetadataValue]:
         "path": dg.MetadataValue.path(str(artifact.directory)),
         "bytes": dg.MetadataValue.int(m.total_bytes),
         "duration_seconds": dg.MetadataValue.float(m.duration_seconds),
-        "captured_at": dg.MetadataValue.text(m.captured_at),
+        "captured_at": dg.MetadataValue.timestamp(parse_iso(m.captured_at)),
         "method": dg.MetadataValue.text(m.method),
         "sha256": dg.MetadataValue.json({f.name: f.sha256 for f in m.files}),
         "versions": dg.MetadataValue.json(m.versions),
@@ -39,12 +41,27 @@ def artifact_metadata(artifact: Artifact) -> dict[str, dg.MetadataValue]:
     from cb_backups.core.fileio import sha256_file
 
     meta["manifest_sha256"] = dg.MetadataValue.text(sha256_file(artifact.path(MANIFEST))[0])
+    rows = []
     for section, counts in m.inventory.items():
         if section == "estimates":
             continue
         for name, count in counts.items():
-            meta[f"count/{section}/{name}"] = dg.MetadataValue.int(count)
+            meta[f"count/{section}/{name}"] = dg.MetadataValue.int(count)  # one series per count in the UI
+            rows.append(dg.TableRecord({"section": section, "name": name, "count": int(count)}))
+    meta["inventory"] = dg.MetadataValue.table(rows, schema=INVENTORY_SCHEMA)
     return meta
+
+
+INVENTORY_SCHEMA = dg.TableSchema(columns=[dg.TableColumn("section", "string"), dg.TableColumn("name", "string"),
+                                           dg.TableColumn("count", "int")])
+
+
+def superseded_lines(catalog: Catalog, artifact: Artifact) -> list[str]:
+    """"replaced earlier backup of slot X, kept as ..." for each copy `artifact` superseded (none: the slot
+    was empty, or its earlier backup had failed verification and was deleted)."""
+    return [f"replaced earlier backup of {artifact.store} slot {artifact.partition_key} (captured "
+            f"{c.artifact.manifest.captured_at}), kept as {catalog.store_dir(artifact.store) / c.label} until the "
+            "new one has verified (and, with off-site on, been copied)" for c in catalog.superseded_by(artifact)]
 
 
 def backup_asset(spec: StoreSpec, configured: bool = True) -> dg.AssetsDefinition:
@@ -57,7 +74,8 @@ def backup_asset(spec: StoreSpec, configured: bool = True) -> dg.AssetsDefinitio
         name=f"{spec.name}_backup",
         partitions_def=spec.partitions,
         group_name="backups",
-        kinds={spec.name},
+        kinds={spec.name, "backup"},
+        owners=[OWNER],
         pool=f"store_{spec.name}",
         description=f"{spec.title} backup for one slot (RPO {spec.rpo}, retention {spec.retention_days} days)."
                     + unconfigured,
@@ -83,7 +101,13 @@ def backup_asset(spec: StoreSpec, configured: bool = True) -> dg.AssetsDefinitio
             raise dg.Failure(description=str(exc)) from None
         context.log.info(f"{spec.name} slot {key}: {artifact.manifest.total_bytes} bytes in "
                          f"{artifact.manifest.duration_seconds}s")
-        return dg.MaterializeResult(metadata=artifact_metadata(artifact))
+        metadata = artifact_metadata(artifact)
+        replaced = superseded_lines(catalog, artifact)
+        for line in replaced:
+            context.log.warning(line)
+        if replaced:
+            metadata["superseded"] = dg.MetadataValue.text("; ".join(replaced))
+        return dg.MaterializeResult(metadata=metadata)
 
     return _backup
 

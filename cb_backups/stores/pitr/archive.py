@@ -68,6 +68,7 @@ class Segment:
 
 class WalArchive:
     def __init__(self, catalog: Catalog, seg_size: int = DEFAULT_SEGMENT_SIZE, level: int = 3) -> None:
+        self.catalog = catalog
         self.root = catalog.store_dir(WAL_STORE)
         self.seg_size = seg_size
         self.level = level
@@ -106,10 +107,10 @@ class WalArchive:
         final = self.segments_dir / f"{name}.zst"
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         try:
-            with open(source, "rb") as src, HashingWriter(tmp) as out:
-                with zstandard.ZstdCompressor(level=self.level).stream_writer(out, closefd=False) as sink:
-                    while block := src.read(CHUNK):
-                        sink.write(block)
+            with open(source, "rb") as src, HashingWriter(tmp) as out, \
+                    zstandard.ZstdCompressor(level=self.level).stream_writer(out, closefd=False) as sink:
+                while block := src.read(CHUNK):
+                    sink.write(block)
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)

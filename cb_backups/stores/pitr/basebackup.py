@@ -50,16 +50,15 @@ def take(server: Server, into: Path, progress: Progress = no_progress) -> Backup
     assert proc.stdout is not None and proc.stderr is not None
     last = time.monotonic()
     try:
-        with HashingWriter(into / BASE_FILE) as out:
-            with zstandard.ZstdCompressor(level=server.pitr.compression_level, threads=-1).stream_writer(
-                    out, closefd=False) as sink:
-                read = 0
-                while block := proc.stdout.read1(CHUNK):
-                    sink.write(block)
-                    read += len(block)
-                    if time.monotonic() - last > 2:
-                        progress(f"pg_basebackup {read // 2**20} MiB read", read, None)
-                        last = time.monotonic()
+        compressor = zstandard.ZstdCompressor(level=server.pitr.compression_level, threads=-1)
+        with HashingWriter(into / BASE_FILE) as out, compressor.stream_writer(out, closefd=False) as sink:
+            read = 0
+            while block := proc.stdout.read1(CHUNK):
+                sink.write(block)
+                read += len(block)
+                if time.monotonic() - last > 2:
+                    progress(f"pg_basebackup {read // 2**20} MiB read", read, None)
+                    last = time.monotonic()
     except BaseException:
         proc.kill()
         proc.wait()
@@ -73,7 +72,8 @@ def take(server: Server, into: Path, progress: Progress = no_progress) -> Backup
     markers = {"start_lsn": format_lsn(parse_lsn(start.group(1))), "stop_lsn": format_lsn(parse_lsn(end.group(1))),
                "timeline": int(start.group(2)), "wal_segment_size": seg_size, "stopped_at": iso(utcnow())}
     return BackupOutput(files=[FileRecord(BASE_FILE, out.bytes, out.sha256)], method="pg_basebackup",
-                        options={"format": "tar", "wal": "fetch", "compression": f"zstd:{server.pitr.compression_level}"},
+                        options={"format": "tar", "wal": "fetch",
+                                 "compression": f"zstd:{server.pitr.compression_level}"},
                         versions={"server": version, "pg_basebackup": _version(server, "pg_basebackup")},
                         inventory={"base_backup": {"bytes": out.bytes}}, markers=markers,
                         captured_at=markers["stopped_at"])

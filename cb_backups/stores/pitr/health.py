@@ -145,13 +145,15 @@ def base_outcomes(server: Server, archive: WalArchive, artifact: Artifact | None
         return [Outcome(n, False, "no base backup for this slot") for n in BASE_CHECKS], False
     problems = checksum_problems(artifact)
     if not problems:
-        problems = basebackup.verify(server, artifact, work_root).problems
+        with archive.catalog.plaintext(artifact) as plain:  # an encrypted base backup: decrypted, checked
+            problems = basebackup.verify(server, plain, work_root).problems
     markers = artifact.manifest.markers
     tli = int(markers["timeline"])
     first = segment_of(parse_lsn(markers["start_lsn"]), int(markers.get("wal_segment_size", archive.seg_size)))
     have = [s for s in archive.segments() if s.timeline == tli and s.segno >= first]
     missing = gaps(archive.segments(), tli, first) if have else []
-    return [Outcome("verifybackup", not problems, "; ".join(problems) or "pg_verifybackup: backup successfully verified"),
+    verified = "pg_verifybackup: backup successfully verified"
+    return [Outcome("verifybackup", not problems, "; ".join(problems) or verified),
             Outcome("wal_continuous", bool(have) and not missing,
                     f"missing: {', '.join(missing)}" if missing else
                     (f"{len(have)} segment(s) from {have[0].name}" if have else

@@ -95,7 +95,8 @@ def start(server: Server, data: Path, wal: Path, workdir: Path, timeout: float =
     options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1"
     done = server.pg_ctl(data, "start", log=log, options=options, timeout=int(timeout))
     if done.returncode != 0:
-        raise RestoreFailed(STORE, f"the recovered server did not start: {_tail(log)}")
+        why = _tail(log) if log.exists() else (done.stderr or done.stdout).strip()[-300:]
+        raise RestoreFailed(STORE, f"the recovered server did not start: {why}")
     deadline = time.monotonic() + timeout
     while True:
         if not (data / "postmaster.pid").exists():
