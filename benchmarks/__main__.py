@@ -23,27 +23,37 @@ FIGURES: list[tuple[str, str, str, float]] = [
     ("pg_default_speedup", "Default backup speed-up over pg_dump -Fc -Z 6", ">=", 5.0),
     ("pg_default_vs_plain", "Default backup time / pg_dump -Fc -Z 0", "<=", 1.3),
     ("full_system", "Full system backup wall time / five stores one after another", "<=", 0.6),
+    ("full_system_restore", "Full system restore wall time / five stores restored one after another", "<=", 0.6),
     ("offsite_throughput", "Off-site copy throughput / raw boto3 upload_file", ">=", 0.9),
     ("pg_restore", "PostgreSQL restore / raw pg_restore --jobs N", "<=", 1.10),
     ("peak_rss", "Peak RSS of backup + off-site copy: large / small artifact", "<=", 1.2),
     ("verify_throughput", "Verification throughput / sha256sum", ">=", 0.8),
     ("report", "Auditor report over ~4,400 slots (seconds)", "<=", 10.0),
+    ("pitr_base_backup", "PITR base backup throughput: cb-backups / Barman streaming backup", ">=", 0.9),
+    ("pitr_recover", "Time to recover to a point: cb-backups restore --to-time / Barman recover", "<=", 1.5),
+    ("pitr_rpo", "RPO under steady inserts, cb-backups wal-receive running (seconds)", "<=", 60.0),
 ]
 KEYS = [f[0] for f in FIGURES]
+NOT_QUICK = {"pitr_base_backup", "pitr_recover", "pitr_rpo"}  # need Barman and minutes: run without --quick
+QUICK_KEYS = [k for k in KEYS if k not in NOT_QUICK]
 
 
 def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]]:
-    from benchmarks import fullsys, offsite, postgres, report_bench
+    from benchmarks import fullsys, offsite, pitr, postgres, report_bench
 
     return [
         (["pg_dagster_overhead"], postgres.dagster_overhead),
         (["pg_default_speedup", "pg_default_vs_plain"], postgres.default_vs_runbook),
         (["full_system"], fullsys.full_vs_sequential),
+        (["full_system_restore"], fullsys.full_restore_vs_sequential),
         (["offsite_throughput"], offsite.offsite_throughput),
         (["pg_restore"], postgres.restore),
         (["peak_rss"], offsite.peak_memory),
         (["verify_throughput"], offsite.verification_throughput),
         (["report"], report_bench.report_figure),
+        (["pitr_base_backup"], pitr.base_backup),
+        (["pitr_recover"], pitr.recover),
+        (["pitr_rpo"], pitr.rpo),
     ]
 
 
@@ -88,7 +98,7 @@ def run_benchmarks(size: str = "200MB", quick: bool = False, repeat: int | None 
                   f"Python {info['python']}, load at start {info['load_at_start']}")
     console.print(f"data set: {human_bytes(size_bytes)} of PostgreSQL sample data{' (quick)' if quick else ''}; "
                   f"{repeat} paired runs per figure")
-    wanted = set(only or KEYS)
+    wanted = set(only or (QUICK_KEYS if quick else KEYS))
     figures: list[Figure] = []
     started = time.perf_counter()
     with Bench(size_bytes, quick, repeat, lambda m: console.print(f"[dim]{m}[/]")) as bench:

@@ -177,6 +177,7 @@ class Bench:
         self._s3: Any = None
         self._valkey: Any = None
         self.pg_rows: dict[str, int] = {}
+        self.cache: dict[str, Any] = {}  # what several figures share (e.g. the five stores of fullsys)
 
     def close(self) -> None:
         self._stack.close()

@@ -170,6 +170,8 @@ CHECK_KEYS = {
     "qdrant_backup:inventory_recorded", "qdrant_backup:restore_drill", "qdrant_offsite:offsite_complete",
     "valkey_backup:artifact_present", "valkey_backup:checksum", "valkey_backup:freshness",
     "valkey_backup:integrity", "valkey_backup:inventory_recorded", "valkey_backup:restore_drill",
+    "postgres_backup:tamper_evidence", "valkey_backup:tamper_evidence", "neo4j_backup:tamper_evidence",
+    "qdrant_backup:tamper_evidence", "opensearch_backup:tamper_evidence",  # defs/drills.py
     "valkey_offsite:offsite_complete", "neo4j_offsite:offsite_freshness", "opensearch_offsite:offsite_freshness",
     "postgres_offsite:offsite_freshness", "qdrant_offsite:offsite_freshness", "valkey_offsite:offsite_freshness",
     "postgres_wal:segments_present", "postgres_wal:sha256", "postgres_wal:continuity", "postgres_wal:waldump",

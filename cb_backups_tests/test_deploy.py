@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -96,12 +97,66 @@ def test_compose_file_runs_the_runbook_images_and_dagster() -> None:
     assert services["dagster-webserver"]["command"][0] == "dagster-webserver"
     assert services["dagster-daemon"]["command"][:2] == ["dagster-daemon", "run"]
     assert services["cb-backups-code"]["command"][:3] == ["dagster", "code-server", "start"]
-    assert "/var/run/docker.sock:/var/run/docker.sock" in services["dagster-daemon"]["volumes"]
+    assert services["dagster-daemon"]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
     workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
     grpc = workspace["load_from"][0]["grpc_server"]
     assert grpc["host"] == "cb-backups-code" and str(grpc["port"]) in services["cb-backups-code"]["command"]
     assert (DEPLOY / "Dockerfile").is_file()
 
+
+
+def test_least_privilege_no_docker_socket_non_root_secrets_as_files() -> None:
+    from cb_backups.config.settings import load_settings
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    ours = {name: s for name, s in services.items() if s.get("image") == "cb-backups:latest" or "build" in s}
+    assert set(ours) >= {"cb-backups-code", "dagster-webserver", "dagster-daemon"}
+    for name, service in services.items():  # only the proxy holds the socket, read-only
+        sockets = [v for v in service.get("volumes") or [] if "docker.sock" in str(v)]
+        assert not sockets or (name == "docker-proxy" and all(str(v).endswith(":ro") for v in sockets)), name
+    proxy = services["docker-proxy"]["environment"]
+    assert all(str(proxy[k]) == "0" for k in ("EXEC", "IMAGES", "VOLUMES", "BUILD"))
+    for name, service in ours.items():
+        assert service.get("user") == "10001:10001", name
+    launcher = production_config()["run_launcher"]["config"]
+    assert not [v for v in launcher["container_kwargs"]["volumes"] if "docker.sock" in v]  # run containers
+    assert launcher["container_kwargs"]["user"] == "10001:10001"
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "USER 10001" in dockerfile and "docker.io" not in dockerfile
+    # secrets are files: every *_FILE variable the compose file sets is passed to run containers too
+    env = compose["x-cb-env"]
+    files = {k for k in env if k.endswith("_FILE")}
+    assert files >= {"CB_POSTGRES_PASSWORD_FILE", "CB_NEO4J_PASSWORD_FILE", "AWS_SHARED_CREDENTIALS_FILE"}
+    assert files <= set(launcher["env_vars"])
+    assert not [k for k, v in env.items() if "PASSWORD" in k and not k.endswith("_FILE") and k != "DAGSTER_PG_PASSWORD"]
+    assert "CB_NEO4J_STOP" not in env and "CB_NEO4J_ADMIN" not in env  # no job stops a container
+    config = yaml.safe_load((DEPLOY / "cb-backups.yaml").read_text())
+    assert config["neo4j"]["method"] == "export"
+    settings = load_settings({"CB_CONFIG": str(DEPLOY / "cb-backups.yaml"), "CB_BACKUP_DIR": "/tmp",
+                              "CB_S3_BUCKET": "b", "CB_NEO4J_URI": "bolt://neo4j:7687",
+                              "CB_AGE_RECIPIENTS": "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"})
+    assert settings.s3.object_lock is not None and settings.s3.object_lock.mode == "COMPLIANCE"
+
+
+def test_iam_policies_writer_cannot_delete_and_retention_cannot_write() -> None:
+    def actions(policy: dict[str, Any], effect: str) -> set[str]:
+        found: set[str] = set()
+        for statement in policy["Statement"]:
+            if statement["Effect"] == effect:
+                listed = statement["Action"]
+                found |= {listed} if isinstance(listed, str) else set(listed)
+        return found
+
+    writer = json.loads((DEPLOY / "iam-policy.json").read_text())
+    allowed = actions(writer, "Allow")
+    assert "s3:PutObject" in allowed and "s3:GetObjectVersion" in allowed
+    assert not {a for a in allowed if "Delete" in a or a.endswith("*")}  # no s3:DeleteObject(Version), no s3:*
+    assert {"s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGovernanceRetention"} <= actions(writer, "Deny")
+    retention = json.loads((DEPLOY / "iam-retention-policy.json").read_text())
+    assert "s3:DeleteObjectVersion" in actions(retention, "Allow")
+    assert {"s3:PutObject", "s3:PutObjectRetention", "s3:BypassGovernanceRetention"} <= actions(retention, "Deny")
+    assert not {a for a in actions(retention, "Allow") if a.endswith("*")}
 
 
 @pytest.mark.timeout(420)

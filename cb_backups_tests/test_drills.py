@@ -130,7 +130,8 @@ def test_schedule_runs_each_configured_store_on_its_newest_backup(cb_env: dict[s
     requests = {r.tags["store"]: r for r in drill_requests(BackupsResource())}
     assert set(requests) == {"postgres", "valkey"}  # the stores cb_env configures
     assert requests["valkey"].tags["dagster/partition"] == VK_KEYS[1]
-    assert requests["valkey"].asset_check_keys == [dg.AssetCheckKey(dg.AssetKey("valkey_backup"), DRILL_CHECK)]
+    assert requests["valkey"].asset_check_keys == [dg.AssetCheckKey(dg.AssetKey("valkey_backup"), DRILL_CHECK),
+                                                   dg.AssetCheckKey(dg.AssetKey("valkey_backup"), "tamper_evidence")]
     assert requests["valkey"].asset_selection == []
     with dg.build_schedule_context(instance=dg.DagsterInstance.get(), resources={"backups": BackupsResource()}) as ctx:
         data = schedule.evaluate_tick(ctx)

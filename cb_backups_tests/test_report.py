@@ -24,7 +24,7 @@ from cb_backups.core.catalog import Catalog
 from cb_backups.core.partitions import weekly_sunday_0100
 from cb_backups.core.specs import STORES, spec_for
 from cb_backups.report import history
-from cb_backups.report.build import SlotRow, StoreSummary, build_report, expected_slots, period, store_checks
+from cb_backups.report.build import Report, SlotRow, StoreSummary, build_report, expected_slots, period, store_checks
 from cb_backups.report.render import to_csv, to_html, to_json
 from cb_backups.retention.apply import apply_local
 from cb_backups.retention.policy import PrunePlan
@@ -369,3 +369,40 @@ print(json.dumps({"schedules": statuses, "checks": checks, "neo4j_description": 
     passed, description, _ = found["checks"]["postgres_backup"]
     assert not passed and "no verified postgres backup" in description  # a configured store still fails
     assert "NOT CONFIGURED" in found["neo4j_description"]
+
+
+def test_report_reads_well_one_point_or_many_verdicts_and_print() -> None:
+    """Issue 17 item 8: markers (a lone point is drawn and labelled), a round axis above the largest value,
+    one verdict sentence per store at the top, tables scrolling inside their own box, print CSS."""
+    base = datetime(2026, 11, 24, tzinfo=UTC)
+    lone = SlotRow("valkey", "2026-11-30-00:00", base.isoformat(), "verified", True, base.isoformat(), 52145, 0.137,
+                   {"dump.rdb": "ab" * 32})
+    many = [SlotRow("postgres", f"2026-11-2{i}-00:00", (base + timedelta(days=i)).isoformat(), "verified", True,
+                    (base + timedelta(days=i)).isoformat(), 40_000_000 + i, 12.0 + i, {"pgdump.dump": "cd" * 32})
+            for i in range(5)]
+    stores = [StoreSummary("postgres", "PostgreSQL", 6, 60, slots=5, verified=5, rpo_compliant=5, rpo_compliance=1.0),
+              StoreSummary("valkey", "Valkey", 6, 30, slots=2, verified=1, missed=1, rpo_compliant=1,
+                           rpo_compliance=0.5),
+              StoreSummary("neo4j", "Neo4j", 24, 120, configured=False, slots=1)]
+    report = Report("2026-11-24T00:00:00+00:00", "2026-12-01T00:00:00+00:00", "2026-12-01T06:00:00+00:00", stores,
+                    [*many, lone], [])
+    page = to_html(report)
+    verdicts = page.split('<ul class="verdicts">', 1)[1].split("</ul>", 1)[0]
+    assert page.index("verdicts") < page.index("<h2>Summary")
+    assert "postgres: met: all 5 slots verified within the 6 h RPO (100.0%)" in verdicts
+    assert "valkey: NOT met: 1 of 2 slots missed or failed" in verdicts and 'class="bad"' in verdicts
+    assert "neo4j: not configured" in verdicts
+    duration = page.split('aria-label="backup duration"', 1)[1].split("</svg>", 1)[0]
+    assert duration.count("<circle") == 6 and ">0.137 s<" in duration  # the lone point: marker and its value
+    assert ">20 s<" in duration  # 12..16 s: the axis tops at a round 20 s, not at the raw maximum
+    assert "0.1 s" not in duration
+    size = page.split('aria-label="backup size"', 1)[1].split("</svg>", 1)[0]
+    assert ">50 MiB<" in size and 'viewBox="0 0 900 240" class="plot"' in page
+    assert page.count('<div class="scroll"><table><thead>') == 1 + 2  # summary + one per store with rows
+    assert "@media print" in page and "thead{display:table-header-group}" in page and "@page" in page
+    assert "details::details-content" in page  # printing shows the closed slot tables too
+    # a report with one backup in all: an hour either side of it, so the point sits in the middle
+    alone = to_html(Report(report.start, report.end, report.generated_at, stores[1:2], [lone], []))
+    plot = alone.split('aria-label="backup duration"', 1)[1].split("</svg>", 1)[0]
+    assert "2026-11-23 23:00" in plot and "2026-11-24 01:00 UTC" in plot
+    assert plot.count("<circle") == 1 and 'cx="480.0"' in plot and ">0.2 s<" in plot  # round top above 0.137

@@ -152,4 +152,5 @@ def restore_drills_schedule(context: dg.ScheduleEvaluationContext, backups: Back
     return requests  # run keys dedupe within a tick; each tick is its own night
 
 
-defs = dg.Definitions(asset_checks=[*drill_checks, *tamper_checks], jobs=[restore_drills_job], schedules=[restore_drills_schedule])
+defs = dg.Definitions(asset_checks=[*drill_checks, *tamper_checks], jobs=[restore_drills_job],
+                      schedules=[restore_drills_schedule])

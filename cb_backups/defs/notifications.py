@@ -145,6 +145,21 @@ def failed_checks_of(instance: dg.DagsterInstance, run_id: str) -> list[history.
     return [e for e in history.run_check_evaluations(instance, run_id) if e.status == "failed"]
 
 
+def failure_message(context: dg.RunFailureSensorContext) -> str:
+    """The failed steps' messages (a dg.Failure's description, else the error), from the sensor context's
+    public step failure events; else the run's own failure message."""
+    messages = []
+    for event in context.get_step_failure_events():
+        data = event.step_failure_data
+        user = data.user_failure_data
+        text = user.description if user is not None and user.description else (
+            data.error.message if data.error is not None else "")
+        if text.strip():
+            messages.append(f"{event.step_key}: {text.strip()}")
+    fallback = (context.failure_event.message or "").strip() if context.failure_event is not None else ""
+    return "; ".join(messages) or fallback or "run failed"
+
+
 @dg.run_failure_sensor(
     name="run_failure_webhook_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -156,7 +171,7 @@ def run_failure_webhook_sensor(context: dg.RunFailureSensorContext):  # type: ig
     url = webhook_url()
     if not url:
         return dg.SkipReason(f"run {run.run_id} failed; no webhook configured (set CB_WEBHOOK_URL)")
-    error = history.run_failure_message(context.instance, run.run_id)
+    error = failure_message(context)
     checks = failed_checks_of(context.instance, run.run_id)
     payload = run_failure_payload(run.job_name, run.run_id, run.tags.get("store"), run.tags.get("dagster/partition"),
                                   error, checks)

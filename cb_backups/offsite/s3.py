@@ -272,9 +272,11 @@ def upload_artifact(artifact: Artifact, target: S3Target, progress: Progress = n
             return OffsiteCopy(store, pk, target.bucket, files, manifest_key, time.monotonic() - started,
                                None, skipped=True, versions=present)
 
-    # A previous copy of this partition stops counting as complete before anything is replaced (in a
-    # locked bucket this only adds a delete marker: every locked version stays, and the new ones are recorded).
-    _delete_key(target, manifest_key)
+    # A previous copy of this partition stops counting as complete before anything is replaced. Not in a
+    # locked bucket: the writer may not delete there (deploy/iam-policy.json), every version stays anyway,
+    # and verification and restores read the versions recorded for this upload.
+    if lock is None:
+        _delete_key(target, manifest_key)
     abort_incomplete_uploads(target, target.key(store, pk, ""))
 
     total = artifact.manifest.total_bytes + manifest_bytes
@@ -461,16 +463,11 @@ def unreachable(target: S3Target) -> str | None:
 
 
 def _manifest_sha(target: S3Target, key: str, version_id: str | None) -> str | None:
+    """sha256 of a manifest (a small object): the given version, else the latest; None when absent."""
     if not version_id:
         return remote_sha256(target, key)
-    digest, seen = hashlib.sha256(), False
-    try:
-        for block in _stream(target, key, version_id):
-            digest.update(block)
-            seen = True
-    except OffsiteError:
-        return None
-    return digest.hexdigest() if seen else None
+    body = _get_version(target, key, version_id)
+    return None if body is None else hashlib.sha256(body).hexdigest()
 
 
 def _stream(target: S3Target, key: str, version_id: str | None = None) -> Iterator[bytes]:
@@ -548,8 +545,9 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False,
                                 "version is the one verified and restored)")
     try:
         manifest_key = target.key(store, pk, MANIFEST)
-        manifest_head = _head_version(target, manifest_key, recorded.get(manifest_key))
+        # a GET first: a HEAD's error has no body, so it could not say why S3 refused
         remote_manifest = _manifest_sha(target, manifest_key, recorded.get(manifest_key))
+        manifest_head = _head_version(target, manifest_key, recorded.get(manifest_key)) if remote_manifest else None
         if manifest_head is not None:
             check_version(MANIFEST, manifest_key, manifest_head)
         details["manifest_sha256"] = remote_manifest  # which manifest S3 holds: stale when not the local one

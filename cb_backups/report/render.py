@@ -210,11 +210,9 @@ table{width:100%}th{position:static}thead{display:table-header-group}
 tr,svg,li{break-inside:avoid}h2{break-after:avoid}
 th,td{font-size:9px;max-width:16em;padding:2px 3px}th{white-space:normal}td.mono{font-size:8px}
 summary{list-style:none}
+details::details-content{content-visibility:visible;display:block}
 }
 """
-# Printing opens every <details> (a closed one prints nothing but its summary); self-contained, no network.
-_PRINT_SCRIPT = ("<script>addEventListener('beforeprint',function(){document.querySelectorAll('details')"
-                 ".forEach(function(d){d.open=true})});</script>")
 _STATUS_CLASS = {"verified": "ok", "passed": "ok", "failed": "bad", "execution_failed": "bad", "missed": "bad",
                  "unverified": "warn", "planned": "warn", "copied, not verified": "warn", "not configured": "muted"}
 
@@ -277,7 +275,7 @@ def to_html(report: Report) -> str:
     esc = html.escape
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
            f"<title>cb-backups auditor report {esc(report.start[:10])} to {esc(report.end[:10])}</title>",
-           f"<style>{_CSS}</style>{_PRINT_SCRIPT}</head><body>",
+           f"<style>{_CSS}</style></head><body>",
            "<h1>cb-backups auditor report</h1>",
            f"<p>Period <b>{esc(report.start)}</b> to <b>{esc(report.end)}</b> (end excluded); generated "
            f"{esc(report.generated_at)} from the Dagster instance (dagster {esc(report.dagster_version)}), the "

@@ -17,15 +17,17 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cb_backups.core.catalog import MANIFEST, Catalog, checksum_problems, seal_problems
 from cb_backups.core.crypto import IdentityMismatch
-from cb_backups.core.errors import CbBackupsError, RestoreFailed, RestoreRefused
+from cb_backups.core.errors import CbBackupsError, RestoreFailed, RestoreRefused, StoreUnavailable
 from cb_backups.core.fileio import as_disk_full, sha256_file
 from cb_backups.core.model import Artifact, Inventory, Progress, Verification, no_progress
 from cb_backups.core.specs import FULL_SYSTEM
@@ -36,7 +38,7 @@ from cb_backups.restore.decrypt import Plaintexts
 from cb_backups.restore.journal import CLOSED, RESTORING, journaled
 from cb_backups.restore.plan import FULL_PREFIX, LATEST, SAFETY_PREFIX, FullRestorePlan, RestorePlan, hms
 from cb_backups.restore.safety import prune_safety, take_safety_backup
-from cb_backups.stores.base import DRILL, Store, kept_aside, prune_kept_aside, quiesced, staged
+from cb_backups.stores.base import DRILL, Store, kept_aside, prune_kept_aside, quiesced, stage_verifies, staged
 from cb_backups.stores.registry import open_store
 
 # Overrides that point an in-place restore somewhere else than the live target the adapter counts.
@@ -112,6 +114,7 @@ class _Prepared:
     skipped: list[str]
     notes: list[str]
     origin: str  # where the backup came from (shown in results)
+    staged: bool = False  # `stage` already verified it and restored it beside the target (stage_verifies)
 
 
 def execute_restore(plan: RestorePlan, progress: Progress = no_progress) -> RestoreResult:
@@ -123,24 +126,44 @@ def execute_restore(plan: RestorePlan, progress: Progress = no_progress) -> Rest
 
 
 def execute_full_restore(full: FullRestorePlan, progress: Progress = no_progress) -> FullRestoreResult:
-    """Prepare (resolve + verify + version-check) every store first; then restore them one by one.
+    """Prepare (resolve + verify + version-check) every store first; then restore them all at once.
 
-    A store that fails to restore does not stop the others (each keeps its safety backup);
+    Nothing is restored unless every store's backup verified. The five stores share no data, so each
+    restores in its own thread (the caller holds every store's pool: nothing else writes to them); each
+    store's RTO is measured from the start of the full restore to that store verified, the overall one
+    to the last. A store that fails to restore does not stop the others (each keeps its safety backup);
     the result names every failure.
     """
     started = time.monotonic()
+    lock = threading.Lock()
+
+    def said(message: str, done: int | None, total: int | None) -> None:
+        with lock:  # one progress line at a time from the store threads
+            progress(message, done, total)
+
     with contextlib.ExitStack() as stack:
         cache: dict[str, Artifact] = {}
-        prepared = [_prepare(plan, progress, stack, cache) for plan in full.plans]
-        results, failed = [], {}
-        for item in prepared:
-            progress(f"full system restore: {item.plan.store}", len(results) + len(failed), len(prepared))
+        prepared = [_prepare(plan, said, stack, cache) for plan in full.plans]
+        results: dict[str, RestoreResult] = {}
+        failed: dict[str, str] = {}
+
+        def one(item: _Prepared) -> None:
+            said(f"full system restore: {item.plan.store}", len(results) + len(failed), len(prepared))
             try:
-                results.append(_apply(item, progress, time.monotonic()))
+                result = _apply(item, said, started)
             except CbBackupsError as exc:
-                failed[item.plan.store] = str(exc)
-                progress(f"full system restore: {exc}", len(results) + len(failed), len(prepared))
-        return FullRestoreResult(results, failed, time.monotonic() - started)
+                with lock:
+                    failed[item.plan.store] = str(exc)
+                said(f"full system restore: {exc}", len(results) + len(failed), len(prepared))
+                return
+            with lock:
+                results[item.plan.store] = result
+
+        with ThreadPoolExecutor(max_workers=max(1, len(prepared)), thread_name_prefix="restore") as pool:
+            for future in [pool.submit(one, item) for item in prepared]:
+                future.result()  # re-raises what is not a CbBackupsError (a bug), after all finished
+        ordered = [results[p.plan.store] for p in prepared if p.plan.store in results]
+        return FullRestoreResult(ordered, failed, time.monotonic() - started)
 
 
 def verify_artifact(store: Store, artifact: Artifact, plain: Plaintexts | None = None) -> Verification:
@@ -174,7 +197,9 @@ def counts_precheck(store: Store, artifact: Artifact, progress: Progress = no_pr
     """Restore `artifact` into the store's scratch (drill) target and compare the counts with its manifest,
     before anything touches the real target: a manifest whose counts do not describe its data (edited, or
     a dump that silently lost rows) is found here, so `latest` can fall back past it. Empty when the counts
-    agree, or when the store has no scratch target (then the counts are compared after the restore only)."""
+    agree, or when the store has no scratch target (then the counts are compared after the restore only).
+    Not for a store whose staging checks the counts (`stage_verifies`): `staging_check` does it in the one
+    restore beside the target instead of a second one."""
     target = store.scratch_target(DRILL)
     if target is None:
         progress(f"{store.name}: no scratch target, so the counts of {artifact.partition_key} are checked after "
@@ -199,6 +224,44 @@ def counts_precheck(store: Store, artifact: Artifact, progress: Progress = no_pr
     return []
 
 
+def staging_check(store: Store, artifact: Artifact, plan: RestorePlan, plain: Plaintexts | None,
+                  progress: Progress = no_progress) -> Verification:
+    """For a store whose `stage` proves the backup (`stage_verifies`): stage it, which reads the backup ONCE
+    (sha256 against the manifest, its own check, the restore into a database beside the target, the counts)
+    instead of verifying first and restoring after. The target is untouched either way; `restore` then
+    reuses what was staged. A backup fault is a failed Verification (so `latest` falls back past it); an
+    incompatible target or an unreachable server is raised: it says nothing about the backup."""
+    if artifact.manifest.encrypted and plain is not None:
+        problems = checksum_problems(artifact)  # the ciphertext, before it is decrypted
+        if problems:
+            return Verification(False, problems)
+        try:
+            artifact = plain.of(artifact)
+        except IdentityMismatch:
+            raise
+        except CbBackupsError as exc:
+            return Verification(False, [str(exc)])
+    problems = store.compatibility(artifact, plan.target)
+    if problems:
+        raise RestoreRefused(plan.store, f"{artifact.partition_key} is not compatible with the target: "
+                                         + "; ".join(problems))
+    try:
+        staged(store, artifact, plan.target, progress)
+    except StoreUnavailable:
+        raise
+    except RestoreRefused as exc:
+        return Verification(False, [str(exc)])
+    except Exception as exc:
+        full = as_disk_full(exc, f"cannot restore {store.name} {artifact.partition_key} beside the target",
+                            "nothing was restored and the backups are unchanged")
+        if full is not None:
+            raise full from None
+        if isinstance(exc, CbBackupsError):
+            return Verification(False, [f"restored into a scratch database beside the target, it failed: {exc}"])
+        raise
+    return Verification(True, [], {"staged": True})
+
+
 def _prepare(plan: RestorePlan, progress: Progress, stack: contextlib.ExitStack,
              cache: dict[str, Artifact]) -> _Prepared:
     store = open_store(plan.store, plan.settings)
@@ -220,14 +283,14 @@ def _prepare(plan: RestorePlan, progress: Progress, stack: contextlib.ExitStack,
     if problems:
         raise RestoreRefused(plan.store, f"{artifact.partition_key} is not compatible with the target: "
                                          + "; ".join(problems))
-    return _Prepared(plan, store, artifact, skipped, notes, origin)
+    return _Prepared(plan, store, artifact, skipped, notes, origin, staged=stage_verifies(store))
 
 
 def _apply(prepared: _Prepared, progress: Progress, started: float) -> RestoreResult:
     plan, store, artifact = prepared.plan, prepared.store, prepared.artifact
     catalog = plan.settings.catalog()
     in_place = plan.target.mode == "in_place"
-    if in_place:  # e.g. PostgreSQL restores into `<db>__incoming` now, while the live data still takes writes
+    if in_place and not prepared.staged:  # e.g. Valkey; PostgreSQL staged while it was verified
         staged(store, artifact, plan.target, progress)
     with contextlib.ExitStack() as closed:
         if in_place:
@@ -332,7 +395,11 @@ def _resolve(plan: RestorePlan, store: Store, progress: Progress, stack: context
         return _resolve_offsite(plan, store, progress, stack, skip, plain)
     def verify(artifact: Artifact) -> Verification:
         problems = catalog.binding_problems(artifact)  # a folder renamed or swapped is not that slot
-        verification = Verification(False, problems) if problems else verify_artifact(store, artifact, plain)
+        if problems:
+            return Verification(False, problems)
+        if stage_verifies(store):  # one read: verified while restored beside the target, counts included
+            return staging_check(store, artifact, plan, plain, progress)
+        verification = verify_artifact(store, artifact, plain)
         if verification.ok and plan.backup == LATEST:
             # Counts too, in a scratch target, so a backup whose restore would fail on counts is skipped
             # like a corrupt one, and the real target is never touched by it.
@@ -383,8 +450,13 @@ def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack:
         artifact = Catalog(folder.parent).load(folder)
         assert artifact is not None  # download_artifact writes the manifest last
         problems = _offsite_manifest_problems(target, plan.store, key, folder, versions)
-        verification = Verification(False, problems) if problems else verify_artifact(store, artifact, plain)
-        if verification.ok and plan.backup == LATEST:
+        if problems:
+            verification = Verification(False, problems)
+        elif stage_verifies(store):
+            verification = staging_check(store, artifact, plan, plain, progress)
+        else:
+            verification = verify_artifact(store, artifact, plain)
+        if verification.ok and plan.backup == LATEST and not stage_verifies(store):
             problems = counts_precheck(store, plain.of(artifact), progress)
             verification = Verification(False, problems) if problems else verification
         if verification.ok:
@@ -438,7 +510,8 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
         raise RestoreRefused(plan.store, f"full system backup {key} holds no {plan.store} backup "
                                          f"(it holds {', '.join(stores_in(full)) or 'nothing'})")
     view = stack.enter_context(store_view(full, plan.store))
-    verification = verify_artifact(store, view)
+    verification = (staging_check(store, view, plan, None, progress) if stage_verifies(store)
+                    else verify_artifact(store, view))
     if not verification.ok:
         raise RestoreRefused(plan.store, f"the {plan.store} part of full system backup {key} failed verification: "
                                          + "; ".join(verification.problems))
