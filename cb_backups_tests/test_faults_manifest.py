@@ -162,6 +162,13 @@ def listing(*extra: str) -> str:
     return row
 
 
+def listing_json() -> str:
+    done = subprocess.run([sys.executable, "-m", "cb_backups.cli.app", "list", "valkey", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def test_list_shows_when_each_backup_was_last_verified(cb_env: dict[str, str]) -> None:
     instance = dg.DagsterInstance.get()
     catalog = BackupsResource().catalog()
@@ -171,7 +178,8 @@ def test_list_shows_when_each_backup_was_last_verified(cb_env: dict[str, str]) -
     record = catalog.verification_of(artifact)
     assert record is not None and record.ok
     row = listing()
-    assert " yes " in row and record.checked_at in row and "older than a day" not in row, row
+    assert " yes " in row and " min ago" in row and "older than a day" not in row, row
+    assert record.checked_at in listing_json()  # the exact time, for scripts and auditors
 
     # A byte changed since the check (same size): no longer "yes" (cheap test: size and mtime) ...
     rdb = artifact.path("dump.rdb")
@@ -189,4 +197,5 @@ def test_list_shows_when_each_backup_was_last_verified(cb_env: dict[str, str]) -
     data["checked_at"] = "2020-01-01T00:00:00+00:00"
     artifact.path(VERIFICATION).write_text(json.dumps(data))
     row = listing()
-    assert " yes " in row and "2020-01-01T00:00:00+00:00" in row and "older than a day" in row, row
+    assert " yes " in row and " d ago" in row and "older than a day" in row, row
+    assert "2020-01-01T00:00:00+00:00" in listing_json()
