@@ -58,6 +58,7 @@ def _sizes(bench: Bench) -> dict[str, int]:
 def _start_servers(bench: Bench, work: Path) -> Any:
     """Five configured stores with data; returns the Settings."""
     from cb_backups.config.settings import Neo4jSettings, OpenSearchSettings, QdrantSettings, Settings, ValkeySettings
+    from cb_backups.demo.embedded import valkey_bin_dir
     from cb_backups.demo.sample_data import load_postgres, load_valkey, postgres_rows_for_bytes
     from cb_backups_tests.emulators.neo4j import start_neo4j
     from cb_backups_tests.fixtures_neo4j import SEED_QUERIES, run_cypher
@@ -70,9 +71,9 @@ def _start_servers(bench: Bench, work: Path) -> Any:
         conn.execute(f"CREATE DATABASE fullsys OWNER {bench.pg.user}")
     with bench.pg.connect("fullsys") as conn:
         load_postgres(conn, scale=postgres_rows_for_bytes(sizes["pg_bytes"]), hnsw=False)
-    # Valkey
-    valkey = bench.valkey
-    load_valkey(valkey.client, scale=sizes["valkey_scale"])
+    # Valkey: daemonized with a start command, which an in-place restore needs to start it again
+    valkey = _daemon_valkey(bench, work / "valkey")
+    load_valkey(valkey["client"], scale=sizes["valkey_scale"])
     # Qdrant emulator (own process)
     q_port = free_port()
     _spawn(bench, [sys.executable, "-m", "cb_backups_tests.emulators.qdrant", "--port", str(q_port), "--api-key",
@@ -100,13 +101,43 @@ def _start_servers(bench: Bench, work: Path) -> Any:
     return Settings(
         backup_dir=work / "backups",
         postgres=bench.pg_settings(dbname="fullsys"),
-        valkey=ValkeySettings(host="127.0.0.1", port=valkey.port, password=valkey.password,
-                              data_dir=str(valkey.data_dir), bin_dir=str(valkey.bin_dir)),
+        valkey=ValkeySettings(host="127.0.0.1", port=valkey["port"], password=valkey["password"],
+                              data_dir=str(work / "valkey"), bin_dir=str(valkey_bin_dir()),
+                              start_command=tuple(valkey["argv"])),
         qdrant=QdrantSettings(url=q_url, api_key=QDRANT_KEY),
         opensearch=OpenSearchSettings(url=o_url, repository="cbbench", repository_type="fs",
                                       repository_settings={"location": str(repo / "cbbench"), "compress": True}),
         neo4j=neo_settings,
     )
+
+
+def _daemon_valkey(bench: Bench, data: Path) -> dict[str, Any]:
+    """A Valkey the in-place restore can stop and start again (daemonized; password in a 0600 config file)."""
+    import valkey
+
+    from cb_backups.demo.embedded import valkey_bin_dir
+
+    password = "cb-bench-valkey-fullsys"
+    data.mkdir(mode=0o700)
+    conf = data / "valkey.conf"
+    with open(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(f'requirepass "{password}"\n')
+    port = free_port()
+    argv = [str(valkey_bin_dir() / "valkey-server"), str(conf), "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(data), "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
+            "--daemonize", "yes", "--pidfile", str(data / "valkey.pid"), "--logfile", str(data / "valkey.log")]
+    subprocess.run(argv, check=True)
+
+    def client(db: int = 0) -> Any:
+        return valkey.Valkey(host="127.0.0.1", port=port, password=password, db=db, socket_timeout=10)
+
+    def stop() -> None:  # the pid file names the server that runs now (the restore restarts it)
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((data / "valkey.pid").read_text()), signal.SIGKILL)
+
+    bench.on_exit(stop)
+    wait_until(lambda: bool(client().ping()), 30, "valkey")
+    return {"port": port, "password": password, "argv": argv, "client": client}
 
 
 def _servers(bench: Bench) -> tuple[Any, Path]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cb_backups.core.catalog import Catalog
+from cb_backups.core.catalog import VERIFICATION, Catalog
 from cb_backups.core.specs import spec_for
 from cb_backups.demo.embedded import EmbeddedPostgres
 
@@ -64,6 +64,17 @@ def test_status_shows_configured_stores_and_fails_outside_the_rpo(env: dict[str,
     for name in ("valkey", "neo4j", "qdrant", "opensearch"):  # never configured: not failing the exit code
         assert by[name]["configured"] is False and by[name]["state"] == "not configured"
     assert doc["ok"] is True
+    assert pg["last_verified"] and pg["verification_stale"] is False
+    # A backup whose last check is two days old is flagged (it is still the newest verified one).
+    record = Catalog(Path(env["CB_BACKUP_DIR"])).require("postgres", KEY).path(VERIFICATION)
+    original = record.read_text()
+    record.write_text(json.dumps({**json.loads(original), "checked_at": "2020-01-01T00:00:00+00:00"}))
+    try:
+        stale = {s["store"]: s for s in parsed(["status"], env)["stores"]}["postgres"]
+        assert stale["verification_stale"] is True and stale["last_verified"] == "2020-01-01T00:00:00+00:00"
+        assert "checked over a day ago" in cli(["status", "postgres"], env).stdout
+    finally:
+        record.write_text(original)
     # The same PostgreSQL with an empty catalog: no verified backup, exit 1 (a cron job or probe sees it).
     empty = {**env, "CB_BACKUP_DIR": str(tmp_path / "empty")}
     doc = parsed(["status", "postgres"], empty, code=1)

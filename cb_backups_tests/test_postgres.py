@@ -12,6 +12,7 @@ from cb_backups.config.settings import load_settings
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.errors import BackupFailed, ConfigError, RestoreRefused
 from cb_backups.core.model import Target
+from cb_backups.stores import pg_directory
 from cb_backups.stores.postgres import PostgresStore, dump_file, parse_compression
 from cb_backups.stores.registry import open_store
 
@@ -122,3 +123,51 @@ def test_unknown_compression_names_allowed_values(value: str) -> None:
     with pytest.raises(ConfigError, match="gzip:6") as info:
         parse_compression(value)
     assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("compression", ["zstd:1", "gzip:6"])
+def test_directory_dump_with_two_jobs_round_trips(store: PostgresStore, backup_dir: Path, pg_server,  # type: ignore[no-untyped-def]
+                                                  compression: str) -> None:
+    store = PostgresStore(replace(store.settings, compression=compression, dump_jobs=2))
+    artifact = Catalog(backup_dir).write("postgres", KEY, store.backup)
+    names = [f.name for f in artifact.manifest.files]
+    assert artifact.manifest.options["format"] == "directory"
+    assert all(n.startswith(pg_directory.PREFIX) for n in names), names
+    assert pg_directory.PREFIX + "toc.dat" + (".zst" if compression.startswith("zstd") else "") in names
+    assert len(names) >= 6  # toc + one data file per non-empty table
+    assert not any(p.is_dir() for p in artifact.directory.iterdir())  # pg_dump's folder is gone
+    assert all(artifact.path(n).stat().st_mode & 0o777 == 0o600 for n in names)
+    assert store.verify(artifact).ok
+    with pg_server.connect() as conn:
+        expected_counts, expected_vectors = table_counts(conn), vector_checksum(conn)
+
+    restored = store.restore(artifact, Target("scratch", {"dbname": "cb_dir_roundtrip", "jobs": 2}))
+    assert restored["tables"] == artifact.manifest.inventory["tables"]
+    with pg_server.connect("cb_dir_roundtrip") as conn:
+        assert table_counts(conn) == expected_counts
+        assert vector_checksum(conn) == expected_vectors
+    store.drop_database("cb_dir_roundtrip")
+
+
+def test_directory_dump_with_one_changed_byte_is_refused_before_the_target_is_touched(  # type: ignore[no-untyped-def]
+        store: PostgresStore, backup_dir: Path, pg_server) -> None:
+    store = PostgresStore(replace(store.settings, dump_jobs=2))
+    artifact = Catalog(backup_dir).write("postgres", KEY, store.backup)
+    largest = max(artifact.manifest.files, key=lambda f: f.bytes)
+    path = artifact.path(largest.name)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(RestoreRefused, match=largest.name.replace(".", r"\.")):
+        store.restore(artifact, Target("scratch", {"dbname": "cb_dir_never"}))
+    with pg_server.connect("postgres") as conn:
+        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'cb_dir_never%'").fetchone()
+    path.unlink()
+    assert not store.verify(artifact).ok  # a missing table file
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_dump_jobs_out_of_range_names_the_value_and_the_range(value: str) -> None:
+    with pytest.raises(ConfigError, match="1 to 64") as info:
+        load_settings({"CB_POSTGRES_URL": "postgresql://u@127.0.0.1/db", "CB_POSTGRES_DUMP_JOBS": value})
+    assert repr(value) in str(info.value) or value in str(info.value)

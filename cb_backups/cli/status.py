@@ -36,6 +36,8 @@ class StoreStatus:
     last_drill: dict[str, Any] | None = None  # {at, passed, slot, rto_seconds, rto_target_seconds}
     next_slot: str | None = None  # key of the slot the schedule fills next
     next_slot_due: str | None = None  # when its window ends (the schedule's tick)
+    last_verified: str | None = None  # when the newest verified backup was last checked
+    verification_stale: bool = False  # that check is more than a day old: run `cb-backups verify`
 
 
 def register(sub: Subcommands) -> None:
@@ -79,6 +81,10 @@ def collect(settings: Any, names: list[str], now: datetime | None = None) -> lis
             captured = parse_iso(newest.manifest.captured_at)
             row.newest_verified, row.captured_at = newest.partition_key, newest.manifest.captured_at
             row.age_hours = round((now - captured) / timedelta(hours=1), 2)
+            record = catalog.verification_of(newest)
+            if record is not None:
+                row.last_verified = record.checked_at
+                row.verification_stale = now - parse_iso(record.checked_at) > timedelta(days=1)
         if row.configured:
             row.within_rpo = newest is not None and now - parse_iso(newest.manifest.captured_at) <= spec.rpo
             row.state = "ok" if row.within_rpo else ("no verified backup" if newest is None else "outside RPO")
@@ -165,6 +171,8 @@ def status_table(rows: list[StoreStatus]) -> Any:
         newest = r.newest_verified or "none"
         if r.age_hours is not None:
             newest += f"\n{r.age_hours:g} h old (RPO {r.rpo_hours:g} h)"
+        if r.verification_stale:
+            newest += "\n[yellow]checked over a day ago[/]"
         if r.last_failure is not None:
             newest += f"\n[yellow]last failure {r.last_failure['at']}[/]"
         drill = "drill: never"

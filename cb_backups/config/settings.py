@@ -102,6 +102,7 @@ class PostgresSettings:
     count_tables: tuple[str, ...] = ("memories", "apps", "users")
     migrations_query: str | None = None  # returns rows while a migration runs
     restore_jobs: int = field(default_factory=lambda: os.cpu_count() or 2)
+    dump_jobs: int = 1  # >= 2: pg_dump -Fd -j N (directory format); 1: one -Fc stream (faster on 2 cores, benchmarks/)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
 INT_RANGES: dict[str, tuple[int, int]] = {
     "port": (1, 65535),
     "restore_jobs": (1, 256),
+    "dump_jobs": (1, 64),
     "concurrency": (1, 64),
     "multipart_chunk_mb": (5, 5120),  # S3's part size limits: 5 MiB to 5 GiB
 }
@@ -369,7 +371,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             pg["dbname"] = parts.path.strip("/")
         if parts.password:
             pg["password"] = parts.password
-    for key, var in (("bin_dir", "CB_PG_BIN_DIR"), ("compression", "CB_POSTGRES_COMPRESSION")):
+    for key, var in (("bin_dir", "CB_PG_BIN_DIR"), ("compression", "CB_POSTGRES_COMPRESSION"),
+                     ("dump_jobs", "CB_POSTGRES_DUMP_JOBS")):
         if env.get(var):
             pg[key] = env[var]
     if pg:

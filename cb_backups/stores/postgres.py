@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -47,6 +48,7 @@ from cb_backups.core.model import (
     no_progress,
 )
 from cb_backups.core.net import wait_until
+from cb_backups.stores import pg_directory
 from cb_backups.stores.base import (
     DRILL,
     Scratch,
@@ -201,15 +203,42 @@ class PostgresStore:
             if vector:
                 versions["vector"] = vector[0]
             inventory = self._count(conn)
-            argv = [self._tool("pg_dump"), "-Fc", "-Z", str(self.compression.pg_dump_level),
-                    f"--snapshot={snapshot}", "-d", source]
-            record = self._stream_dump(argv, into / self.compression.file_name, progress)
+            jobs = self.settings.dump_jobs
+            if jobs >= 2:
+                records = self._directory_dump(snapshot, source, jobs, into, progress)
+                options: dict[str, Any] = {"format": "directory", "dump_jobs": jobs}
+            else:
+                argv = [self._tool("pg_dump"), "-Fc", "-Z", str(self.compression.pg_dump_level),
+                        f"--snapshot={snapshot}", "-d", source]
+                records = [self._stream_dump(argv, into / self.compression.file_name, progress)]
+                options = {"format": "custom"}
             conn.rollback()
         return BackupOutput(
-            files=[record], method="pg_dump", versions=versions, inventory=inventory,
-            options={"format": "custom", "compression": self.settings.compression, "dbname": self.settings.dbname},
+            files=records, method="pg_dump", versions=versions, inventory=inventory,
+            options={**options, "compression": self.settings.compression, "dbname": self.settings.dbname},
             markers={"wal_lsn": lsn, "snapshot": snapshot},
         )
+
+    def _directory_dump(self, snapshot: str, source: str, jobs: int, into: Path,
+                        progress: Progress) -> list[FileRecord]:
+        """`pg_dump -Fd -j N` in the exported snapshot, then each file through zstd + HashingWriter."""
+        folder = pg_directory.dump_folder(into)
+        argv = [self._tool("pg_dump"), "-Fd", "-j", str(jobs), "-Z", str(self.compression.pg_dump_level),
+                f"--snapshot={snapshot}", "-d", source, "-f", str(folder)]
+        progress(f"pg_dump -Fd -j {jobs}", 0, None)
+        try:
+            done = subprocess.run(argv, capture_output=True, env=self._env(), check=False)
+        except FileNotFoundError:
+            raise BackupFailed(self.name, f"tool not found: {argv[0]} (set CB_PG_BIN_DIR)") from None
+        if done.returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            tail = done.stderr.decode(errors="replace").strip()[-400:]
+            raise BackupFailed(self.name, f"pg_dump exited {done.returncode}: {tail}")
+        compressor = None
+        if self.compression.codec == "zstd":
+            params = self.compression.zstd_params()
+            compressor = lambda: zstandard.ZstdCompressor(compression_params=params)  # noqa: E731
+        return pg_directory.collect(folder, into, compressor, progress)
 
     def _stream_dump(self, argv: list[str], path: Path, progress: Progress) -> FileRecord:
         try:
@@ -248,6 +277,8 @@ class PostgresStore:
         A zstd dump is decompressed on the fly into pg_restore's stdin, which also proves
         every zstd frame decodes.
         """
+        if pg_directory.is_directory(artifact):
+            return self._verify_directory(artifact)
         path = dump_file(artifact)
         if not path.is_file():
             return Verification(False, [f"{path.name} missing"])
@@ -256,6 +287,19 @@ class PostgresStore:
         except zstandard.ZstdError as exc:
             return Verification(False, [f"{path.name}: zstd stream damaged: {exc}"])
         return _judge_toc(artifact, code, toc, err)
+
+    def _verify_directory(self, artifact: Artifact) -> Verification:
+        """A directory dump: `pg_restore --list` of its table of contents, and every zstd file decodes."""
+        try:
+            with pg_directory.toc_only(artifact) as folder:
+                done = subprocess.run([self._tool("pg_restore"), "--list", "-Fd", str(folder)],
+                                      capture_output=True, check=False)
+        except pg_directory.Damaged as exc:
+            return Verification(False, [str(exc)])
+        verdict = _judge_toc(artifact, done.returncode, done.stdout.decode(errors="replace"),
+                             done.stderr.decode(errors="replace"))
+        problems = verdict.problems + pg_directory.decodes(artifact)
+        return Verification(not problems, problems, verdict.details)
 
     def _pg_restore_list(self, path: Path) -> tuple[int, str, str]:
         argv = [self._tool("pg_restore"), "--list"]
@@ -301,6 +345,10 @@ class PostgresStore:
         and seeks straight to them), and `pg_restore --list` reads just that table of contents. Raises
         RestoreRefused before anything is restored.
         """
+        if pg_directory.is_directory(artifact):
+            with self._verified_directory(artifact) as folder:
+                yield folder
+            return
         problems = seal_problems(artifact)
         path = dump_file(artifact)
         try:
@@ -343,6 +391,24 @@ class PostgresStore:
             if not verdict.ok:
                 raise RestoreRefused(self.name, "; ".join(verdict.problems))
             yield plain
+
+    @contextmanager
+    def _verified_directory(self, artifact: Artifact) -> Iterator[Path]:
+        """A directory dump, every file hashed and decompressed in one read, its TOC listed."""
+        problems = seal_problems(artifact)
+        if problems:
+            raise RestoreRefused(self.name, "; ".join(problems))
+        try:
+            with pg_directory.verified_directory(artifact) as folder:
+                done = subprocess.run([self._tool("pg_restore"), "--list", "-Fd", str(folder)],
+                                      capture_output=True, check=False)
+                verdict = _judge_toc(artifact, done.returncode, done.stdout.decode(errors="replace"),
+                                     done.stderr.decode(errors="replace"))
+                if not verdict.ok:
+                    raise RestoreRefused(self.name, "; ".join(verdict.problems))
+                yield folder
+        except pg_directory.Damaged as exc:
+            raise RestoreRefused(self.name, str(exc)) from None
 
     # --- restore ---------------------------------------------------------------
     def server_version_num(self, conn: psycopg.Connection[Any]) -> int:
@@ -653,5 +719,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _last_backup_bytes(store_dir: Path) -> int | None:
-    sizes = [p.stat().st_size for p in store_dir.glob("*/postgres.dump*")] if store_dir.is_dir() else []
-    return max(sizes) if sizes else None
+    if not store_dir.is_dir():
+        return None
+    sizes = [sum(p.stat().st_size for p in d.glob(f"{pattern}*")) for d in store_dir.iterdir()
+             for pattern in ("postgres.dump", pg_directory.PREFIX)]
+    return max(sizes) or None if sizes else None
