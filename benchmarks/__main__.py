@@ -26,20 +26,28 @@ FIGURES: list[tuple[str, str, str, float]] = [
     ("full_system_restore", "Full system restore wall time / five stores restored one after another", "<=", 0.6),
     ("offsite_throughput", "Off-site copy throughput / raw boto3 upload_file", ">=", 0.9),
     ("pg_restore", "PostgreSQL restore / raw pg_restore --jobs N", "<=", 1.10),
+    ("pg_restore_runbook", "PostgreSQL restore / the runbook's restore commands", "<=", 1.0),
+    ("pg_parallel_dump", "PostgreSQL backup pg_dump -Fd -j N / default -Fc, wide database", "<=", 1.0),
+    ("pg_parallel_dump_narrow", "PostgreSQL backup pg_dump -Fd -j N / default -Fc, one large table", "<=", 1.0),
     ("peak_rss", "Peak RSS of backup + off-site copy: large / small artifact", "<=", 1.2),
     ("verify_throughput", "Verification throughput / sha256sum", ">=", 0.8),
     ("report", "Auditor report over ~4,400 slots (seconds)", "<=", 10.0),
     ("pitr_base_backup", "PITR base backup throughput: cb-backups / Barman streaming backup", ">=", 0.9),
     ("pitr_recover", "Time to recover to a point: cb-backups restore --to-time / Barman recover", "<=", 1.5),
     ("pitr_rpo", "RPO under steady inserts, cb-backups wal-receive running (seconds)", "<=", 60.0),
+    ("verify_subset", "Rotating deep off-site verification: days to find one flipped byte", "<=", 30.0),
+    ("encrypted_offsite", "Encrypted backup + off-site copy throughput / unencrypted", ">=", 0.9),
+    ("restic_offsite", "Encrypted off-site copy throughput: cb-backups / restic's first backup", ">=", 2.0),
 ]
 KEYS = [f[0] for f in FIGURES]
-NOT_QUICK = {"pitr_base_backup", "pitr_recover", "pitr_rpo"}  # need Barman and minutes: run without --quick
+NOT_QUICK = {"pitr_base_backup", "pitr_recover", "pitr_rpo",  # need Barman and minutes: run without --quick
+             "pg_parallel_dump", "pg_parallel_dump_narrow",  # a second data set; tests/test_postgres.py covers -Fd
+             "restic_offsite"}  # needs restic (apt-get install restic)
 QUICK_KEYS = [k for k in KEYS if k not in NOT_QUICK]
 
 
 def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]]:
-    from benchmarks import fullsys, offsite, pitr, postgres, report_bench
+    from benchmarks import encrypted, fullsys, offsite, pg_parallel, pitr, postgres, report_bench, verify_subset
 
     return [
         (["pg_dagster_overhead"], postgres.dagster_overhead),
@@ -47,13 +55,17 @@ def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]
         (["full_system"], fullsys.full_vs_sequential),
         (["full_system_restore"], fullsys.full_restore_vs_sequential),
         (["offsite_throughput"], offsite.offsite_throughput),
-        (["pg_restore"], postgres.restore),
+        (["pg_restore", "pg_restore_runbook"], postgres.restore),
+        (["pg_parallel_dump", "pg_parallel_dump_narrow"], pg_parallel.parallel_dump),
         (["peak_rss"], offsite.peak_memory),
         (["verify_throughput"], offsite.verification_throughput),
         (["report"], report_bench.report_figure),
         (["pitr_base_backup"], pitr.base_backup),
         (["pitr_recover"], pitr.recover),
         (["pitr_rpo"], pitr.rpo),
+        (["verify_subset"], verify_subset.verify_subset_figure),
+        (["encrypted_offsite"], encrypted.encrypted_offsite),
+        (["restic_offsite"], encrypted.restic_offsite),
     ]
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from cb_backups.core.catalog import Catalog
+from cb_backups.core.crypto import Encryption
 from cb_backups.core.fileio import CHUNK, HashingWriter
 from cb_backups.core.model import Artifact, BackupOutput, FileRecord
 
@@ -34,5 +35,7 @@ class RandomStore:
                             versions={}, inventory={"bytes": {FILE: out.bytes}})
 
 
-def make_artifact(root: Path, size: int, key: str = "2026-11-24") -> Artifact:
-    return Catalog(root).write(STORE, key, RandomStore(size).backup)
+def make_artifact(root: Path, size: int, key: str = "2026-11-24", recipients: tuple[str, ...] = ()) -> Artifact:
+    """`recipients`: encrypt to these age public keys while writing (one pass, as a real encrypted backup)."""
+    encryption = Encryption(default=True, recipients=recipients) if recipients else None
+    return Catalog(root, encryption=encryption).write(STORE, key, RandomStore(size).backup)

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--bucket", required=True)
+    parser.add_argument("--recipient", help="encrypt the backup to this age public key (benchmarks/encrypted.py)")
     args = parser.parse_args()
 
     from benchmarks.artifacts import make_artifact
@@ -36,7 +37,7 @@ def main() -> None:
     started = time.perf_counter()
     target = S3Target(S3Settings(bucket=args.bucket, endpoint_url=args.endpoint))
     baseline = vm_hwm_kib()  # interpreter + imports, before any byte of the artifact
-    artifact = make_artifact(Path(args.root), args.bytes)
+    artifact = make_artifact(Path(args.root), args.bytes, recipients=(args.recipient,) if args.recipient else ())
     after_backup = vm_hwm_kib()
     copy = upload_artifact(artifact, target, force=True)
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child's ru_maxrss starts at

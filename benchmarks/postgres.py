@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,9 @@ class _Counter:
         return len(data)
 
 
-def restore(bench: Bench) -> Figure:
-    """PostgresStore.restore(scratch) of the default artifact / raw pg_restore --jobs N into a fresh db."""
+def restore(bench: Bench) -> list[Figure]:
+    """PostgresStore.restore(scratch) of the default artifact / raw pg_restore --jobs N into a fresh db, and /
+    the runbook's restore (drop + create + `pg_restore -d db < dump` of its -Z 6 dump)."""
     from psycopg import sql
 
     from cb_backups.core.model import Target
@@ -170,8 +172,9 @@ def restore(bench: Bench) -> Figure:
 
     work = bench.scratch("pg-restore")
     artifact = _catalog_backup(bench, DEFAULT, work / "catalog")
-    plain = work / "plain.dump"
+    plain, z6 = work / "plain.dump", work / "z6.dump"
     _raw_dump(bench, 0, plain)  # the same content, uncompressed: what raw pg_restore --jobs can read
+    _raw_dump(bench, 6, z6)  # the runbook's backup
     jobs = os.cpu_count() or 2
     store = PostgresStore(bench.pg_settings(DEFAULT))
     counts: dict[str, Any] = {}
@@ -191,20 +194,42 @@ def restore(bench: Bench) -> Figure:
         run([bench.pg_tool("pg_restore"), "--jobs", str(jobs), "--exit-on-error", "-d", "bench_restore_b",
              str(plain)], env=bench.pg_env())
 
+    def runbook() -> None:
+        # the runbook's full restore script: DROP/CREATE DATABASE, then pg_restore reading the dump on stdin
+        # (its single-store procedure adds --jobs=4, which pg_restore refuses for stdin)
+        drop("bench_restore_c")
+        with bench.pg.connect("postgres") as conn:
+            conn.execute("CREATE DATABASE bench_restore_c")
+        with open(z6, "rb") as stdin:
+            done = subprocess.run([bench.pg_tool("pg_restore"), "-d", "bench_restore_c"], stdin=stdin,
+                                  capture_output=True, env=bench.pg_env(), check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"runbook pg_restore exited {done.returncode}: {done.stderr.decode()[-300:]}")
+
     def clean() -> None:
-        drop("bench_restore_a")
-        drop("bench_restore_b")
+        for name in ("bench_restore_a", "bench_restore_b", "bench_restore_c"):
+            drop(name)
 
     clean()
     pairs = paired(product, raw, bench.repeat, between=clean)
+    peer = paired(product, runbook, bench.repeat, between=clean)
     clean()
     expected = artifact.manifest.inventory.get("tables", {})
-    return Figure("pg_restore", "PostgreSQL restore (PostgresStore.restore, scratch) / raw pg_restore --jobs N",
+    vs_runbook = Figure("pg_restore_runbook", "PostgreSQL restore (PostgresStore.restore) / the runbook's restore "
+                        "commands", peer.ratio, "<=", 1.0, f"PostgresStore.restore of the {DEFAULT} artifact, "
+                        f"--jobs {jobs}", "DROP + CREATE DATABASE; pg_restore -d db < the -Z 6 dump (runbook)",
+                        peer.a_median, peer.b_median, len(peer.a),
+                        code_path="as pg_restore; the peer is the runbook's full restore script's PostgreSQL step",
+                        note="ours also verifies (sha256, TOC, versions), restores beside the target, counts and "
+                             "swaps by rename; the runbook's pg_restore reads stdin, so one job",
+                        details={"ratios": [round(r, 3) for r in peer.ratios]})
+    return [Figure("pg_restore", "PostgreSQL restore (PostgresStore.restore, scratch) / raw pg_restore --jobs N",
                   pairs.ratio, "<=", 1.10, f"PostgresStore.restore of the {DEFAULT} artifact, --jobs {jobs}",
                   f"createdb + pg_restore --jobs {jobs} of the same dump uncompressed", pairs.a_median,
                   pairs.b_median, len(pairs.a),
-                  code_path="verify (pg_restore --list through zstd) -> version/pgvector check -> zstd to a temp "
-                            "file -> pg_restore --jobs into <db>__incoming -> exact counts -> rename",
+                  code_path="one read: sha256 (own thread) + zstd to a temp file + data offsets -> offsets patched "
+                            "after the hash matched -> pg_restore --list of the TOC -> version/pgvector check -> "
+                            "pg_restore --jobs into <db>__incoming -> exact counts -> rename",
                   details={"counts_match": counts.get("product") == expected, "artifact_bytes":
                            artifact.manifest.total_bytes, "plain_dump_bytes": plain.stat().st_size,
-                           "ratios": [round(r, 3) for r in pairs.ratios]})
+                           "ratios": [round(r, 3) for r in pairs.ratios]}), vs_runbook]

@@ -37,10 +37,10 @@ class Browser:
         self.ws: ClientConnection | None = None
         self.next_id = 0
         try:
-            endpoint = self._wait(lambda: LISTENING.search(self.log.read_text(errors="replace")), timeout,
+            endpoint = self.until(lambda: LISTENING.search(self.log.read_text(errors="replace")), timeout,
                                   "Chromium's DevTools endpoint")
             port = int(endpoint.group(1).split(":")[2].split("/")[0])
-            pages = self._wait(lambda: [t for t in json.loads(urllib.request.urlopen(
+            pages = self.until(lambda: [t for t in json.loads(urllib.request.urlopen(
                 f"http://127.0.0.1:{port}/json/list", timeout=10).read()) if t["type"] == "page"], timeout,
                 "a page target")
             self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout)
@@ -50,7 +50,8 @@ class Browser:
             self.close()
             raise
 
-    def _wait(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    def until(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
+        """Poll a Python condition (e.g. the instance has the run) until truthy; its value."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

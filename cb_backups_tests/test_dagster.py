@@ -174,6 +174,9 @@ CHECK_KEYS = {
     "qdrant_backup:tamper_evidence", "opensearch_backup:tamper_evidence",  # defs/drills.py
     "valkey_offsite:offsite_complete", "neo4j_offsite:offsite_freshness", "opensearch_offsite:offsite_freshness",
     "postgres_offsite:offsite_freshness", "qdrant_offsite:offsite_freshness", "valkey_offsite:offsite_freshness",
+    *(f"{name}:offsite_deep_subset" for name in ("postgres_offsite", "valkey_offsite", "neo4j_offsite",
+                                                  "qdrant_offsite", "opensearch_offsite",
+                                                  "full_system_backup_offsite")),
     "postgres_wal:segments_present", "postgres_wal:sha256", "postgres_wal:continuity", "postgres_wal:waldump",
     "postgres_wal:rpo", "postgres_wal:slot_retained_wal", "postgres_base_backup:verifybackup",
     "postgres_base_backup:wal_continuous",
@@ -187,13 +190,13 @@ JOB_NAMES = {
     "qdrant_offsite_job", "qdrant_offsite_verify_job", "qdrant_verify_job", "restore_drills_job", "restore_neo4j",
     "restore_opensearch", "restore_postgres", "restore_qdrant", "restore_valkey", "retention_job",
     "valkey_backup_job", "valkey_offsite_job", "valkey_offsite_verify_job", "valkey_verify_job",
-    "offsite_freshness_job",
+    "offsite_freshness_job", "offsite_deep_subset_job",
     "postgres_wal_job", "postgres_base_backup_job", "postgres_wal_rpo_job", "postgres_wal_retention_job",
 }
 SCHEDULE_NAMES = {
     "audit_report_schedule", "freshness_checks_schedule", "full_system_backup_schedule", "neo4j_backup_schedule",
     "opensearch_backup_schedule", "postgres_backup_schedule", "qdrant_backup_schedule", "restore_drills_schedule",
-    "retention_schedule", "valkey_backup_schedule", "offsite_freshness_schedule",
+    "retention_schedule", "valkey_backup_schedule", "offsite_freshness_schedule", "offsite_deep_subset_schedule",
     "postgres_wal_schedule", "postgres_base_backup_schedule", "postgres_wal_rpo_schedule",
     "postgres_wal_retention_schedule",
 }
@@ -239,3 +242,26 @@ def test_dg_check_defs_passes_in_the_repository_root(tmp_path: Path) -> None:
                           env={**os.environ, "DAGSTER_HOME": str(tmp_path)})
     assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
     assert "All definitions loaded successfully." in done.stdout + done.stderr
+
+
+def test_every_asset_has_its_owner_and_kinds_and_idiomatic_metadata_types() -> None:
+    """Issue 17 item 10: owners and kinds on every asset (full system included), so the UI can filter by them."""
+    from cb_backups.defs.backups.assets import OWNER
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert OWNER in node.owners, key
+        assert {t for t in node.tags if t.startswith("dagster/kind/")}, key
+    assert {t.removeprefix("dagster/kind/") for t in graph.get(dg.AssetKey("full_system_backup")).tags
+            if t.startswith("dagster/kind/")} >= {"backup", "postgres", "valkey"}
+
+
+def test_progress_lines_carry_amount_rate_and_time_left() -> None:
+    from cb_backups.defs.progress import Meter, rate_text
+
+    assert rate_text(12 * 2**20, 48 * 2**20, 4.0) == "12.0 MiB of 48.0 MiB (25%), 3.0 MiB/s, 12s left"
+    assert rate_text(3, 5, 2.0) == "3 of 5 (60%), 1.5/s, 1s left"  # items, not bytes
+    assert rate_text(2**20, None, 0.0) == "1.0 MiB"
+    meter = Meter()
+    assert meter.text(0, 100 * 2**20).startswith("0 B of 100.0 MiB (0%)")

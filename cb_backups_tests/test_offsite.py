@@ -99,7 +99,8 @@ def test_copy_and_verify(artifact: Artifact, make_target: Callable[..., offsite.
     assert copy.bytes == 7 * MiB + 300 * 1024
     assert copy.sha256() == {f.name: f.sha256 for f in artifact.manifest.files}
     assert copy.seconds > 0 and copy.throughput_mib_s > 0
-    assert copy.checksum_algorithm == "SHA256"  # SeaweedFS supports additional checksums
+    # SeaweedFS supports additional checksums: SHA256 for single PUTs, CRC32 for the parts of db.dump
+    assert copy.checksum_algorithm == "SHA256, CRC32 (parts)"
     assert seen and seen[-1] == artifact.manifest.total_bytes + artifact.path(MANIFEST).stat().st_size
 
     client = s3_server.client()
@@ -111,6 +112,8 @@ def test_copy_and_verify(artifact: Artifact, make_target: Callable[..., offsite.
         assert head["StorageClass"] == "STANDARD_IA"
         if record.bytes < 5 * MiB:  # single PUT: the server's full-object SHA256 equals the manifest's
             assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(record.sha256)).decode()
+        else:  # multipart: each part was checked by the server against its CRC32
+            assert head.get("ChecksumCRC32") and not head.get("ChecksumSHA256")
     body = client.get_object(Bucket=s3_bucket, Key=target.key("postgres", PK, "db.dump"))["Body"].read()
     assert body == artifact.path("db.dump").read_bytes()
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads") in (None, [])

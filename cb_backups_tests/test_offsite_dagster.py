@@ -308,3 +308,33 @@ def test_definitions_wire_every_store_and_the_sensor_runs_when_s3_is_set(monkeyp
     stopped = build(SOURCES).sensors[0]
     assert stopped.default_status == dg.DefaultSensorStatus.STOPPED
     assert "CB_S3_BUCKET was not set" in (stopped.description or "")
+
+
+def test_rotating_deep_subset_finds_a_flipped_byte_and_records_coverage(offsite_env: dict[str, str],
+                                                                       s3_server: SeaweedS3) -> None:
+    from cb_backups.offsite.subset import SUBSET_CHECK
+
+    instance = dg.DagsterInstance.get()
+    keys = slots(2, skip_latest=1)
+    for key in keys:
+        assert run_job("valkey_backup_job", key, instance).success
+        assert run_job(VALKEY.job_name, key, instance).success
+    s3, client = target(), s3_server.client()
+    key = s3.key("valkey", keys[0], "dump.rdb")
+    head = client.head_object(Bucket=s3.bucket, Key=key)
+    body = bytearray(client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    client.put_object(Bucket=s3.bucket, Key=key, Body=bytes(body), Metadata=head["Metadata"])
+
+    job = defs.resolve_job_def("offsite_deep_subset_job")
+    seen: list[dg.AssetCheckEvaluation] = []
+    for _ in range(2):  # default fraction 0.05 of two objects: one a run, least recently read first
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        seen += [e for e in result.get_asset_check_evaluations()
+                 if e.asset_key == VALKEY.key and e.check_name == SUBSET_CHECK]
+    assert seen[0].metadata["objects_read"].value == 1  # not the whole history
+    failed = [e for e in seen if not e.passed]
+    assert failed and all(keys[0] in (e.description or "") and keys[1] not in (e.description or "") for e in failed)
+    assert "1 failing" in str(seen[-1].metadata["coverage"].value)  # the second run re-read it and the rest
+    assert seen[-1].metadata["never_read"].value == 1  # only the damaged one has never verified
+    assert Catalog(Path(offsite_env["CB_BACKUP_DIR"])).offsite_coverage("valkey").is_file()

@@ -171,3 +171,31 @@ def test_dump_jobs_out_of_range_names_the_value_and_the_range(value: str) -> Non
     with pytest.raises(ConfigError, match="1 to 64") as info:
         load_settings({"CB_POSTGRES_URL": "postgresql://u@127.0.0.1/db", "CB_POSTGRES_DUMP_JOBS": value})
     assert repr(value) in str(info.value) or value in str(info.value)
+
+
+def test_encrypted_directory_dump_restores_through_execute_restore(  # type: ignore[no-untyped-def]
+        cb_env: dict[str, str], backup_dir: Path, pg_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cb_backups.core.crypto import generate
+    from cb_backups.restore.execute import execute_restore
+    from cb_backups.restore.plan import plan_restore
+
+    identity, public = generate()
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(f"{identity}\n")
+    key_file.chmod(0o600)
+    monkeypatch.setenv("CB_AGE_RECIPIENTS", public)
+    monkeypatch.setenv("CB_AGE_IDENTITY_FILE", str(key_file))
+    monkeypatch.setenv("CB_POSTGRES_DUMP_JOBS", "2")
+    settings = load_settings()
+    artifact = settings.catalog().write("postgres", KEY, open_store("postgres", settings).backup)
+    assert artifact.manifest.files and all(f.name.startswith(pg_directory.PREFIX) and f.name.endswith(".age")
+                                           for f in artifact.manifest.files)
+    assert [p.name for p in artifact.directory.iterdir() if p.is_dir()] == []
+    result = execute_restore(plan_restore(settings, "postgres", KEY, target=Target("scratch", {
+        "dbname": "cb_dir_encrypted"})))
+    assert result.ok, result.problems
+    with pg_server.connect() as conn:
+        expected = table_counts(conn)
+    with pg_server.connect("cb_dir_encrypted") as conn:
+        assert table_counts(conn) == expected
+    PostgresStore(settings.store("postgres")).drop_database("cb_dir_encrypted")

@@ -334,6 +334,31 @@ def test_full_system_restore_from_a_full_system_backup(pg_db: str, pg_server: Em
     assert not refused.success and "set confirm to 'full_system'" in failure_text(refused)
 
 
+def test_full_system_restore_verifies_every_store_before_touching_any(pg_db: str, pg_server: EmbeddedPostgres,
+                                                                      valkey_server: EmbeddedValkey) -> None:
+    """The stores are prepared at once; one damaged part refuses the whole restore, PostgreSQL untouched."""
+    from cb_backups.core.model import no_progress
+    from cb_backups.full_system.backup import write_full_backup
+    from cb_backups.restore.execute import execute_full_restore
+
+    settings = load_settings()
+    catalog = Catalog(settings.backup_dir)
+    full = write_full_backup(catalog, "2026-11-22", ["postgres", "valkey"], lambda n: open_store(n, settings),
+                             lambda n: no_progress)
+    add_memories(pg_server, pg_db, 6)
+    flat = full.manifest.markers["stores"]["valkey"]["files"]["dump.rdb"]
+    path = full.path(flat)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(RestoreRefused, match="valkey"):
+        execute_full_restore(plan_full_restore(settings, "2026-11-22", target=Target("in_place")))
+    assert memories(pg_server, pg_db) == 56  # the live database kept its 6 newer rows: nothing was swapped in
+    with pg_server.connect("postgres") as conn:
+        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE %s", (f"{pg_db}__replaced%",)
+                                ).fetchone()
+
+
 def test_restore_from_offsite_after_the_local_copy_is_lost(offsite_env: dict[str, str]) -> None:
     """Scenario 2 of the runbook: the backup disk is gone; the copy in S3 is downloaded, verified, restored."""
     from cb_backups.offsite import s3 as offsite

@@ -8,7 +8,6 @@ then deletes it (and logs the deletion).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -81,7 +80,7 @@ def test_a_second_backup_keeps_the_first_until_its_replacement_is_safe(
     store = open_store("valkey", settings)
     third = catalog.write("valkey", key, lambda into: store.backup(into))
     copies = catalog.superseded("valkey", key)
-    assert [c.name for c in copies][0] == copy.name and len(copies) == 2
+    assert copies[0].name == copy.name and len(copies) == 2
     assert superseded_plan() == {c.name: "keep: its replacement has not verified yet" for c in copies}
     [outcome] = run_retention(settings, ["valkey"])
     assert len(catalog.superseded("valkey", key)) == 2 and not outcome.deleted

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from cb_backups.cli.args import Subcommands, add_json, store_names
 from cb_backups.cli.output import console, err_console, keep_whole, print_json, table
-from cb_backups.config.settings import Settings
 from cb_backups.core.errors import CbBackupsError
+
+if TYPE_CHECKING:  # settings are read by each command, after main() can turn bad settings into one line
+    from cb_backups.config.settings import Settings
 
 
 def register(sub: Subcommands) -> None:

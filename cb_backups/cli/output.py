@@ -18,9 +18,8 @@ from rich.progress import (
     Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 console = Console(stderr=False, highlight=False)
@@ -139,9 +138,12 @@ def progress_bars(enabled: bool = True) -> Iterator[None]:
     from cb_backups.defs import progress
 
     show = enabled and sys.stdout.isatty()
-    bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20), _AmountColumn(),
-                    _RateColumn(), TimeElapsedColumn(), console=console, transient=True, disable=not show,
-                    speed_estimate_period=10)
+    # the figures never wrap; the description takes what is left of the width (80 columns: ~25) and ends in …
+    bars = Progress(SpinnerColumn(), TextColumn("{task.description}", table_column=Column(
+                        ratio=1, no_wrap=True, overflow="ellipsis", min_width=12)),
+                    BarColumn(bar_width=12), _AmountColumn(table_column=Column(no_wrap=True)),
+                    _RateColumn(table_column=Column(no_wrap=True)), console=console, transient=True,
+                    disable=not show, speed_estimate_period=10, expand=True)
     tasks: dict[str, TaskID] = {}
 
     def listener(message: str, done: int, total: int | None) -> None:

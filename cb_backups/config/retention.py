@@ -169,6 +169,37 @@ def object_lock_from_config(value: Any, policies: RetentionPolicies) -> ObjectLo
                                    for store in POLICY_NAMES})
 
 
+# --- off-site copies: deep verification in rotating subsets (`offsite.verify_subset`) -------
+
+
+@dataclass(frozen=True)
+class VerifySubset:
+    """Each run re-reads at least `fraction` of a store's off-site bytes, least recently read first, and
+    every object at least once per `period_days` (cb_backups.offsite.subset).
+
+    offsite:
+      verify_subset: {fraction: 0.05, period_days: 30}
+    """
+
+    fraction: float = 0.05
+    period_days: int = 30
+
+
+def verify_subset_from_config(value: Any) -> VerifySubset:
+    if not isinstance(value, Mapping):
+        raise ConfigError("offsite.verify_subset", value, "a mapping such as {fraction: 0.05, period_days: 30}")
+    unknown = sorted(str(k) for k in value if k not in ("fraction", "period_days"))
+    if unknown:
+        raise ConfigError("setting in 'offsite.verify_subset'", unknown[0], "fraction, period_days")
+    fraction = value.get("fraction", 0.05)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise ConfigError("offsite.verify_subset.fraction", fraction, "a number above 0 and at most 1, e.g. 0.05")
+    days = value.get("period_days", 30)
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ConfigError("offsite.verify_subset.period_days", days, "a whole number of days >= 1")
+    return VerifySubset(float(fraction), days)
+
+
 # --- off-site copies: retries, notification, RPO lag (the `offsite:` section) -----------
 
 
@@ -183,6 +214,7 @@ class OffsitePolicy:
       sensor_interval_seconds: 30  # how often offsite_automation_sensor looks for slots to copy
       deep_verify: false
       object_lock: {mode: COMPLIANCE, days_beyond_retention: 7}   # see ObjectLock
+      verify_subset: {fraction: 0.05, period_days: 30}             # see VerifySubset
     """
 
     retry_minutes: tuple[float, ...] = (5.0, 15.0, 60.0)
@@ -191,6 +223,7 @@ class OffsitePolicy:
     sensor_interval_seconds: int = 30
     deep_verify: bool = False
     object_lock: ObjectLock | None = None
+    verify_subset: VerifySubset = field(default_factory=VerifySubset)
 
     def retry_wait_seconds(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th consecutive failure (>= 1) before the next attempt."""
@@ -237,4 +270,6 @@ def offsite_from_config(raw: Mapping[str, Any] | None) -> OffsitePolicy:
         values["deep_verify"] = section["deep_verify"]
     if section.get("object_lock") is not None:
         values["object_lock"] = object_lock_from_config(section["object_lock"], policies_from_config(raw))
+    if section.get("verify_subset") is not None:
+        values["verify_subset"] = verify_subset_from_config(section["verify_subset"])
     return OffsitePolicy(**values)

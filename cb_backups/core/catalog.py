@@ -240,6 +240,10 @@ class Catalog:
         _check_name("partition key", key)
         return self.root / "_offsite" / self.store_dir(store).name / f"{key}.json"
 
+    def offsite_coverage(self, store: str) -> Path:
+        """When each off-site object of `store` was last re-read and hashed (cb_backups.offsite.subset)."""
+        return self.root / "_offsite" / "_coverage" / f"{self.store_dir(store).name}.json"
+
     def restore_journal(self, store: str) -> Path:
         """Where an in-place restore of `store` notes what it holds (writes stopped, data moved aside) while it
         runs, so a later process can put the store back in service if it was killed (restore.recovery)."""

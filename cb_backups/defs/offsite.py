@@ -55,6 +55,7 @@ from cb_backups.defs.notifications import offsite_missing_payload, post, webhook
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.offsite import s3 as offsite
+from cb_backups.offsite import subset as offsite_subset
 from cb_backups.offsite import versions as offsite_versions
 from cb_backups.offsite.state import OFFSITE_FRESHNESS_CHECK as FRESHNESS
 from cb_backups.offsite.state import VERIFIED, Attempt, decide_copy, offsite_state
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
 GROUP = "offsite"
 DEEP_ENV = "CB_OFFSITE_DEEP_VERIFY"
 FRESHNESS_CRON = "20 * * * *"  # hourly, after the backup freshness checks (:15)
+SUBSET_CRON = "40 4 * * *"  # daily, after the night's backups and copies (offsite_subset.RUN_INTERVAL)
 MANIFEST_TAG = "cb/manifest_sha256"  # the manifest a copy run copies
 ATTEMPT_TAG = "cb/offsite_attempt"  # 1 for the first try of a manifest, 2 for the first retry...
 FORCE_TAG = "cb/offsite_force"  # re-send every object (the remote copy failed its check)
@@ -495,6 +497,44 @@ def freshness_check(spec: StoreSpec, src: OffsiteSource) -> dg.AssetChecksDefini
     return _freshness
 
 
+def run_subset(settings: Settings, store: str) -> tuple[offsite_subset.SubsetRun, dict[str, Any]]:
+    """This run's rotating deep verification of `store`'s off-site copies: the local slots, and the slots
+    only S3 still holds (checked against their own manifests); (run, coverage summary)."""
+    target = offsite_target(settings, f"the {store} off-site copies")
+    catalog = settings.catalog()
+    policy = offsite_policy(settings).verify_subset
+    local = catalog.list(store)
+    with tempfile.TemporaryDirectory(prefix="cb-subset-") as tmp:
+        remote_only = [a for key in sorted(set(offsite.list_offsite(store, target)) - {a.partition_key for a in local})
+                       if (a := remote_artifact(target, store, key, Path(tmp) / key)) is not None]
+        run = offsite_subset.verify_subset(
+            store, [*local, *remote_only], target, catalog, policy,
+            versions=lambda a: offsite_versions.load(catalog, store, a.partition_key))
+    return run, offsite_subset.coverage(catalog, store, policy)
+
+
+def subset_check(src: OffsiteSource) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=src.key, name=offsite_subset.SUBSET_CHECK,
+                    description=f"Re-reads and hashes this run's rotating subset of {src.store}'s off-site objects "
+                                "(offsite.verify_subset: a fraction a run, every object once per period).")
+    def _subset(context: dg.AssetCheckExecutionContext, backups: BackupsResource) -> dg.AssetCheckResult:
+        try:
+            run, summary = run_subset(backups.settings(), src.store)
+        except (CbBackupsError, dg.Failure) as exc:
+            return dg.AssetCheckResult(passed=False, description=getattr(exc, "description", None) or str(exc))
+        meta: dict[str, Any] = {k: v for k, v in summary.items() if isinstance(v, int | float)}
+        meta.update(objects_read=run.objects_read, bytes_read=run.bytes_read, objects=run.objects, bytes=run.bytes,
+                    coverage=offsite_subset.describe(summary))
+        if not run.ok:
+            context.log.warning(f"{src.store}: {offsite_subset.SUBSET_CHECK} failed: " + "; ".join(run.problems))
+        return dg.AssetCheckResult(passed=run.ok, metadata=meta, severity=dg.AssetCheckSeverity.ERROR,
+                                   description="; ".join(run.problems) if run.problems else
+                                   f"{run.objects_read} of {run.objects} object(s) re-read ({run.bytes_read} bytes); "
+                                   f"coverage {offsite_subset.describe(summary)}")
+
+    return _subset
+
+
 def freshness_job(sources: Sequence[OffsiteSource]) -> "UnresolvedAssetJobDefinition":
     return dg.define_asset_job("offsite_freshness_job",
                                selection=dg.AssetSelection.checks(*[dg.AssetCheckKey(s.key, FRESHNESS)
@@ -507,13 +547,21 @@ def build(sources: Sequence[OffsiteSource]) -> dg.Definitions:
     by_store = {s.store: s for s in sources}
     rpo = [(spec, by_store[spec.name]) for spec in STORES if spec.name in by_store]
     fresh_job = freshness_job([src for _, src in rpo])
+    deep_job = dg.define_asset_job("offsite_deep_subset_job", selection=dg.AssetSelection.checks(
+        *[dg.AssetCheckKey(s.key, offsite_subset.SUBSET_CHECK) for s in sources]),
+        description="Re-read this run's rotating subset of every store's off-site objects.")
     return dg.Definitions(
         assets=[offsite_asset(s) for s in sources],
-        asset_checks=[*(offsite_checks(s) for s in sources), *(freshness_check(spec, src) for spec, src in rpo)],
-        jobs=[*jobs, *(offsite_verify_job(s) for s in sources), fresh_job],
+        asset_checks=[*(offsite_checks(s) for s in sources), *(freshness_check(spec, src) for spec, src in rpo),
+                      *(subset_check(s) for s in sources)],
+        jobs=[*jobs, *(offsite_verify_job(s) for s in sources), fresh_job, deep_job],
         schedules=[dg.ScheduleDefinition(name="offsite_freshness_schedule", job=fresh_job,
                                          cron_schedule=FRESHNESS_CRON, execution_timezone=TIMEZONE,
-                                         default_status=dg.DefaultScheduleStatus.RUNNING)],
+                                         default_status=dg.DefaultScheduleStatus.RUNNING),
+                   dg.ScheduleDefinition(name="offsite_deep_subset_schedule", job=deep_job,
+                                         cron_schedule=SUBSET_CRON, execution_timezone=TIMEZONE,
+                                         default_status=dg.DefaultScheduleStatus.RUNNING
+                                         if s3_configured_at_load() else dg.DefaultScheduleStatus.STOPPED)],
         sensors=[copy_sensor(sources, jobs)],
     )
 

@@ -16,6 +16,7 @@ from cb_backups.report.render import write_all
     partitions_def=weekly_sunday_0100,
     group_name="audit",
     kinds={"html"},
+    owners=["team:platform"],
     deps=[spec.asset_key for spec in STORES],
     description="Auditor report for one week (Sunday 01:00 to Sunday 01:00): every expected slot of every store "
                 "with its checks, off-site copy, restore drill and retention fate; RPO/RTO compliance.",

@@ -14,6 +14,7 @@ import dagster as dg
 
 from cb_backups.core.errors import CbBackupsError
 from cb_backups.core.partitions import DAILY_FMT, PARTITIONS_START, SIX_HOURLY_FMT, TIMEZONE, slots
+from cb_backups.defs.liveness import writer_tags
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
 from cb_backups.restore.pitr import pitr_settings
@@ -53,6 +54,7 @@ def _result(key: dg.AssetKey, outcome: Outcome, warn: bool = False) -> dg.AssetC
 
 
 @dg.asset(name=WAL_STORE, partitions_def=WAL_PARTITIONS, group_name="backups", kinds={"postgres"},
+          owners=["team:platform"],
           description="PostgreSQL WAL segments completed in one hour, archived by `cb-backups wal-receive` "
                       "(point-in-time recovery).", tags={"store": STORE})
 def postgres_wal(context: dg.AssetExecutionContext, backups: BackupsResource) -> dg.MaterializeResult:
@@ -107,6 +109,7 @@ def postgres_wal_retained(backups: BackupsResource) -> dg.AssetCheckResult:
 
 
 @dg.asset(name=basebackup.BASE_STORE, partitions_def=BASE_PARTITIONS, group_name="backups", kinds={"postgres"},
+          owners=["team:platform"],
           pool=f"store_{STORE}", tags={"store": STORE},
           description="PostgreSQL base backup (pg_basebackup, tar + backup manifest, zstd) for point-in-time "
                       "recovery; the six-hourly logical dumps stay beside it.")
@@ -151,7 +154,8 @@ wal_job = dg.define_asset_job("postgres_wal_job", selection=dg.AssetSelection.as
                               partitions_def=WAL_PARTITIONS, tags={"store": STORE},
                               description="Record and check the WAL segments completed in one hour.")
 base_backup_job = dg.define_asset_job("postgres_base_backup_job", selection=dg.AssetSelection.assets(BASE_KEY),
-                                      partitions_def=BASE_PARTITIONS, tags={"store": STORE},
+                                      partitions_def=BASE_PARTITIONS,
+                                      tags={"store": STORE, **writer_tags([STORE])},  # reads the live server
                                       description="Take a PostgreSQL base backup and verify it.")
 rpo_job = dg.define_asset_job("postgres_wal_rpo_job", selection=dg.AssetSelection.checks(
     dg.AssetCheckKey(WAL_KEY, RPO_CHECK), dg.AssetCheckKey(WAL_KEY, RETAINED_CHECK)),

@@ -175,3 +175,18 @@ def load_qdrant(client: Any, collection: str = "memories_v1", alias: str | None 
         client.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(
             create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias))])
     return len(points)
+
+
+def add_wide_tables(conn: Any, copies: int) -> dict[str, int]:
+    """A wide database for the parallel-dump benchmark: `copies` more tables shaped like memories
+    (`memories_wide_<i>`), each a server-side copy of memories with new ids. Returns rows per table."""
+    rows: dict[str, int] = {}
+    for i in range(1, copies + 1):
+        table = f"memories_wide_{i}"
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (LIKE memories INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
+        rows[table] = conn.execute(f"INSERT INTO {table} SELECT gen_random_uuid(), user_id, app_id, content, "
+                                   "metadata, embedding, created_at FROM memories").rowcount
+    conn.execute("ANALYZE")
+    return rows

@@ -141,19 +141,22 @@ class Version:
 
 def versions(target: S3Target, prefix: str) -> list[Version]:
     """Every version and delete marker under `prefix`, oldest first per key."""
-    found: list[Version] = []
+    found: list[tuple[int, Version]] = []  # with the listing position: S3 lists each key's versions newest first
     try:
         for page in target.client.get_paginator("list_object_versions").paginate(Bucket=target.bucket,
                                                                                   Prefix=prefix):
             for marker, rows in ((False, page.get("Versions") or []), (True, page.get("DeleteMarkers") or [])):
-                found += [Version(r["Key"], r["VersionId"], bool(r.get("IsLatest")), marker, r.get("LastModified"))
-                          for r in rows]
+                found += [(len(found) + i, Version(r["Key"], r["VersionId"], bool(r.get("IsLatest")), marker,
+                                                   r.get("LastModified"))) for i, r in enumerate(rows)]
     except CbBackupsError:
         raise
     except Exception as exc:
         raise target.error("listing the versions under", target.url(prefix), exc) from None
     epoch = datetime.min.replace(tzinfo=UTC)
-    return sorted(found, key=lambda v: (v.key, v.modified or epoch))
+    # LastModified has whole seconds: an overwrite within the second of the upload ties with it, so ties go by
+    # IsLatest, then by the listing order (later listed = older), never by chance
+    ordered = sorted(found, key=lambda p: (p[1].key, p[1].modified or epoch, p[1].latest, -p[0]))
+    return [v for _, v in ordered]
 
 
 def latest_version(target: S3Target, key: str) -> str | None:

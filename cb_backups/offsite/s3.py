@@ -105,6 +105,7 @@ from cb_backups.stores.s3client import not_found as _not_found
 log = logging.getLogger(__name__)
 
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
+MULTIPART_CHECKSUM = "CRC32"  # per part of a multipart upload (see part_checksum)
 _CHECKSUM_REFUSALS = {"NotImplemented", "InvalidRequest", "InvalidArgument", "BadRequest", "InvalidChecksum"}
 
 
@@ -295,12 +296,19 @@ def upload_artifact(artifact: Artifact, target: S3Target, progress: Progress = n
     seconds = time.monotonic() - started
     versions = {f.key: f.version_id for f in (*uploaded, sent_manifest) if f.version_id} | blob_versions
     copy = OffsiteCopy(store, pk, target.bucket, uploaded, manifest_key, round(seconds, 3),
-                       target.checksum_algorithm if target.checksums_supported else None, extra=blob_stats,
+                       _algorithms(target, uploaded) if target.checksums_supported else None, extra=blob_stats,
                        versions=versions, locked_until=until.isoformat(timespec="seconds") if until else None)
     copy.extra["bytes_uploaded"] = copy.bytes + manifest_bytes + blob_stats.get("blob_bytes_uploaded", 0)
     log.info("s3: copied %s %s (%d bytes) to %s in %.1fs (%.1f MiB/s)", store, pk, copy.bytes,
              target.url(target.key(store, pk, "")), seconds, copy.throughput_mib_s)
     return copy
+
+
+def _algorithms(target: S3Target, files: list[RemoteFile]) -> str | None:
+    """The additional checksums the files were sent with, e.g. "SHA256" or "SHA256, CRC32 (parts)"."""
+    used = {part_checksum(target, f.bytes) for f in files} | {part_checksum(target, 0)}
+    ordered = sorted((a for a in used if a), key=lambda a: (a != target.checksum_algorithm, a))
+    return ", ".join(a if a == target.checksum_algorithm else f"{a} (parts)" for a in ordered) or None
 
 
 def _blob_lists(artifact: Artifact) -> list[tuple[str, BlobList]]:
@@ -376,15 +384,30 @@ class _Counter:
         self.progress(self.label, done, self.total)
 
 
-def _extra_args(target: S3Target, sha256: str, checksums: bool, locking: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+def part_checksum(target: S3Target, size: int) -> str | None:
+    """The additional checksum a file of `size` bytes is sent with: the configured one (SHA256) for a
+    single PutObject, whose full-object checksum the server verifies against the manifest's sha256; CRC32
+    for each part of a multipart upload. A part's SHA256 is a second SHA256 pass over every byte on both
+    sides and its composite can never be compared with the manifest (the profile of issue 19: 0.79 of
+    boto3 with SHA256 parts, >= 0.9 with CRC32 ones, boto3's own default); the whole file's sha256 is
+    already checked in the one read before the upload may complete."""
+    if not target.checksum_algorithm:
+        return None
+    if size >= target.transfer_config.multipart_threshold and target.checksum_algorithm == "SHA256":
+        return MULTIPART_CHECKSUM
+    return target.checksum_algorithm
+
+
+def _extra_args(target: S3Target, sha256: str, checksums: bool, locking: dict[str, Any] | None = None,
+                size: int = 0) -> dict[str, Any]:
     extra: dict[str, Any] = {"Metadata": {SHA256_METADATA: sha256}, **(locking or {})}
     if target.settings.storage_class:
         extra["StorageClass"] = target.settings.storage_class
     if target.settings.sse:
         extra["ServerSideEncryption"] = target.settings.sse
-    if checksums and target.checksum_algorithm:
-        extra["ChecksumAlgorithm"] = target.checksum_algorithm
+    algorithm = part_checksum(target, size) if checksums else None
+    if algorithm:
+        extra["ChecksumAlgorithm"] = algorithm
     return extra
 
 
@@ -407,7 +430,7 @@ def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, 
                 reader = VerifyingReader(path, size, sha256, store)
                 try:
                     client.upload_fileobj(reader, target.bucket, key,
-                                          ExtraArgs=_extra_args(target, sha256, checksums, locking),
+                                          ExtraArgs=_extra_args(target, sha256, checksums, locking, size),
                                           Config=target.transfer_config, Callback=sent)
                 except Exception as exc:
                     abort_incomplete_uploads(target, key, exact=True, quiet=True)
@@ -630,6 +653,45 @@ def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: di
                                 f"{digest.hexdigest()[:12]}…) differs from the manifest ({blob.bytes} bytes, "
                                 f"{sha[:12]}…)")
     return problems
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One object of a slot's off-site copy with what its content must be (for the rotating deep check)."""
+
+    key: str
+    version_id: str | None  # the version recorded at upload; None: the latest
+    bytes: int
+    sha256: str
+    what: str  # "<partition> <file>" for messages
+
+
+def slot_objects(artifact: Artifact, target: S3Target, versions: Mapping[str, str] | None = None
+                 ) -> list[RemoteObject]:
+    """Every object of the slot's off-site copy but its manifest (small, read by every shallow check):
+    the files, then the repository files it lists (when the list is on the local disk)."""
+    store, pk, recorded = artifact.store, artifact.partition_key, dict(versions or {})
+    found = []
+    for record in artifact.manifest.files:
+        key = target.key(store, pk, record.name)
+        found.append(RemoteObject(key, recorded.get(key), record.bytes, record.sha256, f"{pk} {record.name}"))
+    try:
+        distinct = _distinct(artifact) or {}
+    except VerificationFailed:
+        distinct = {}  # the list is not on this disk (the slot came from S3): its files are not covered here
+    for sha, (blob, _) in distinct.items():
+        key = target.blob_key(store, sha)
+        found.append(RemoteObject(key, recorded.get(key), blob.bytes, sha, f"{pk} repository file {blob.path}"))
+    return found
+
+
+def read_sha256(target: S3Target, key: str, version_id: str | None = None) -> tuple[str, int]:
+    """(sha256, bytes) of an object's content, streamed; OffsiteError when it is missing or unreadable."""
+    digest, size = hashlib.sha256(), 0
+    for block in _stream(target, key, version_id):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
 
 
 # --- download (restore from off-site) ---------------------------------------------------

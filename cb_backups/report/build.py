@@ -36,6 +36,9 @@ from cb_backups.core.fileio import sha256_file
 from cb_backups.core.partitions import TIMEZONE
 from cb_backups.core.specs import STORES, StoreSpec, spec_for
 from cb_backups.offsite.state import OFFSITE_FRESHNESS_CHECK, STALE, VERIFIED, Seen, offsite_state
+from cb_backups.offsite.subset import SUBSET_CHECK
+from cb_backups.offsite.subset import coverage as deep_coverage
+from cb_backups.offsite.subset import describe as describe_coverage
 from cb_backups.report import history
 from cb_backups.retention.apply import read_deletions
 
@@ -103,6 +106,7 @@ class StoreSummary:
     offsite_age_hours: float | None = None  # its age at the end of the period (or now)
     offsite_limit_hours: float = 0.0  # RPO + offsite.rpo_lag_hours
     offsite_rpo_ok: bool | None = None
+    offsite_deep_coverage: str = ""  # off-site bytes re-read within the period (offsite/subset.py)
     drills: int = 0
     drills_passed: int = 0
     measured_rto_minutes: float | None = None  # the slowest drill in the period
@@ -227,11 +231,16 @@ def offsite_seen(instance: dg.DagsterInstance, offsite_key: dg.AssetKey, check_k
             seen_checks(instance, check_key, since, details))
 
 
+TAMPER_CHECK = "tamper_evidence"  # beside each drill (defs/drills.py TAMPER_CHECK; test_report pins them equal)
+
+
 def store_checks(spec: StoreSpec) -> list[dg.AssetCheckKey]:
     """Every asset check on a store's slots, sorted: the post-backup checks, freshness and the restore drill on
     `<store>_backup`, the off-site checks on `<store>_offsite` (test_report: the definitions build exactly these)."""
-    keys = [dg.AssetCheckKey(spec.asset_key, name) for name in (*SLOT_CHECKS, FRESHNESS_CHECK, DRILL_CHECK)]
-    keys += [dg.AssetCheckKey(spec.offsite_key, name) for name in (OFFSITE_CHECK, OFFSITE_FRESHNESS_CHECK)]
+    keys = [dg.AssetCheckKey(spec.asset_key, name)
+            for name in (*SLOT_CHECKS, FRESHNESS_CHECK, DRILL_CHECK, TAMPER_CHECK)]
+    keys += [dg.AssetCheckKey(spec.offsite_key, name) for name in (OFFSITE_CHECK, OFFSITE_FRESHNESS_CHECK,
+                                                                   SUBSET_CHECK)]
     return sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name))
 
 
@@ -339,6 +348,7 @@ def build_report(instance: dg.DagsterInstance, backup_dir: Path, start: datetime
         on_disk = {a.partition_key: a for a in catalog.list(spec.name)}
         summary = StoreSummary(spec.name, spec.title, spec.rpo / timedelta(hours=1), spec.rto / timedelta(minutes=1),
                                configured=configured is None or spec.name in configured)
+        summary.offsite_deep_coverage = describe_coverage(deep_coverage(catalog, spec.name))
         latest: dict[tuple[str, str], history.CheckRun] = {}
         for key in store_checks(spec):
             label = check_label(spec, key)

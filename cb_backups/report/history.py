@@ -48,6 +48,10 @@ def version_guard(version: str | None = None) -> bool:
 
 def plain(value: Any) -> Any:
     """A MetadataValue (or raw value) as plain JSON-able data."""
+    if isinstance(value, dg.TableMetadataValue):  # e.g. a backup's inventory: its rows as plain dicts
+        return [plain(dict(r.data)) for r in value.records]
+    if isinstance(value, dg.TableRecord):
+        return plain(dict(value.data))
     raw = getattr(value, "value", value)
     if isinstance(raw, (str, int, float, bool)) or raw is None:
         return raw

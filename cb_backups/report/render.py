@@ -290,8 +290,8 @@ def to_html(report: Report) -> str:
         out.append(f'<p class="warn">warning: {esc(warning)}</p>')
     out.append("<h2>Summary</h2>")
     heads = ["store", "slots", "verified", "failed", "unverified", "missed", "RPO", "RPO compliance",
-             "longest gap", "failed checks", "failed runs", "off-site RPO", "failed off-site runs", "drills passed",
-             "measured RTO", "RTO target", "RTO met"]
+             "longest gap", "failed checks", "failed runs", "off-site RPO", "failed off-site runs",
+             "off-site deep re-read", "drills passed", "measured RTO", "RTO target", "RTO met"]
     out.append(_table(heads))
     for s in report.stores:
         compliance_cls = "ok" if s.rpo_compliance == 1 else ("bad" if s.rpo_compliance is not None else "muted")
@@ -308,6 +308,7 @@ def to_html(report: Report) -> str:
             _cell(s.failed_check_evaluations, "bad" if s.failed_check_evaluations else ""),
             _cell(s.failed_runs, "bad" if s.failed_runs else ""), _offsite_rpo_cell(s),
             _cell(s.offsite_failed_runs, "bad" if s.offsite_failed_runs else ""),
+            _cell(s.offsite_deep_coverage, "bad" if "failing" in s.offsite_deep_coverage else ""),
             _cell(f"{s.drills_passed}/{s.drills}"),
             _cell("no drill" if s.measured_rto_minutes is None else f"{s.measured_rto_minutes:g} min", rto_cls),
             _cell(f"{s.rto_target_minutes:g} min"),

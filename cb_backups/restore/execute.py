@@ -126,7 +126,7 @@ def execute_restore(plan: RestorePlan, progress: Progress = no_progress) -> Rest
 
 
 def execute_full_restore(full: FullRestorePlan, progress: Progress = no_progress) -> FullRestoreResult:
-    """Prepare (resolve + verify + version-check) every store first; then restore them all at once.
+    """Prepare (resolve + verify + version-check) every store at once; then restore them all at once.
 
     Nothing is restored unless every store's backup verified. The five stores share no data, so each
     restores in its own thread (the caller holds every store's pool: nothing else writes to them); each
@@ -143,7 +143,7 @@ def execute_full_restore(full: FullRestorePlan, progress: Progress = no_progress
 
     with contextlib.ExitStack() as stack:
         cache: dict[str, Artifact] = {}
-        prepared = [_prepare(plan, said, stack, cache) for plan in full.plans]
+        prepared = _prepare_all(full.plans, said, stack, cache)
         results: dict[str, RestoreResult] = {}
         failed: dict[str, str] = {}
 
@@ -164,6 +164,45 @@ def execute_full_restore(full: FullRestorePlan, progress: Progress = no_progress
                 future.result()  # re-raises what is not a CbBackupsError (a bug), after all finished
         ordered = [results[p.plan.store] for p in prepared if p.plan.store in results]
         return FullRestoreResult(ordered, failed, time.monotonic() - started)
+
+
+def _prepare_all(plans: list[RestorePlan], progress: Progress, stack: contextlib.ExitStack,
+                 cache: dict[str, Artifact]) -> list[_Prepared]:
+    """Every store prepared (sha256 + the store's own check + versions) at once, each in its own thread.
+    PostgreSQL's staging (pg_restore beside the target + counts) is left to its restore thread, where it
+    overlaps the other stores' restores: the longest step of a full restore no longer holds the others.
+
+    The first resolves the shared full system backup (download, decryption) alone, so it happens once;
+    the others only read it. Each thread has its own ExitStack, entered into `stack` afterwards (what it
+    holds is released with the rest). Only after EVERY preparation finished is a failure raised (the
+    first in plan order), so no store is touched unless all verified."""
+    if not plans:
+        return []
+    first = _prepare(plans[0], progress, stack, cache, stage_now=False)
+
+    def one(plan: RestorePlan) -> tuple[_Prepared, contextlib.ExitStack]:
+        own = contextlib.ExitStack()
+        try:
+            return _prepare(plan, progress, own, cache, stage_now=False), own
+        except BaseException:
+            own.close()
+            raise
+
+    prepared = [first]
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(1, len(plans) - 1), thread_name_prefix="prepare") as pool:
+        futures = [pool.submit(one, plan) for plan in plans[1:]]
+        for future in futures:
+            try:
+                item, own = future.result()
+            except BaseException as exc:  # re-raised below, once every thread finished
+                error = error or exc
+                continue
+            stack.enter_context(own)
+            prepared.append(item)
+    if error is not None:
+        raise error
+    return prepared
 
 
 def verify_artifact(store: Store, artifact: Artifact, plain: Plaintexts | None = None) -> Verification:
@@ -263,13 +302,13 @@ def staging_check(store: Store, artifact: Artifact, plan: RestorePlan, plain: Pl
 
 
 def _prepare(plan: RestorePlan, progress: Progress, stack: contextlib.ExitStack,
-             cache: dict[str, Artifact]) -> _Prepared:
+             cache: dict[str, Artifact], stage_now: bool = True) -> _Prepared:
     store = open_store(plan.store, plan.settings)
     skipped: list[str] = []
     notes: list[str] = []
     plain = Plaintexts(plan.settings.catalog(), stack)
     if plan.backup.startswith(FULL_PREFIX):
-        full, artifact = _resolve_full(plan, store, progress, stack, cache, plain)
+        full, artifact = _resolve_full(plan, store, progress, stack, cache, plain, stage_now)
         origin = f"{full.directory} ({plan.store} part)"
     else:
         artifact = _resolve(plan, store, progress, stack, skipped, plain)
@@ -283,7 +322,8 @@ def _prepare(plan: RestorePlan, progress: Progress, stack: contextlib.ExitStack,
     if problems:
         raise RestoreRefused(plan.store, f"{artifact.partition_key} is not compatible with the target: "
                                          + "; ".join(problems))
-    return _Prepared(plan, store, artifact, skipped, notes, origin, staged=stage_verifies(store))
+    staged_now = stage_verifies(store) and (stage_now or not plan.backup.startswith(FULL_PREFIX))
+    return _Prepared(plan, store, artifact, skipped, notes, origin, staged=staged_now)
 
 
 def _apply(prepared: _Prepared, progress: Progress, started: float) -> RestoreResult:
@@ -470,8 +510,11 @@ def _resolve_offsite(plan: RestorePlan, store: Store, progress: Progress, stack:
 
 
 def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: contextlib.ExitStack,
-                  cache: dict[str, Artifact], plain: Plaintexts) -> tuple[Artifact, Artifact]:
-    """(the full system backup, this store's part of it as its own verified Artifact)."""
+                  cache: dict[str, Artifact], plain: Plaintexts, stage_now: bool = True) -> tuple[Artifact, Artifact]:
+    """(the full system backup, this store's part of it as its own verified Artifact).
+
+    `stage_now` False (a full restore): a store whose staging proves the backup is verified like the others
+    (sha256 + its own check) and stages in its restore thread, so its long staging overlaps the others."""
     key = plan.backup[len(FULL_PREFIX):]
     full = cache.get(key)
     if full is None:
@@ -510,7 +553,7 @@ def _resolve_full(plan: RestorePlan, store: Store, progress: Progress, stack: co
         raise RestoreRefused(plan.store, f"full system backup {key} holds no {plan.store} backup "
                                          f"(it holds {', '.join(stores_in(full)) or 'nothing'})")
     view = stack.enter_context(store_view(full, plan.store))
-    verification = (staging_check(store, view, plan, None, progress) if stage_verifies(store)
+    verification = (staging_check(store, view, plan, None, progress) if stage_verifies(store) and stage_now
                     else verify_artifact(store, view))
     if not verification.ok:
         raise RestoreRefused(plan.store, f"the {plan.store} part of full system backup {key} failed verification: "
