@@ -265,3 +265,22 @@ def test_progress_lines_carry_amount_rate_and_time_left() -> None:
     assert rate_text(2**20, None, 0.0) == "1.0 MiB"
     meter = Meter()
     assert meter.text(0, 100 * 2**20).startswith("0 B of 100.0 MiB (0%)")
+
+
+def test_freshness_run_before_the_slot_checks_checks_the_new_backup_itself(cb_env: dict[str, str]) -> None:
+    """The UI's Materialize runs the asset with ALL its checks in one run, the unpartitioned freshness check
+    beside the slot checks in no set order. Here freshness runs right after the backup with no slot check
+    at all (the worst order): it checks the just-written backup itself instead of calling the store stale
+    (it was red after every UI materialization)."""
+    key = spec_for("valkey").partitions.get_partition_keys()[-1]
+    asset = dg.AssetKey("valkey_backup")
+    job = dg.define_asset_job("backup_then_freshness", selection=dg.AssetSelection.assets(asset).without_checks()
+                              | dg.AssetSelection.checks(dg.AssetCheckKey(asset, "freshness")),
+                              partitions_def=spec_for("valkey").partitions)
+    resolved = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def("backup_then_freshness")
+    result = resolved.execute_in_process(instance=dg.DagsterInstance.get(), partition_key=key, raise_on_error=False)
+    evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {"freshness": True}, evaluations
+    record = Catalog(Path(cb_env["CB_BACKUP_DIR"])).verification_of(
+        Catalog(Path(cb_env["CB_BACKUP_DIR"])).require("valkey", key))
+    assert record is not None and record.ok  # it really was checked
