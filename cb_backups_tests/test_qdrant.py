@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,18 @@ def spec() -> dict[str, Any]:
     return json.loads(SPEC.read_text())
 
 
+def spec_checker(http: httpx.Client, spec: dict) -> Callable[..., Any]:
+    """`check(method, url, spec_path, status="200", **request)`: the request's status, and its body validated
+    against the OpenAPI spec's response schema for that path; returns the body."""
+    def check(method: str, url: str, path: str, status: str = "200", **kw: Any) -> Any:
+        response = http.request(method, url, **kw)
+        assert str(response.status_code) == status, response.text
+        body = response.json()
+        validate(spec, path, method.lower(), status, body)
+        return body
+    return check
+
+
 def validate(spec: dict[str, Any], path: str, method: str, status: str, body: Any) -> None:
     responses = spec["paths"][path][method]["responses"]
     response = responses.get(status) or responses.get(f"{status[0]}XX") or responses["default"]
@@ -89,12 +102,7 @@ def test_response_bodies_match_openapi(spec: dict[str, Any], qdrant_url: str, qd
     name = qdrant_seeded.name("memories")
     headers = {"api-key": qdrant_api_key} if qdrant_api_key else {}
     with httpx.Client(base_url=qdrant_url, headers=headers, timeout=60) as http:
-        def check(method: str, url: str, path: str, status: str = "200", **kw: Any) -> Any:
-            response = http.request(method, url, **kw)
-            assert str(response.status_code) == status, response.text
-            body = response.json()
-            validate(spec, path, method.lower(), status, body)
-            return body
+        check = spec_checker(http, spec)
 
         check("GET", "/", "/")
         listed = check("GET", "/collections", "/collections")

@@ -23,7 +23,7 @@ from cb_backups.stores.base import DRILL
 from cb_backups.stores.qdrant import QdrantStore
 from cb_backups_tests.emulators.qdrant import QdrantEmulator, free_port
 from cb_backups_tests.fixtures_qdrant import HybridCollection, make_client
-from cb_backups_tests.test_qdrant import needs_emulator, spec, validate  # noqa: F401  (spec is a fixture)
+from cb_backups_tests.test_qdrant import needs_emulator, spec, spec_checker, validate  # noqa: F401  (spec is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "2026-11-24"
@@ -62,12 +62,7 @@ def test_emulator_new_endpoints_match_openapi(spec: dict[str, Any], qdrant_url: 
     headers = {"api-key": qdrant_api_key} if qdrant_api_key else {}
     name, alias = qdrant_hybrid.collection, qdrant_hybrid.alias
     with httpx.Client(base_url=qdrant_url, headers=headers, timeout=60) as http:
-        def check(method: str, url: str, path: str, status: str = "200", **kw: Any) -> Any:
-            response = http.request(method, url, **kw)
-            assert str(response.status_code) == status, response.text
-            body = response.json()
-            validate(spec, path, method.lower(), status, body)
-            return body
+        check = spec_checker(http, spec)
 
         info = check("GET", f"/collections/{name}", "/collections/{collection_name}")["result"]
         assert set(info["config"]["params"]["vectors"]) == {"text", "code"}

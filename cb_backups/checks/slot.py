@@ -6,14 +6,12 @@ Each outcome becomes one asset check in Dagster and one line in `cb-backups veri
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from cb_backups.core.catalog import Catalog, checksum_problems, parse_iso, utcnow
 from cb_backups.core.crypto import age_header_problems
 from cb_backups.core.fileio import as_disk_full
-from cb_backups.core.model import Artifact, Verification
+from cb_backups.core.model import Artifact, Outcome, Verification
 from cb_backups.stores.base import Store
 
 # name -> what it proves (shown as the check's description)
@@ -28,14 +26,6 @@ FRESHNESS_CHECK = "freshness"
 # The other checks of a backup slot, built in defs/ and named here, below both defs/ and the report:
 DRILL_CHECK = "restore_drill"  # on <store>_backup: the backup restored into a scratch target (defs/drills.py)
 OFFSITE_CHECK = "offsite_complete"  # on <store>_offsite: the S3 copy against the manifest (defs/offsite.py)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    name: str
-    passed: bool
-    description: str
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 # A second record of the backup (Dagster's event log, checks.tamper): its problems with an artifact.

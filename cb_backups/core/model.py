@@ -166,3 +166,12 @@ class Target:
     mode: str  # "scratch" | "in_place"
     options: dict[str, Any] = field(default_factory=dict)
 
+
+@dataclass(frozen=True)
+class Outcome:
+    """One check's result as plain data (checks/slot.py, stores/pitr/health.py); defs/ turns it into Dagster's."""
+
+    name: str
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -725,27 +725,9 @@ def download_artifact(store: str, partition_key: str, target: S3Target, into_dir
         if "/" in record.name or record.name in ("", ".", "..") or record.name == MANIFEST:
             raise VerificationFailed(store, f"manifest names an unsafe file {record.name!r}")
         key = target.key(store, partition_key, record.name)
-        final = into_dir / record.name
-        partial = into_dir / f".{record.name}.part"
-        try:
-            for attempt in _retrying(target):
-                with attempt, HashingWriter(partial) as out:
-                    for block in _stream_raw(target, key, pick(key)):
-                        out.write(block)
-                        progress(f"{store} {partition_key}: {record.name}", done + out.bytes, total)
-            if out.bytes != record.bytes or out.sha256 != record.sha256:
-                raise VerificationFailed(store, f"{record.name} from {target.url(key)}: {out.bytes} bytes, sha256 "
-                                                f"{out.sha256[:12]}…; the manifest says {record.bytes} bytes, "
-                                                f"{record.sha256[:12]}…")
-        except CbBackupsError:
-            partial.unlink(missing_ok=True)
-            raise
-        except Exception as exc:
-            partial.unlink(missing_ok=True)
-            if _not_found(exc):
-                raise VerificationFailed(store, f"{record.name}: missing remotely ({target.url(key)})") from None
-            raise target.error("downloading", target.url(key), exc) from None
-        os.replace(partial, final)
+        _download_verified(target, store, key, pick(key), into_dir / record.name, record.bytes, record.sha256,
+                           record.name, lambda n, d=done, label=f"{store} {partition_key}: {record.name}":
+                           progress(label, d + n, total))
         done += record.bytes
     for name in list_names(r.name for r in manifest.files):
         _download_blobs(store, target, into_dir, name, progress, pick)
@@ -768,28 +750,37 @@ def _download_blobs(store: str, target: S3Target, into_dir: Path, list_name: str
         key = target.blob_key(store, blob.sha256)
         final = into_dir / carried_dir(list_name) / blob.path
         private_dir(final.parent)
-        partial = final.with_name(f".{final.name}.part")
-        try:
-            for attempt in _retrying(target):
-                with attempt, HashingWriter(partial) as out:
-                    for block in _stream_raw(target, key, pick(key)):
-                        out.write(block)
-                        progress(f"{store}: repository file {blob.path}", done + out.bytes, total)
-            if out.bytes != blob.bytes or out.sha256 != blob.sha256:
-                raise VerificationFailed(store, f"repository file {blob.path} from {target.url(key)}: {out.bytes} "
-                                                f"bytes, sha256 {out.sha256[:12]}…; the manifest says {blob.bytes} "
-                                                f"bytes, {blob.sha256[:12]}…")
-        except CbBackupsError:
-            partial.unlink(missing_ok=True)
-            raise
-        except Exception as exc:
-            partial.unlink(missing_ok=True)
-            if _not_found(exc):
-                raise VerificationFailed(store, f"repository file {blob.path}: missing remotely "
-                                                f"({target.url(key)})") from None
-            raise target.error("downloading", target.url(key), exc) from None
-        os.replace(partial, final)
+        _download_verified(target, store, key, pick(key), final, blob.bytes, blob.sha256,
+                           f"repository file {blob.path}",
+                           lambda n, d=done, label=f"{store}: repository file {blob.path}": progress(label, d + n,
+                                                                                                      total))
         done += blob.bytes
+
+
+def _download_verified(target: S3Target, store: str, key: str, version_id: str | None, final: Path,
+                       expect_bytes: int, expect_sha256: str, what: str, progress: Callable[[int], None]) -> None:
+    """Stream `key` into a temporary name beside `final`, hashing as it comes; renamed to `final` only when
+    its size and sha256 are the expected ones. Anything else removes the partial file and raises."""
+    partial = final.with_name(f".{final.name}.part")
+    try:
+        for attempt in _retrying(target):
+            with attempt, HashingWriter(partial) as out:
+                for block in _stream_raw(target, key, version_id):
+                    out.write(block)
+                    progress(out.bytes)
+        if out.bytes != expect_bytes or out.sha256 != expect_sha256:
+            raise VerificationFailed(store, f"{what} from {target.url(key)}: {out.bytes} bytes, sha256 "
+                                            f"{out.sha256[:12]}…; the manifest says {expect_bytes} bytes, "
+                                            f"{expect_sha256[:12]}…")
+    except CbBackupsError:
+        partial.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        if _not_found(exc):
+            raise VerificationFailed(store, f"{what}: missing remotely ({target.url(key)})") from None
+        raise target.error("downloading", target.url(key), exc) from None
+    os.replace(partial, final)
 
 
 def _version_picker(target: S3Target, versions: Mapping[str, str] | None) -> Callable[[str], str | None]:

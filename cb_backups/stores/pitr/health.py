@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cb_backups.core.catalog import checksum_problems, utcnow
 from cb_backups.core.errors import CbBackupsError
-from cb_backups.core.model import Artifact
+from cb_backups.core.model import Artifact, Outcome
 from cb_backups.stores.pitr import basebackup
 from cb_backups.stores.pitr.archive import Segment, WalArchive, gaps
 from cb_backups.stores.pitr.server import Server, first_line
@@ -30,14 +28,6 @@ BASE_CHECKS = {
     "verifybackup": "sha256 equals the manifest and pg_verifybackup passes on the extracted backup.",
     "wal_continuous": "The archived WAL is continuous from the base backup's start LSN to the newest segment.",
 }
-
-
-@dataclass(frozen=True)
-class Outcome:
-    name: str
-    passed: bool
-    description: str
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def in_window(archive: WalArchive, start: datetime, end: datetime) -> list[Segment]:
