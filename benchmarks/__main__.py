@@ -38,16 +38,19 @@ FIGURES: list[tuple[str, str, str, float]] = [
     ("verify_subset", "Rotating deep off-site verification: days to find one flipped byte", "<=", 30.0),
     ("encrypted_offsite", "Encrypted backup + off-site copy throughput / unencrypted", ">=", 0.9),
     ("restic_offsite", "Encrypted off-site copy throughput: cb-backups / restic's first backup", ">=", 2.0),
+    ("neo4j_export_memory", "Neo4j online export + restore, peak RSS: 10N-node graph / N-node graph", "<=", 1.2),
 ]
 KEYS = [f[0] for f in FIGURES]
 NOT_QUICK = {"pitr_base_backup", "pitr_recover", "pitr_rpo",  # need Barman and minutes: run without --quick
              "pg_parallel_dump", "pg_parallel_dump_narrow",  # a second data set; tests/test_postgres.py covers -Fd
-             "restic_offsite"}  # needs restic (apt-get install restic)
+             "restic_offsite",  # needs restic (apt-get install restic)
+             "neo4j_export_memory"}  # a 200k-node graph restored over Bolt: minutes
 QUICK_KEYS = [k for k in KEYS if k not in NOT_QUICK]
 
 
 def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]]:
     from benchmarks import encrypted, fullsys, offsite, pg_parallel, pitr, postgres, report_bench, verify_subset
+    from benchmarks.neo4j_export import export_memory as neo4j_export_memory
 
     return [
         (["pg_dagster_overhead"], postgres.dagster_overhead),
@@ -66,6 +69,7 @@ def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]
         (["verify_subset"], verify_subset.verify_subset_figure),
         (["encrypted_offsite"], encrypted.encrypted_offsite),
         (["restic_offsite"], encrypted.restic_offsite),
+        (["neo4j_export_memory"], neo4j_export_memory),
     ]
 
 

@@ -128,7 +128,9 @@ def test_the_report_reads_every_check_the_definitions_build_on_a_store() -> None
 
     built = defs.resolve_asset_graph().asset_check_keys
     for spec in STORES:
-        on_store = {k for k in built if k.asset_key in (spec.asset_key, spec.offsite_key)}
+        related = {dg.AssetCheckKey(dg.AssetKey(a), n) for a, n in (r.split(":", 1) for r in spec.related_checks)}
+        assert related <= built  # e.g. postgres_wal:rpo, the continuous archive's RPO
+        on_store = {k for k in built if k.asset_key in (spec.asset_key, spec.offsite_key)} | related
         assert set(store_checks(spec)) == on_store
 
 

@@ -22,6 +22,9 @@ class StoreSpec:
     rto: timedelta
     retention_days: int  # runbook "Recommended Schedule"
     priority: str
+    # Checks on other assets that judge this store's recoverability, as "asset:check" (PostgreSQL's
+    # continuous WAL archive, defs/wal.py): the auditor report reads them with the store's own.
+    related_checks: tuple[str, ...] = ()
 
     @property
     def asset_key(self) -> dg.AssetKey:
@@ -35,7 +38,7 @@ class StoreSpec:
 
 STORES: tuple[StoreSpec, ...] = (
     StoreSpec("postgres", "PostgreSQL 16", partitions.six_hourly, timedelta(hours=6), timedelta(hours=1), 7,
-              "critical"),
+              "critical", related_checks=("postgres_wal:rpo", "postgres_wal:slot_retained_wal")),
     StoreSpec("valkey", "Valkey 8", partitions.six_hourly, timedelta(hours=6), timedelta(minutes=10), 3, "medium"),
     StoreSpec("neo4j", "Neo4j 5.26", partitions.daily_0200, timedelta(days=1), timedelta(hours=2), 7, "critical"),
     StoreSpec("qdrant", "Qdrant 1.12", partitions.daily_0300, timedelta(days=1), timedelta(hours=1), 7, "high"),

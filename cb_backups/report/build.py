@@ -241,6 +241,8 @@ def store_checks(spec: StoreSpec) -> list[dg.AssetCheckKey]:
             for name in (*SLOT_CHECKS, FRESHNESS_CHECK, DRILL_CHECK, TAMPER_CHECK)]
     keys += [dg.AssetCheckKey(spec.offsite_key, name) for name in (OFFSITE_CHECK, OFFSITE_FRESHNESS_CHECK,
                                                                    SUBSET_CHECK)]
+    keys += [dg.AssetCheckKey(dg.AssetKey(asset), name) for asset, name in
+             (related.split(":", 1) for related in spec.related_checks)]  # e.g. the WAL archive's RPO
     return sorted(keys, key=lambda k: (k.asset_key.to_user_string(), k.name))
 
 
