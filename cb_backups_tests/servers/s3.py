@@ -103,7 +103,7 @@ class SeaweedS3:
             "-master.telemetry=false", "-master.peers=none",
             f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
-            "-volume.preStopSeconds=0", "-volume.max=200", "-master.volumeSizeLimitMB=256",
+            "-volume.preStopSeconds=0", "-volume.max=1000", "-master.volumeSizeLimitMB=256",
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
             f"-filer.localSocket={self.base_dir / 'filer.sock'}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
@@ -130,12 +130,17 @@ class SeaweedS3:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._write_identities()
+        # SeaweedFS makes a collection per bucket and grows it by 7 volumes at once; with every test's own
+        # bucket, 200 volumes ran out after 28 buckets (HTTP 500 "internal error"). One volume per growth
+        # (master.toml, read from the working directory) gives each bucket one.
+        (self.base_dir / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 2\n"
+                                                   "copy_3 = 3\ncopy_other = 1\n")
         started = time.monotonic()
         fresh = not (self.data_dir / "filerldb2").exists()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(self._argv(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.base_dir)
         finally:
             log.close()
         self._wait_ready(timeout, create=fresh)
