@@ -161,6 +161,12 @@ def test_demo_then_status_is_all_green(tmp_path: Path) -> None:
     by = {s["store"]: s for s in doc["stores"]}
     assert by["postgres"]["state"] == by["valkey"]["state"] == "ok" and doc["ok"]
     assert {n for n, s in by.items() if not s["configured"]} == {"neo4j", "qdrant", "opensearch"}
+    table = cli(["status"], env)
+    assert table.returncode == 0, table.stderr
+    shown = [line.split()[1] for line in table.stdout.splitlines() if line.startswith("│ ") and
+             line.split()[1] in by]
+    assert shown == ["postgres", "valkey"], table.stdout  # only what the demo configured, in the table ...
+    assert "not configured: neo4j, qdrant, opensearch" in table.stdout  # ... and the rest in one line
     os.environ["DAGSTER_HOME"], previous = env["DAGSTER_HOME"], os.environ.get("DAGSTER_HOME")
     try:
         with dg.DagsterInstance.get() as instance:

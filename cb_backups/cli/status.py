@@ -58,7 +58,12 @@ def run(args: argparse.Namespace) -> int:
         print_json({"stores": [asdict(r) for r in rows],
                     "ok": all(r.within_rpo is not False for r in rows)})
     else:
-        console.print(status_table(rows))
+        # What the user configured; the others in one line (a store asked for by name is always shown).
+        shown = rows if args.store else [r for r in rows if r.configured] or rows
+        console.print(status_table(shown))
+        hidden = [r.store for r in rows if r not in shown]
+        if hidden:
+            console.print(f"not configured: {', '.join(hidden)} (no backups expected)")
     return 1 if any(r.configured and not r.within_rpo for r in rows) else 0
 
 
