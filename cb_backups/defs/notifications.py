@@ -150,12 +150,9 @@ def failure_message(context: dg.RunFailureSensorContext) -> str:
     public step failure events; else the run's own failure message."""
     messages = []
     for event in context.get_step_failure_events():
-        data = event.step_failure_data
-        user = data.user_failure_data
-        text = user.description if user is not None and user.description else (
-            data.error.message if data.error is not None else "")
-        if text.strip():
-            messages.append(f"{event.step_key}: {text.strip()}")
+        text = history.step_failure_text(event)
+        if text:
+            messages.append(f"{event.step_key}: {text}")
     fallback = (context.failure_event.message or "").strip() if context.failure_event is not None else ""
     return "; ".join(messages) or fallback or "run failed"
 

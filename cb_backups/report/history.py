@@ -193,6 +193,15 @@ def run_check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[Che
             for e in entries if e.asset_check_evaluation is not None]
 
 
+def step_failure_text(event: Any) -> str:
+    """A step failure event's message: a dg.Failure's description, else the error's message."""
+    data = event.step_failure_data
+    user = data.user_failure_data
+    text = user.description if user is not None and user.description else (
+        data.error.message if data.error is not None else "")
+    return text.strip()
+
+
 def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
     """The failed steps' messages of a run (a dg.Failure's description, else the error), or the run's failure."""
     version_guard()
@@ -204,12 +213,9 @@ def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
         if event is None:
             continue
         if event.is_step_failure and event.step_failure_data is not None:
-            data = event.step_failure_data
-            user = data.user_failure_data
-            text = user.description if user is not None and user.description else (
-                data.error.message if data.error is not None else "")
-            if text.strip():
-                messages.append(f"{event.step_key}: {text.strip()}")
+            text = step_failure_text(event)
+            if text:
+                messages.append(f"{event.step_key}: {text}")
         elif event.message:
             fallback = event.message.strip()
     return "; ".join(messages) or fallback or "run failed"
