@@ -27,6 +27,7 @@ FIGURES: list[tuple[str, str, str, float]] = [
     ("offsite_throughput", "Off-site copy throughput / raw boto3 upload_file", ">=", 0.9),
     ("pg_restore", "PostgreSQL restore / raw pg_restore --jobs N", "<=", 1.10),
     ("pg_restore_runbook", "PostgreSQL restore / the runbook's restore commands", "<=", 1.0),
+    ("offsite_restore", "Off-site PostgreSQL restore / raw boto3 download + raw pg_restore", "<=", 0.8),
     ("pg_parallel_dump", "PostgreSQL backup pg_dump -Fd -j N / default -Fc, wide database", "<=", 1.0),
     ("pg_parallel_dump_narrow", "PostgreSQL backup pg_dump -Fd -j N / default -Fc, one large table", "<=", 1.0),
     ("peak_rss", "Peak RSS of backup + off-site copy: large / small artifact", "<=", 1.2),
@@ -49,7 +50,17 @@ QUICK_KEYS = [k for k in KEYS if k not in NOT_QUICK]
 
 
 def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]]:
-    from benchmarks import encrypted, fullsys, offsite, pg_parallel, pitr, postgres, report_bench, verify_subset
+    from benchmarks import (
+        encrypted,
+        fullsys,
+        offsite,
+        offsite_restore,
+        pg_parallel,
+        pitr,
+        postgres,
+        report_bench,
+        verify_subset,
+    )
     from benchmarks.neo4j_export import export_memory as neo4j_export_memory
 
     return [
@@ -59,6 +70,7 @@ def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]
         (["full_system_restore"], fullsys.full_restore_vs_sequential),
         (["offsite_throughput"], offsite.offsite_throughput),
         (["pg_restore", "pg_restore_runbook"], postgres.restore),
+        (["offsite_restore"], offsite_restore.offsite_restore),
         (["pg_parallel_dump", "pg_parallel_dump_narrow"], pg_parallel.parallel_dump),
         (["peak_rss"], offsite.peak_memory),
         (["verify_throughput"], offsite.verification_throughput),

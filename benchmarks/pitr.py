@@ -225,7 +225,8 @@ def base_backup(bench: Bench) -> Figure:
     mib_s = {"cb": cluster / 2**20 / pairs.a_median, "barman": cluster / 2**20 / pairs.b_median}
     return Figure("pitr_base_backup", "PITR base backup throughput: cb-backups / Barman streaming backup",
                   1 / pairs.ratio, ">=", 0.9,
-                  "Catalog.write(basebackup.take): pg_basebackup -Ft -X fetch | zstd:3, sha256, 0600",
+                  f"Catalog.write(basebackup.take): pg_basebackup -Ft -X fetch | "
+                  f"zstd:{server.pitr.base_backup_compression_level}, sha256, 0600",
                   "barman backup --wait (backup_method=postgres: pg_basebackup, plain copy)",
                   pairs.a_median, pairs.b_median, len(pairs.a),
                   code_path="cb_backups.stores.pitr.basebackup.take through Catalog.write (the asset's step; "

@@ -227,9 +227,10 @@ def restore(bench: Bench) -> list[Figure]:
                   pairs.ratio, "<=", 1.10, f"PostgresStore.restore of the {DEFAULT} artifact, --jobs {jobs}",
                   f"createdb + pg_restore --jobs {jobs} of the same dump uncompressed", pairs.a_median,
                   pairs.b_median, len(pairs.a),
-                  code_path="one read: sha256 (own thread) + zstd to a temp file + data offsets -> offsets patched "
-                            "after the hash matched -> pg_restore --list of the TOC -> version/pgvector check -> "
-                            "pg_restore --jobs into <db>__incoming -> exact counts -> rename",
+                  code_path="sha256 of the .zst (one read) -> its head decompressed to the end of the TOC, "
+                            "pg_restore --list -> version/pgvector check -> createdb <db>__incoming -> the same open "
+                            "file decompressed straight into pg_restore's stdin (post-data with --jobs when the "
+                            "dump has secondary indexes) -> ctime/size unchanged -> exact counts -> rename",
                   details={"counts_match": counts.get("product") == expected, "artifact_bytes":
                            artifact.manifest.total_bytes, "plain_dump_bytes": plain.stat().st_size,
                            "ratios": [round(r, 3) for r in pairs.ratios]}), vs_runbook]

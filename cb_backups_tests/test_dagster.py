@@ -155,6 +155,7 @@ ASSET_KEYS = {
     "opensearch_backup", "opensearch_offsite", "postgres_backup", "postgres_offsite", "qdrant_backup",
     "qdrant_offsite", "valkey_backup", "valkey_offsite",
     "postgres_wal", "postgres_base_backup",  # point-in-time recovery (defs/wal.py)
+    "postgres_wal_offsite", "postgres_base_backup_offsite",  # their off-site copies (defs/wal.py, defs/offsite.py)
 }
 CHECK_KEYS = {
     "full_system_backup:all_stores_present", "full_system_backup:all_stores_verified",
@@ -180,6 +181,8 @@ CHECK_KEYS = {
     "postgres_wal:segments_present", "postgres_wal:sha256", "postgres_wal:continuity", "postgres_wal:waldump",
     "postgres_wal:rpo", "postgres_wal:slot_retained_wal", "postgres_base_backup:verifybackup",
     "postgres_base_backup:wal_continuous",
+    "postgres_wal_offsite:segments_offsite", "postgres_wal_offsite:offsite_freshness",
+    "postgres_base_backup_offsite:offsite_complete", "postgres_base_backup_offsite:offsite_deep_subset",
 }
 JOB_NAMES = {
     "audit_report_job", "freshness_checks_job", "full_system_backup_job", "full_system_backup_offsite_job",
@@ -192,13 +195,14 @@ JOB_NAMES = {
     "valkey_backup_job", "valkey_offsite_job", "valkey_offsite_verify_job", "valkey_verify_job",
     "offsite_freshness_job", "offsite_deep_subset_job",
     "postgres_wal_job", "postgres_base_backup_job", "postgres_wal_rpo_job", "postgres_wal_retention_job",
+    "postgres_wal_offsite_job", "postgres_base_backup_offsite_job", "postgres_base_backup_offsite_verify_job",
 }
 SCHEDULE_NAMES = {
     "audit_report_schedule", "freshness_checks_schedule", "full_system_backup_schedule", "neo4j_backup_schedule",
     "opensearch_backup_schedule", "postgres_backup_schedule", "qdrant_backup_schedule", "restore_drills_schedule",
     "retention_schedule", "valkey_backup_schedule", "offsite_freshness_schedule", "offsite_deep_subset_schedule",
     "postgres_wal_schedule", "postgres_base_backup_schedule", "postgres_wal_rpo_schedule",
-    "postgres_wal_retention_schedule",
+    "postgres_wal_retention_schedule", "postgres_wal_offsite_schedule",
 }
 SENSOR_NAMES = {
     "check_failure_webhook_sensor", "dead_runs_sensor", "offsite_automation_sensor", "run_failure_webhook_sensor",

@@ -7,22 +7,35 @@ standard `age` binary, restores bring the rows/keys/points back, and a wrong key
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyrage
 import pytest
 from psycopg import sql
 
 from cb_backups.checks.slot import evaluate_slot
 from cb_backups.config.settings import load_settings
 from cb_backups.core.catalog import Catalog, checksum_problems
-from cb_backups.core.crypto import fingerprint, generate
-from cb_backups.core.fileio import sha256_file
+from cb_backups.core.crypto import (
+    PAYLOAD_CHUNK,
+    DecryptError,
+    StreamEncryptor,
+    encrypt_stream,
+    encrypting,
+    fingerprint,
+    generate,
+)
+from cb_backups.core.fileio import HashingWriter, is_disk_full, sha256_file
 from cb_backups.core.model import Artifact, Target
 from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
 from cb_backups.offsite import s3 as offsite
@@ -105,6 +118,107 @@ def add_memories(pg: EmbeddedPostgres, db: str, n: int) -> None:
     with pg.connect(db) as conn:
         conn.execute("INSERT INTO memories (id, user_id, app_id, content) SELECT gen_random_uuid(), user_id, app_id, "
                      "'after' FROM memories LIMIT %s", (n,))
+
+
+# --- the age writer itself (crypto.StreamEncryptor: age's format over OpenSSL's ChaCha20-Poly1305) ----------
+
+# Around age's 64 KiB STREAM chunk: empty, one byte, just under/at/over a chunk, several chunks.
+SIZES = [0, 1, PAYLOAD_CHUNK - 1, PAYLOAD_CHUNK, PAYLOAD_CHUNK + 1, 3 * PAYLOAD_CHUNK, 3 * PAYLOAD_CHUNK + 5]
+
+
+def encrypted(data: bytes, recipients: list[str], step: int) -> tuple[bytes, str, int]:
+    out = io.BytesIO()
+    encryptor = StreamEncryptor(out, recipients)
+    reused = bytearray(step)  # one buffer refilled per write, as adapters do: nothing may keep a view of it
+    for start in range(0, len(data), step):
+        piece = data[start:start + step]
+        reused[:len(piece)] = piece
+        encryptor.write(memoryview(reused)[:len(piece)])
+    digest, size = encryptor.close()
+    return out.getvalue(), digest, size
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_stream_encryptor_output_opens_with_pyrage_and_the_age_binary(size: int, tmp_path: Path) -> None:
+    (first, first_public), (second, second_public) = generate(), generate()
+    data = os.urandom(size)
+    for step in (4096, PAYLOAD_CHUNK, 70_001):  # writes smaller than, equal to and larger than a chunk
+        ciphertext, digest, length = encrypted(data, [first_public, second_public], step)
+        check_opens(data, ciphertext, digest, length, [first, second], tmp_path)
+
+
+def check_opens(data: bytes, ciphertext: bytes, digest: str, length: int, identities: list[str],
+                tmp_path: Path) -> None:
+    assert (digest, length) == (hashlib.sha256(ciphertext).hexdigest(), len(ciphertext))
+    assert ciphertext.startswith(b"age-encryption.org/v1\n") and ciphertext.count(b"\n-> X25519 ") == 2
+    for identity in identities:  # each recipient opens it
+        assert pyrage.decrypt(ciphertext, [pyrage.x25519.Identity.from_str(identity)]) == data
+    if AGE is not None:
+        (tmp_path / "key.txt").write_text(identities[-1] + "\n")
+        (tmp_path / "f.age").write_bytes(ciphertext)
+        done = subprocess.run([AGE, "-d", "-i", str(tmp_path / "key.txt"), str(tmp_path / "f.age")],
+                              capture_output=True, timeout=60)
+        assert done.returncode == 0 and done.stdout == data, done.stderr
+
+
+def test_stream_encryptor_output_is_authenticated_end_to_end() -> None:
+    identity, public = generate()
+    key = [pyrage.x25519.Identity.from_str(identity)]
+    data = os.urandom(3 * PAYLOAD_CHUNK + 5)
+    ciphertext, _, _ = encrypted(data, [public], 4096)
+    sealed = PAYLOAD_CHUNK + 16  # one chunk and its Poly1305 tag
+    with pytest.raises(DecryptError):  # cut inside the last chunk: its tag fails
+        pyrage.decrypt(ciphertext[:-10], key)
+    with pytest.raises(DecryptError):  # the last chunk (5 bytes + tag) dropped whole: none is marked last
+        pyrage.decrypt(ciphertext[:-21], key)
+    flipped = bytearray(ciphertext)
+    flipped[-sealed] ^= 1  # one bit in the payload
+    with pytest.raises(DecryptError):
+        pyrage.decrypt(bytes(flipped), key)
+    header = bytearray(ciphertext)
+    header[ciphertext.index(b"\n--- ") + 6] ^= 1  # one bit of the header's MAC
+    with pytest.raises(DecryptError):
+        pyrage.decrypt(bytes(header), key)
+    with pytest.raises(DecryptError):
+        pyrage.decrypt(ciphertext, [pyrage.x25519.Identity.from_str(generate()[0])])
+    # two encryptions of the same plaintext share nothing (fresh file key, nonce and ephemeral share)
+    again, _, _ = encrypted(data, [public], 4096)
+    assert again[:64] != ciphertext[:64] and again[-64:] != ciphertext[-64:]
+    assert encrypt_stream(io.BytesIO(data), io.BytesIO(), [public])[1] == len(ciphertext)
+
+
+class FullDisk(io.RawIOBase):
+    """A file that takes `room` bytes and then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        size = len(memoryview(data))  # type: ignore[arg-type]
+        if size > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= size
+        return size
+
+
+def test_stream_encryptor_raises_the_writers_disk_full_and_never_hangs(tmp_path: Path) -> None:
+    _, public = generate()
+    encryptor = StreamEncryptor(FullDisk(3 * PAYLOAD_CHUNK), [public])
+    with pytest.raises(OSError) as raised:  # on a later write or at close: the writer thread's own error
+        for _ in range(64):
+            encryptor.write(bytes(PAYLOAD_CHUNK * 4))
+        encryptor.close()
+    assert is_disk_full(raised.value)
+    encryptor.abort()  # after the failure: returns, the writer thread is gone
+    # the same through HashingWriter in an encrypting staging folder: the error leaves the block, no hang
+    with encrypting(tmp_path, [public]), pytest.raises(RuntimeError, match="adapter failed"), \
+            HashingWriter(tmp_path / "dump.bin") as out:
+        out.write(bytes(3 * PAYLOAD_CHUNK))
+        raise RuntimeError("adapter failed")
+    assert not [t for t in threading.enumerate() if t.name == "cb-age-write"]
 
 
 # --- PostgreSQL (real server) ----------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def test_hour_checks_pass_on_the_archive(pitr: Pitr) -> None:
 def test_base_backup_job_and_its_checks_through_dagster(pitr: Pitr, tmp_path: Path) -> None:
     import dagster as dg
 
-    from cb_backups.cli.runs import run_job
+    from cb_backups.cli.runs import failure_messages, run_job
     from cb_backups.defs.wal import BASE_PARTITIONS
 
     key = BASE_PARTITIONS.get_last_partition_key()
@@ -198,7 +198,9 @@ def test_base_backup_job_and_its_checks_through_dagster(pitr: Pitr, tmp_path: Pa
         rpo = run_job("postgres_wal_rpo_job", None, instance)
     assert {e.check_name: e.passed for e in rpo.get_asset_check_evaluations()} == {"rpo": True,
                                                                                   "slot_retained_wal": True}
-    assert result.success
+    # A failure explains itself: the failed step's message and every check's description.
+    assert result.success, (failure_messages(result),
+                            [(e.check_name, e.description) for e in result.get_asset_check_evaluations()])
     verdicts = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert verdicts == {"verifybackup": True, "wal_continuous": True}
     artifact = pitr.settings.catalog().get(basebackup.BASE_STORE, key)
@@ -265,3 +267,16 @@ def test_receiver_refuses_a_role_without_replication(pitr: Pitr) -> None:
                                      "dbname": "postgres"})
     with pytest.raises(PitrError, match="REPLICATION"):
         preflight(Server(pg, pitr.server.pitr))
+
+
+def test_a_partial_killed_while_being_padded_is_dropped_so_the_receiver_can_resume(pitr: Pitr, tmp_path: Path) -> None:
+    from cb_backups.core.catalog import Catalog
+
+    archive = WalArchive(Catalog(tmp_path))
+    archive.prepare()
+    short, full = archive.spool / "000000010000000000000009.partial", archive.spool / "00000001000000000000000A.partial"
+    short.write_bytes(b"\0" * 262144)  # pg_receivewal was killed while padding it: it refuses to resume with it
+    with open(full, "wb") as fh:
+        fh.truncate(archive.seg_size)  # padded: holds received WAL, must stay
+    Receiver(pitr.server, archive, log=lambda line: None).drop_unpadded_partial()
+    assert not short.exists() and full.exists()

@@ -107,6 +107,32 @@ def test_corrupt_dump_is_refused_before_the_target_is_touched(store: PostgresSto
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'cb_never%'").fetchone()
 
 
+def test_dump_changed_after_its_sha256_matched_is_refused_and_nothing_kept(  # type: ignore[no-untyped-def]
+        store: PostgresStore, backup_dir: Path, pg_server) -> None:
+    """The streamed restore reads the dump a second time (into pg_restore): a byte changed in between, after
+    the sha256 matched, fails the restore; only `<db>__incoming` saw it, and it is dropped."""
+    artifact = Catalog(backup_dir).write("postgres", KEY, store.backup)
+    path = dump_file(artifact)
+    assert path.name.endswith(".zst")
+    changed: list[str] = []
+
+    def progress(message: str, _done: int | None, _total: int | None) -> None:
+        if message.startswith("pg_restore into") and not changed:  # verified; the stream has not begun
+            with open(path, "r+b") as fh:
+                fh.seek(path.stat().st_size // 2)
+                byte = fh.read(1)
+                fh.seek(-1, 1)
+                fh.write(bytes([byte[0] ^ 0xFF]))
+            changed.append(message)
+
+    with pytest.raises((RestoreRefused, BackupFailed), match="target untouched") as info:
+        store.restore(artifact, Target("scratch", {"dbname": "cb_changed"}), progress)
+    assert "changed while it was restored" in str(info.value) or "damaged" in str(info.value), info.value
+    assert changed
+    with pg_server.connect("postgres") as conn:
+        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'cb_changed%'").fetchone()
+
+
 def test_unreachable_server_is_a_clear_error(backup_dir: Path) -> None:
     settings = load_settings({"CB_POSTGRES_URL": "postgresql://codingbrain@127.0.0.1:1/codingbrain",
                               "CB_POSTGRES_PASSWORD": "never-shown-secret"})

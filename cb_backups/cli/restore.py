@@ -92,7 +92,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.to_time or args.to_lsn:  # point-in-time recovery (restore/pitr.py)
             from cb_backups.restore.pitr import plan_pitr
 
-            plan = plan_pitr(settings, args.to_time, args.to_lsn, mode)
+            plan = plan_pitr(settings, args.to_time, args.to_lsn, mode, args.source)
         else:
             plan = plan_restore(settings, args.store, args.backup, args.source, target)
         job_name, confirm = f"restore_{args.store}", args.store

@@ -20,6 +20,7 @@ ENV = {  # setting -> the variable that overrides it
     "slot": "CB_WAL_SLOT",
     "rpo_seconds": "CB_WAL_RPO_SECONDS",
     "max_retained_mb": "CB_WAL_MAX_RETAINED_MB",
+    "offsite_lag_seconds": "CB_WAL_OFFSITE_LAG_SECONDS",
     "data_dir": "CB_PG_DATA_DIR",
     "run_as": "CB_PG_RUN_AS",
     "server_options": "CB_PG_SERVER_OPTIONS",
@@ -31,7 +32,9 @@ class PitrSettings:
     slot: str = "cb_backups_wal"  # the physical replication slot pg_receivewal streams from (made if missing)
     rpo_seconds: float = 60.0  # the newest received WAL must be younger than this (the RPO check)
     max_retained_mb: int = 1024  # WAL the slot holds on the server beyond this: a warning (dead receiver)
-    compression_level: int = 3  # zstd level of archived segments and base backups
+    offsite_lag_seconds: float = 7200.0  # the newest segment verified off-site may be this old (hourly copies)
+    compression_level: int = 3  # zstd level of archived WAL segments
+    base_backup_compression_level: int = 1  # base backups: level 3 costs 2x the CPU for a 1.6% smaller tar
     data_dir: str | None = None  # the live data directory, for an in-place recovery (renamed, never deleted)
     run_as: str | None = None  # the system user that owns the data directory and runs postgres (when root)
     server_options: str = ""  # pg_ctl -o options of the live server (port, sockets) for the in-place start
@@ -44,7 +47,9 @@ class PitrSettings:
             raise ConfigError(f"{SECTION}.slot", self.slot, "1-63 lower-case letters, digits and _")
         _number(f"{SECTION}.rpo_seconds", self.rpo_seconds, 1, 7 * 24 * 3600)
         _number(f"{SECTION}.max_retained_mb", self.max_retained_mb, 16, 10**9, whole=True)
+        _number(f"{SECTION}.offsite_lag_seconds", self.offsite_lag_seconds, 60, 7 * 24 * 3600)
         _number(f"{SECTION}.compression_level", self.compression_level, 1, 19, whole=True)
+        _number(f"{SECTION}.base_backup_compression_level", self.base_backup_compression_level, 1, 19, whole=True)
 
 
 def _number(what: str, value: Any, low: float, high: float, whole: bool = False) -> None:

@@ -38,7 +38,8 @@ class StoreSpec:
 
 STORES: tuple[StoreSpec, ...] = (
     StoreSpec("postgres", "PostgreSQL 16", partitions.six_hourly, timedelta(hours=6), timedelta(hours=1), 7,
-              "critical", related_checks=("postgres_wal:rpo", "postgres_wal:slot_retained_wal")),
+              "critical", related_checks=("postgres_wal:rpo", "postgres_wal:slot_retained_wal",
+                                          "postgres_wal_offsite:offsite_freshness")),
     StoreSpec("valkey", "Valkey 8", partitions.six_hourly, timedelta(hours=6), timedelta(minutes=10), 3, "medium"),
     StoreSpec("neo4j", "Neo4j 5.26", partitions.daily_0200, timedelta(days=1), timedelta(hours=2), 7, "critical"),
     StoreSpec("qdrant", "Qdrant 1.12", partitions.daily_0300, timedelta(days=1), timedelta(hours=1), 7, "high"),

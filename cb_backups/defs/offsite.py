@@ -54,6 +54,7 @@ from cb_backups.defs.full_system import full_system_backup
 from cb_backups.defs.notifications import offsite_missing_payload, post, webhook_url
 from cb_backups.defs.progress import dagster_progress
 from cb_backups.defs.resources import BackupsResource
+from cb_backups.defs.wal import BASE_KEY, BASE_PARTITIONS
 from cb_backups.offsite import s3 as offsite
 from cb_backups.offsite import subset as offsite_subset
 from cb_backups.offsite import versions as offsite_versions
@@ -61,6 +62,7 @@ from cb_backups.offsite.state import OFFSITE_FRESHNESS_CHECK as FRESHNESS
 from cb_backups.offsite.state import VERIFIED, Attempt, decide_copy, offsite_state
 from cb_backups.report import history
 from cb_backups.report.build import offsite_seen
+from cb_backups.stores.pitr.basebackup import BASE_STORE
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -115,6 +117,7 @@ def source(backup_key: dg.AssetKey, store: str, partitions: dg.PartitionsDefinit
 SOURCES: tuple[OffsiteSource, ...] = (
     *(source(spec.asset_key, spec.name, spec.partitions, spec.offsite_key.to_user_string()) for spec in STORES),
     source(full_system_backup.key, FULL_SYSTEM, weekly_sunday_0100, name="full_system_backup_offsite"),
+    source(BASE_KEY, BASE_STORE, BASE_PARTITIONS, name=f"{BASE_STORE}_offsite"),  # point-in-time recovery
 )
 BY_STORE = {s.store: s for s in SOURCES}
 

@@ -93,7 +93,7 @@ def restore_job(spec: StoreSpec) -> dg.JobDefinition:
             context.log.warning(line)
         if config.to_time or config.to_lsn:  # point-in-time recovery: base backup + WAL (defs/wal.py)
             yield from point_in_time_restore(context, spec.name, config.to_time, config.to_lsn, target.mode, backups,
-                                             PROGRESS_LISTENERS)
+                                             PROGRESS_LISTENERS, config.source)
             return
         try:
             plan = plan_restore(backups.settings(), spec.name, config.backup, config.source, target)

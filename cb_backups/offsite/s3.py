@@ -727,7 +727,7 @@ def download_artifact(store: str, partition_key: str, target: S3Target, into_dir
         key = target.key(store, partition_key, record.name)
         _download_verified(target, store, key, pick(key), into_dir / record.name, record.bytes, record.sha256,
                            record.name, lambda n, d=done, label=f"{store} {partition_key}: {record.name}":
-                           progress(label, d + n, total))
+                           progress(label, d + n, total), durable=False)
         done += record.bytes
     for name in list_names(r.name for r in manifest.files):
         _download_blobs(store, target, into_dir, name, progress, pick)
@@ -753,18 +753,22 @@ def _download_blobs(store: str, target: S3Target, into_dir: Path, list_name: str
         _download_verified(target, store, key, pick(key), final, blob.bytes, blob.sha256,
                            f"repository file {blob.path}",
                            lambda n, d=done, label=f"{store}: repository file {blob.path}": progress(label, d + n,
-                                                                                                      total))
+                                                                                                      total),
+                           durable=False)
         done += blob.bytes
 
 
 def _download_verified(target: S3Target, store: str, key: str, version_id: str | None, final: Path,
-                       expect_bytes: int, expect_sha256: str, what: str, progress: Callable[[int], None]) -> None:
+                       expect_bytes: int, expect_sha256: str, what: str, progress: Callable[[int], None],
+                       durable: bool = True) -> None:
     """Stream `key` into a temporary name beside `final`, hashing as it comes; renamed to `final` only when
-    its size and sha256 are the expected ones. Anything else removes the partial file and raises."""
+    its size and sha256 are the expected ones. Anything else removes the partial file and raises.
+    `durable` False: no fsync, for a restore's download folder (removed afterwards; a crash restarts the
+    restore, so flushing 100s of MiB to the disk first only delays it)."""
     partial = final.with_name(f".{final.name}.part")
     try:
         for attempt in _retrying(target):
-            with attempt, HashingWriter(partial) as out:
+            with attempt, (HashingWriter(partial) if durable else _HashingFile(partial)) as out:
                 for block in _stream_raw(target, key, version_id):
                     out.write(block)
                     progress(out.bytes)
@@ -781,6 +785,32 @@ def _download_verified(target: S3Target, store: str, key: str, version_id: str |
             raise VerificationFailed(store, f"{what}: missing remotely ({target.url(key)})") from None
         raise target.error("downloading", target.url(key), exc) from None
     os.replace(partial, final)
+
+
+class _HashingFile:
+    """A private (0600) file that hashes what is written to it, without fsync (see `_download_verified`)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb", buffering=0)
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[self._file.write(view):]
+        self.bytes += len(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def __enter__(self) -> _HashingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
 
 
 def _version_picker(target: S3Target, versions: Mapping[str, str] | None) -> Callable[[str], str | None]:
@@ -961,3 +991,30 @@ def delete_unreferenced_blobs(store: str, target: S3Target) -> list[str]:
             _delete_key(target, key)
             deleted.append(key)
     return deleted
+
+
+# --- single objects (the WAL archive's segments, offsite/wal.py) -----------------------
+
+
+def upload_object(target: S3Target, store: str, path: Path, key: str, size: int, sha256: str,
+                  locking: dict[str, Any] | None = None) -> RemoteFile:
+    """One local file to `key`: verified while streaming, retried, the server's checksum when it has one."""
+    return _upload_file(target, store, path, key, size, sha256, _Counter(no_progress, size), locking)
+
+
+def download_object(target: S3Target, store: str, key: str, version_id: str | None, final: Path, size: int,
+                    sha256: str, what: str) -> None:
+    """One object to `final`, renamed into place only when its size and sha256 are `size` and `sha256`."""
+    _download_verified(target, store, key, version_id, final, size, sha256, what, lambda n: None)
+
+
+def delete_object(target: S3Target, key: str, now: datetime | None = None) -> LockedDeletion:
+    """Delete one key: in a locked bucket only the versions whose lock expired (`locked_until` says until
+    when the rest stays), otherwise the key itself."""
+    result = LockedDeletion()
+    if lock_of(target) is None:
+        _delete_key(target, key)
+        result.deleted.append(key)
+        return result
+    _delete_expired(target, [r for r in object_versions(target, key) if r.key == key], now or utcnow(), result)
+    return result

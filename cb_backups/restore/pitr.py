@@ -4,11 +4,19 @@ promote -> check -> (in place) swap, the old data directory kept as the safety c
 Nothing of the live server is touched before the base backup and every WAL segment needed were checked
 (sha256 of the stored and the decompressed file) and the recovered server has started, promoted and
 answered. Scratch leaves that server running on its loopback port and says how to reach and stop it.
+
+Off-site (`source="offsite"`, or any segment missing locally while S3 is configured): the plan reads only
+the small off-site records (base backup manifest, segment records); the execution downloads the base
+backup into a private download folder and the missing segments into the local archive, each verified
+against its record while streaming, before anything else happens.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,15 +26,19 @@ from typing import Any
 
 from cb_backups.config.pitr import PitrSettings, pitr_from_config
 from cb_backups.config.settings import Settings
-from cb_backups.core.catalog import checksum_problems, iso, utcnow
-from cb_backups.core.errors import ConfigError, RestoreFailed, RestoreRefused
-from cb_backups.core.model import Artifact, Progress, no_progress
+from cb_backups.core.catalog import MANIFEST, Catalog, checksum_problems, iso, utcnow
+from cb_backups.core.errors import CbBackupsError, ConfigError, RestoreFailed, RestoreRefused
+from cb_backups.core.fileio import sha256_file
+from cb_backups.core.model import Artifact, Manifest, Progress, no_progress
 from cb_backups.core.specs import spec_for
+from cb_backups.offsite import s3 as offsite
+from cb_backups.offsite import versions as offsite_versions
+from cb_backups.offsite import wal as offsite_wal
 from cb_backups.stores.pitr import recovery
 from cb_backups.stores.pitr.archive import Segment, WalArchive
 from cb_backups.stores.pitr.basebackup import BASE_STORE
 from cb_backups.stores.pitr.server import STORE, Server
-from cb_backups.stores.pitr.wal import format_lsn, parse_lsn, segment_name, segment_of
+from cb_backups.stores.pitr.wal import format_lsn, parse_lsn, parse_segment, segment_name, segment_of
 
 LATEST = "latest"
 SCRATCH_FOLDER = "cb-pitr"
@@ -66,6 +78,9 @@ class PitrPlan:
     archive: WalArchive = field(repr=False)
     work_root: Path = field(repr=False)
     skipped: list[str] = field(default_factory=list)
+    fetch: list[Segment] = field(default_factory=list)  # needed segments only off-site: downloaded first
+    base_offsite: bool = False  # the base backup is downloaded from off-site first
+    s3: offsite.S3Target | None = field(default=None, repr=False)
 
     def describe(self) -> list[str]:
         m = self.base.manifest.markers
@@ -73,9 +88,11 @@ class PitrPlan:
                  else "into a SCRATCH server on a free port")
         lines = [f"point-in-time restore of postgres to {self.target.describe()} {where}",
                  f"  1. base backup {self.base.partition_key} (start {m.get('start_lsn')}, stop {m.get('stop_lsn')}, "
-                 f"finished {self.base.manifest.captured_at}): sha256 checked",
+                 f"finished {self.base.manifest.captured_at})"
+                 + (" downloaded from off-site" if self.base_offsite else "") + ": sha256 checked",
                  f"  2. {len(self.segments)} archived WAL segment(s) "
                  + (f"{self.segments[0].name} .. {self.segments[-1].name}" if self.segments else "")
+                 + (f" ({len(self.fetch)} downloaded from off-site first, verified)" if self.fetch else "")
                  + (f" + the segment being received ({self.partial.name})" if self.partial else "")
                  + ": continuity and sha256 checked, decompressed beside the new data directory",
                  "  3. recover into a new data directory, start it on a loopback port, wait until it promoted, "
@@ -86,12 +103,20 @@ class PitrPlan:
         return lines
 
 
-def plan_pitr(settings: Settings, to_time: str | None = None, to_lsn: str | None = None, mode: str = "scratch"
-              ) -> PitrPlan:
-    """Choose the newest verified base backup before the target and the WAL after it; refuse on any gap."""
+def plan_pitr(settings: Settings, to_time: str | None = None, to_lsn: str | None = None, mode: str = "scratch",
+              source: str = "local") -> PitrPlan:
+    """Choose the newest verified base backup before the target and the WAL after it; refuse on any gap.
+
+    `source="offsite"` takes the base backup from S3; either way a needed segment missing locally is taken
+    from S3 when off-site copies are configured."""
     target = parse_target(to_time, to_lsn)
     if mode not in ("scratch", "in_place"):
         raise ConfigError("restore target", mode, "scratch, in_place")
+    if source not in ("local", "offsite"):
+        raise ConfigError("--from", source, "local, offsite")
+    if source == "offsite" and not settings.s3.enabled:
+        raise ConfigError("--from", source, "local, or offsite with CB_S3_BUCKET (the 's3:' section) configured")
+    s3 = offsite.S3Target(settings.s3) if settings.s3.enabled else None
     pitr = pitr_settings(settings)
     if mode == "in_place" and not pitr.data_dir:
         raise ConfigError("postgres_wal.data_dir (CB_PG_DATA_DIR)", None,
@@ -101,7 +126,7 @@ def plan_pitr(settings: Settings, to_time: str | None = None, to_lsn: str | None
     archive = WalArchive(catalog)
     skipped: list[str] = []
     base = None
-    for candidate in reversed(catalog.list(BASE_STORE)):
+    for candidate in reversed(catalog.list(BASE_STORE)) if source == "local" else []:
         record = catalog.verification_of(candidate)
         if record is None or not record.ok:
             why = 'never verified' if record is None else 'failed verification'
@@ -110,6 +135,10 @@ def plan_pitr(settings: Settings, to_time: str | None = None, to_lsn: str | None
         if _before(candidate, target):
             base = candidate
             break
+    base_offsite = False
+    if base is None and s3 is not None:  # only copies that passed their checks were copied off-site
+        base = _offsite_base(catalog, s3, target, skipped, strict=source == "offsite")
+        base_offsite = base is not None
     if base is None:
         raise RestoreRefused(STORE, f"no verified base backup finished before {target.describe()} "
                                     f"({', '.join(skipped) or 'none in ' + str(catalog.store_dir(BASE_STORE))})")
@@ -118,12 +147,58 @@ def plan_pitr(settings: Settings, to_time: str | None = None, to_lsn: str | None
     archive.seg_size = seg_size
     timeline = int(markers["timeline"])
     first = segment_of(parse_lsn(markers["stop_lsn"]), seg_size)
-    segments, partial = _needed(archive, timeline, first, target, seg_size)
+    remote = _remote_segments(archive, s3, timeline, first, skipped, strict=source == "offsite")
+    segments, partial, fetch = _needed(archive, timeline, first, target, seg_size, remote, s3)
     # Not under backup_dir by default: the server's system user must reach it, and backup_dir is private.
     work_root = Path(pitr.scratch_dir) if pitr.scratch_dir else Path(tempfile.gettempdir()) / SCRATCH_FOLDER
     if mode == "in_place":
         work_root = Path(pitr.data_dir).parent  # type: ignore[arg-type]  # same filesystem: the swap is a rename
-    return PitrPlan(target, mode, base, segments, partial, server, archive, work_root, skipped)
+    return PitrPlan(target, mode, base, segments, partial, server, archive, work_root, skipped, fetch, base_offsite,
+                    s3)
+
+
+def _offsite_base(catalog: Catalog, s3: offsite.S3Target, target: recovery.RecoveryTarget, skipped: list[str],
+                  strict: bool) -> Artifact | None:
+    """The newest off-site base backup finished before the target: its manifest only (downloaded later)."""
+    try:
+        keys = offsite.list_offsite(BASE_STORE, s3)
+        for key in reversed(keys):
+            raw = offsite.get_bytes(s3, s3.key(BASE_STORE, key, MANIFEST))
+            try:
+                manifest = Manifest.from_json(json.loads(raw or b"null"))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                skipped.append(f"{key} off-site: no readable manifest")
+                continue
+            candidate = Artifact(catalog.store_dir(BASE_STORE) / key, manifest)
+            if manifest.store == BASE_STORE and manifest.partition_key == key and _before(candidate, target):
+                return candidate
+    except CbBackupsError as exc:
+        if strict:
+            raise RestoreRefused(STORE, f"off-site base backups: {exc}") from None
+        skipped.append(f"off-site base backups not read: {exc}")
+    return None
+
+
+def _remote_segments(archive: WalArchive, s3: offsite.S3Target | None, timeline: int, first: int,
+                     skipped: list[str], strict: bool) -> dict[int, str]:
+    """segment number -> name of the segments of `timeline` from `first` on that only S3 has (names only)."""
+    if s3 is None:
+        return {}
+    local = {s.segno for s in archive.segments() if s.timeline == timeline and not archive.missing(s)}
+    try:
+        names = offsite_wal.remote_names(s3)
+    except CbBackupsError as exc:
+        if strict:
+            raise RestoreRefused(STORE, f"off-site WAL: {exc}") from None
+        skipped.append(f"off-site WAL not read: {exc}")
+        return {}
+    found = {}
+    for name in names:
+        if len(name) == 24 and int(name[:8], 16) == timeline:
+            number = parse_segment(name, archive.seg_size)[1]
+            if number >= first and number not in local:
+                found[number] = name
+    return found
 
 
 def _before(base: Artifact, target: recovery.RecoveryTarget) -> bool:
@@ -136,37 +211,57 @@ def _before(base: Artifact, target: recovery.RecoveryTarget) -> bool:
     return True
 
 
-def _needed(archive: WalArchive, timeline: int, first: int, target: recovery.RecoveryTarget, seg_size: int
-            ) -> tuple[list[Segment], Path | None]:
-    """The contiguous segments from `first` on (the server stops at the target itself).
+def _needed(archive: WalArchive, timeline: int, first: int, target: recovery.RecoveryTarget, seg_size: int,
+            remote: dict[int, str] | None = None, s3: offsite.S3Target | None = None
+            ) -> tuple[list[Segment], Path | None, list[Segment]]:
+    """The contiguous segments from `first` on (the server stops at the target itself), and which of them
+    are to be downloaded from off-site (`remote`: number -> name of the segments only S3 holds).
 
     A missing segment the target may lie beyond is refused, naming it: every record of a segment is older
     than the time it was archived, so a gap after a segment archived later than a time target (or after
     an LSN target's segment) is harmless; any other gap is not.
     """
+    remote = remote or {}
     mine = {s.segno: s for s in archive.segments() if s.timeline == timeline}
-    newest = max(mine, default=first - 1)
+    newest = max([*mine, *remote], default=first - 1)
     chosen: list[Segment] = []
+    fetch: list[Segment] = []
     for number in range(first, newest + 1):
         segment = mine.get(number)
+        # Size only: the sha256 is checked in the one read that decompresses it (execute), still before anything
+        # of the live server is touched; the plan runs twice (the CLI's, then the run's) and reads nothing big.
+        problems = archive.missing(segment) if segment is not None else []
+        if (segment is None or problems) and number in remote:
+            if _reached(chosen, target, number, seg_size):
+                return chosen, None, fetch  # the target lies before it: not downloaded
+            segment, problems = _record(archive, s3, remote[number]), []
+            fetch.append(segment)
         if segment is None:
             if _reached(chosen, target, number, seg_size):
-                return chosen, None
+                return chosen, None, fetch
             raise RestoreRefused(STORE, f"WAL segment {segment_name(timeline, number, seg_size)} is missing from the "
-                                        f"archive ({archive.segments_dir}): the WAL is not continuous from the base "
-                                        f"backup to {target.describe()}; nothing was changed")
-        problems = archive.problems(segment)
+                                        f"archive ({archive.segments_dir}{' and off-site' if remote else ''}): the WAL "
+                                        f"is not continuous from the base backup to {target.describe()}; nothing was "
+                                        "changed")
         if problems:
             raise RestoreRefused(STORE, "; ".join(problems) + "; nothing was changed")
         chosen.append(segment)
     partial = archive.partial()
     if partial is not None and partial.name.startswith(segment_name(timeline, newest + 1, seg_size)):
-        return chosen, partial
+        return chosen, partial, fetch
     if target.kind == "time" and not _reached(chosen, target, newest + 1, seg_size):
         reached = chosen[-1].completed if chosen else None
         raise RestoreRefused(STORE, f"the archived WAL ends before {target.describe()} (last segment archived "
                                     f"{iso(reached) if reached else 'none'}); is `cb-backups wal-receive` running?")
-    return chosen, None
+    return chosen, None, fetch
+
+
+def _record(archive: WalArchive, s3: offsite.S3Target | None, name: str) -> Segment:
+    assert s3 is not None  # `remote` is only filled when S3 is configured
+    try:
+        return offsite_wal.remote_record(archive, s3, name)
+    except CbBackupsError as exc:
+        raise RestoreRefused(STORE, f"{exc}; nothing was changed") from None
 
 
 def _reached(chosen: list[Segment], target: recovery.RecoveryTarget, missing: int, seg_size: int) -> bool:
@@ -205,7 +300,43 @@ class PitrResult:
 
 
 def execute_pitr(plan: PitrPlan, progress: Progress = no_progress) -> PitrResult:
-    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        return _execute(plan, progress, stack, time.monotonic())
+
+
+def _download(plan: PitrPlan, progress: Progress, stack: contextlib.ExitStack) -> Artifact:
+    """The off-site base backup and segments, each verified while streaming; RestoreRefused naming what failed."""
+    assert plan.s3 is not None
+    base = plan.base
+    catalog = plan.archive.catalog
+    if plan.base_offsite:
+        key = base.partition_key
+        folder = stack.enter_context(catalog.download_dir(BASE_STORE, key))
+        progress(f"downloading the off-site copy of base backup {key}", 0, None)
+        versions = offsite_versions.load(catalog, BASE_STORE, key)  # recorded at upload, if this disk has them
+        try:
+            offsite.download_artifact(BASE_STORE, key, plan.s3, folder, progress, versions)
+        except CbBackupsError as exc:
+            raise RestoreRefused(STORE, f"off-site base backup {key}: {exc}; nothing was changed") from None
+        loaded = Catalog(folder.parent, catalog.encryption).load(folder)
+        stored = offsite.manifest_head(plan.s3, BASE_STORE, key, versions)
+        recorded = ((stored or {}).get("Metadata") or {}).get(offsite.SHA256_METADATA)
+        if loaded is None or (recorded and recorded != sha256_file(folder / MANIFEST)[0]):
+            raise RestoreRefused(STORE, f"off-site base backup {key}: its {MANIFEST} differs from the one uploaded; "
+                                        "nothing was changed")
+        base = loaded
+    for number, segment in enumerate(plan.fetch, 1):
+        progress(f"downloading WAL segment {segment.name} from off-site", number, len(plan.fetch))
+        try:
+            offsite_wal.fetch(plan.archive, plan.s3, segment)
+        except CbBackupsError as exc:
+            raise RestoreRefused(STORE, f"{exc}; nothing was changed") from None
+    return base
+
+
+def _execute(plan: PitrPlan, progress: Progress, stack: contextlib.ExitStack, started: float) -> PitrResult:
+    if plan.base_offsite or plan.fetch:
+        plan.base = _download(plan, progress, stack)
     problems = checksum_problems(plan.base)
     if problems:
         raise RestoreRefused(STORE, f"base backup {plan.base.partition_key}: {'; '.join(problems)}")
@@ -224,7 +355,8 @@ def execute_pitr(plan: PitrPlan, progress: Progress = no_progress) -> PitrResult
             data, wal = recovery.prepare(plan.server, base, plan.archive, plan.segments, plan.partial, plan.target,
                                          workdir)
     except (ValueError, OSError) as exc:
-        raise RestoreRefused(STORE, f"the recovery could not be prepared in {workdir}: {exc}") from None
+        shutil.rmtree(workdir, ignore_errors=True)  # a half-extracted data directory is of no use to anyone
+        raise RestoreRefused(STORE, f"the recovery could not be prepared: {exc}; nothing was changed") from None
     progress("starting the recovered server", 0, None)
     recovered = recovery.start(plan.server, data, wal, workdir)
     counts = _counts(plan.server, "127.0.0.1", recovered.port)

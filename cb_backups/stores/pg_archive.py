@@ -67,6 +67,7 @@ class DataOffsets:
     toc: dict[int, int] = field(default_factory=dict)  # dumpId -> file position of its offset flag
     blocks: dict[int, int] = field(default_factory=dict)  # dumpId -> file position of its data block
     failed: str | None = None
+    toc_end: int = -1  # file position where the table of contents ends, once it was read (-1: not yet)
     _head: bytearray = field(default_factory=bytearray)
     _int: int = 4
     _off: int = 8
@@ -139,7 +140,7 @@ class DataOffsets:
                 raise _Unsupported("table of contents larger than 256 MiB") from None
             return
         self.toc = toc
-        self._next = reader.pos
+        self.toc_end = self._next = reader.pos
         rest = bytes(self._head[reader.pos:])
         self._head = bytearray()
         self._written = reader.pos

@@ -4,9 +4,11 @@ Layout::
 
     postgres_wal/.spool/                   pg_receivewal's own directory (the current `.partial` segment)
     postgres_wal/segments/<name>.zst       a completed segment (or a timeline history file), zstd, 0600
+                                           (`<name>.zst.age` when postgres is encrypted: age over the zstd)
     postgres_wal/segments/<name>.json      its record, written after the data: sha256 of both forms, when
                                            it completed; a segment without a record does not exist
     postgres_wal/receiver.heartbeat        touched by a running receiver (its last sign of life)
+    postgres_wal/offsite/<name>.json       the segment's verified off-site copy (offsite/wal.py)
 
 Both files are written under a temporary name, fsynced and renamed, and the folder fsynced, so a killed
 receiver leaves a segment either recorded or still in the spool (recorded on the next start).
@@ -17,21 +19,41 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import IO
 
 import zstandard
 
+from cb_backups.core import crypto
 from cb_backups.core.catalog import Catalog, iso, parse_iso, utcnow
-from cb_backups.core.fileio import CHUNK, HashingWriter, atomic_write_json, fsync_dir, private_dir, sha256_file
+from cb_backups.core.fileio import (
+    CHUNK,
+    FILE_MODE,
+    HashingWriter,
+    atomic_write_json,
+    fsync_dir,
+    private_dir,
+    sha256_file,
+)
+from cb_backups.stores.pitr.basebackup import BASE_STORE
+from cb_backups.stores.pitr.server import STORE
 from cb_backups.stores.pitr.wal import DEFAULT_SEGMENT_SIZE, HISTORY, SEGMENT, parse_segment, segment_name
 
 WAL_STORE = "postgres_wal"
 SPOOL = ".spool"
 SEGMENTS = "segments"
+OFFSITE = "offsite"
 HEARTBEAT = "receiver.heartbeat"
+
+
+def pitr_catalog(catalog: Catalog) -> Catalog:
+    """`catalog` with base backups and WAL encrypted exactly when the postgres store is (they are its data;
+    `encryption.stores` names only the five stores)."""
+    enc = catalog.encryption
+    follow = enc.stores.get(STORE, enc.default)
+    return Catalog(catalog.root, replace(enc, stores={**enc.stores, BASE_STORE: follow, WAL_STORE: follow}))
 
 
 @dataclass(frozen=True)
@@ -48,10 +70,15 @@ class Segment:
     raw_bytes: int  # the WAL file itself
     raw_sha256: str
     completed_at: str  # ISO time it was recorded
+    encrypted: bool = False  # the stored file is age over the zstd (`.zst.age`); bytes/sha256 are the ciphertext's
 
     @property
     def file_name(self) -> str:
-        return f"{self.name}.zst"
+        return f"{self.name}.zst.age" if self.encrypted else f"{self.name}.zst"
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.name}.json"
 
     @property
     def completed(self) -> datetime:
@@ -72,6 +99,7 @@ class WalArchive:
         self.root = catalog.store_dir(WAL_STORE)
         self.seg_size = seg_size
         self.level = level
+        self.recipients = pitr_catalog(catalog).encryption.recipients_for(WAL_STORE)
 
     @property
     def spool(self) -> Path:
@@ -80,6 +108,10 @@ class WalArchive:
     @property
     def segments_dir(self) -> Path:
         return self.root / SEGMENTS
+
+    @property
+    def offsite_dir(self) -> Path:
+        return self.root / OFFSITE
 
     @property
     def heartbeat(self) -> Path:
@@ -104,32 +136,61 @@ class WalArchive:
         if existing is not None and existing.raw_sha256 == raw_sha256 and self.path(existing).is_file():
             return existing  # recorded before a crash removed it from the spool
         self.prepare()
-        final = self.segments_dir / f"{name}.zst"
+        encrypted = bool(self.recipients)
+        final = self.segments_dir / (f"{name}.zst.age" if encrypted else f"{name}.zst")
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         try:
-            with open(source, "rb") as src, HashingWriter(tmp) as out, \
-                    zstandard.ZstdCompressor(level=self.level).stream_writer(out, closefd=False) as sink:
-                while block := src.read(CHUNK):
-                    sink.write(block)
+            stored_sha256, stored_bytes = self._compress(source, tmp)
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(self.segments_dir)
-        segment = Segment(name, kind, timeline, segno, self.seg_size, out.bytes, out.sha256, raw_bytes, raw_sha256,
-                          iso(utcnow()) if kind == "history" else _precise_now())
-        atomic_write_json(self.segments_dir / f"{name}.json", asdict(segment))
+        segment = Segment(name, kind, timeline, segno, self.seg_size, stored_bytes, stored_sha256, raw_bytes,
+                          raw_sha256, iso(utcnow()) if kind == "history" else _precise_now(), encrypted)
+        self.write_record(segment)
         return segment
+
+    def _compress(self, source: Path, tmp: Path) -> tuple[str, int]:
+        """zstd `source` into `tmp` (age-encrypted on the way when postgres is); the stored file's digest."""
+        compressor = zstandard.ZstdCompressor(level=self.level)
+        if not self.recipients:
+            with open(source, "rb") as src, HashingWriter(tmp) as out, \
+                    compressor.stream_writer(out, closefd=False) as sink:
+                while block := src.read(CHUNK):
+                    sink.write(block)
+            return out.sha256, out.bytes
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "wb") as raw:
+            encryptor = crypto.StreamEncryptor(raw, self.recipients)
+            try:
+                with open(source, "rb") as src, compressor.stream_writer(_Pushing(encryptor), closefd=False) as sink:
+                    while block := src.read(CHUNK):
+                        sink.write(block)
+            except BaseException:
+                encryptor.abort()
+                raise
+            digest, size = encryptor.close()  # the ciphertext's: what the record and off-site checks compare
+            raw.flush()
+            os.fsync(raw.fileno())
+        return digest, size
 
     def delete(self, segment: Segment) -> None:
         """Record first, then data: a segment without a record is not in the archive."""
-        (self.segments_dir / f"{segment.name}.json").unlink(missing_ok=True)
+        (self.segments_dir / segment.record_name).unlink(missing_ok=True)
         self.path(segment).unlink(missing_ok=True)
         fsync_dir(self.segments_dir)
 
     # --- reading ------------------------------------------------------------------
     def path(self, segment: Segment) -> Path:
         return self.segments_dir / segment.file_name
+
+    def record_path(self, segment: Segment) -> Path:
+        return self.segments_dir / segment.record_name
+
+    def write_record(self, segment: Segment) -> None:
+        """The record, written after its (already verified) stored file: the segment now exists."""
+        atomic_write_json(self.record_path(segment), asdict(segment))
 
     def get(self, name: str) -> Segment | None:
         try:
@@ -163,6 +224,18 @@ class WalArchive:
             return []
         return sorted(p for p in self.spool.iterdir() if SEGMENT.match(p.name) or HISTORY.match(p.name))
 
+    def missing(self, segment: Segment) -> list[str]:
+        """The stored file against its record without reading it: present, and of the recorded size (planning;
+        `extract` checks the sha256 in the one read that decompresses it)."""
+        path = self.path(segment)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return [f"{segment.name}: archived file {path.name} is missing"]
+        if size != segment.bytes:
+            return [f"{segment.name}: archived file {path.name} is {size} bytes, its record says {segment.bytes}"]
+        return []
+
     def problems(self, segment: Segment) -> list[str]:
         """The stored file against its record: present, size and sha256."""
         path = self.path(segment)
@@ -175,16 +248,27 @@ class WalArchive:
         return []
 
     def extract(self, segment: Segment, into: Path) -> Path:
-        """Decompress `segment` to `into/<name>` (temp name + fsync + rename), checking both sha256."""
+        """Decompress (and decrypt) `segment` to `into/<name>` (temp name + fsync + rename), checking both sha256:
+        the stored file's against its record, and the WAL file's."""
         final = into / segment.name
         tmp = final.with_name(f".{segment.name}.tmp")
-        with open(self.path(segment), "rb") as src, HashingWriter(tmp) as out:
-            stored = _Hashing(src)
-            with zstandard.ZstdDecompressor().stream_reader(stored) as reader:
-                while block := reader.read(CHUNK):
-                    out.write(block)
-            while stored.read(CHUNK):  # bytes after the frame count too: the stored file's sha256
-                pass
+        clear = final.with_name(f".{segment.name}.zst.tmp")  # an encrypted segment's zstd, private to `into`
+        try:
+            with open(self.path(segment), "rb") as src:
+                stored = _Hashing(src)
+                if segment.encrypted:
+                    self._decrypt(segment, stored, clear)  # reads (and hashes) the whole stored file
+                    with open(clear, "rb") as plain:
+                        out = _decompress(plain, tmp)
+                else:
+                    out = _decompress(stored, tmp)
+                    while stored.read(CHUNK):  # bytes after the frame count too: the stored file's sha256
+                        pass
+        except zstandard.ZstdError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"{segment.name}: the archived file does not decompress ({exc})") from None
+        finally:
+            clear.unlink(missing_ok=True)
         if (stored.digest(), stored.size) != (segment.sha256, segment.bytes):
             tmp.unlink(missing_ok=True)
             raise ValueError(f"{segment.name}: the archived file's sha256 differs from its record")
@@ -194,6 +278,40 @@ class WalArchive:
                              f"{segment.raw_sha256[:12]}…")
         os.replace(tmp, final)
         return final
+
+
+    def _decrypt(self, segment: Segment, stored: _Hashing, clear: Path) -> None:
+        identities = self.catalog.encryption.identities()
+        if not identities:
+            raise ValueError(f"{segment.name}: {crypto.mismatch_message('the WAL segment', [], [], ())}")
+        fd = os.open(clear, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "wb") as out:
+            try:
+                crypto.decrypt_into(stored, out, identities)
+            except crypto.DecryptError as exc:
+                raise ValueError(f"{segment.name}: does not decrypt with the identities in CB_AGE_IDENTITY_FILE "
+                                 f"({exc})") from None
+
+
+def _decompress(source: IO[bytes] | _Hashing, tmp: Path) -> HashingWriter:
+    with HashingWriter(tmp) as out, zstandard.ZstdDecompressor().stream_reader(source) as reader:
+        while block := reader.read(CHUNK):
+            out.write(block)
+    return out
+
+
+class _Pushing:
+    """zstd's sink in front of the age encryptor (which takes writes but returns nothing)."""
+
+    def __init__(self, encryptor: crypto.StreamEncryptor) -> None:
+        self.encryptor = encryptor
+
+    def write(self, data: bytes) -> int:
+        self.encryptor.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def _precise_now() -> str:
@@ -213,6 +331,11 @@ class _Hashing:
         self.hash.update(block)
         self.size += len(block)
         return block
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        block = self.read(len(buffer))
+        buffer[:len(block)] = block
+        return len(block)
 
     def digest(self) -> str:
         return self.hash.hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -129,8 +130,8 @@ def retained_outcome(server: Server) -> Outcome:
                    {"retained_bytes": retained, "limit_bytes": limit})
 
 
-def base_outcomes(server: Server, archive: WalArchive, artifact: Artifact | None, work_root: Path
-                  ) -> tuple[list[Outcome], bool]:
+def base_outcomes(server: Server, archive: WalArchive, artifact: Artifact | None, work_root: Path,
+                  wait: float | None = None) -> tuple[list[Outcome], bool]:
     if artifact is None:
         return [Outcome(n, False, "no base backup for this slot") for n in BASE_CHECKS], False
     problems = checksum_problems(artifact)
@@ -139,7 +140,12 @@ def base_outcomes(server: Server, archive: WalArchive, artifact: Artifact | None
             problems = basebackup.verify(server, plain, work_root).problems
     markers = artifact.manifest.markers
     tli = int(markers["timeline"])
-    first = segment_of(parse_lsn(markers["start_lsn"]), int(markers.get("wal_segment_size", archive.seg_size)))
+    seg_size = int(markers.get("wal_segment_size", archive.seg_size))
+    first = segment_of(parse_lsn(markers["start_lsn"]), seg_size)
+    # pg_basebackup's stop closes the segment of its stop LSN; the receiver records it a moment later (a
+    # poll, zstd, fsync): wait for it up to the RPO instead of failing a check that runs right after the backup.
+    last = segment_of(parse_lsn(markers["stop_lsn"]), seg_size)
+    _wait_for(archive, tli, last, server.pitr.rpo_seconds if wait is None else wait)
     have = [s for s in archive.segments() if s.timeline == tli and s.segno >= first]
     missing = gaps(archive.segments(), tli, first) if have else []
     verified = "pg_verifybackup: backup successfully verified"
@@ -149,3 +155,13 @@ def base_outcomes(server: Server, archive: WalArchive, artifact: Artifact | None
                     (f"{len(have)} segment(s) from {have[0].name}" if have else
                      "no archived WAL from the start LSN yet: is `cb-backups wal-receive` running?"),
                     {"segments": len(have)})], not problems
+
+
+def _wait_for(archive: WalArchive, timeline: int, segno: int, timeout: float) -> bool:
+    """Poll the archive (written by the receiver, another process) until segment `segno` is recorded."""
+    deadline = time.monotonic() + timeout
+    while not any(s.timeline == timeline and s.segno == segno for s in archive.segments()):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+    return True

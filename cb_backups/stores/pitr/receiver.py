@@ -94,6 +94,19 @@ class Receiver:
         self.recorded += done
         return done
 
+    def drop_unpadded_partial(self) -> None:
+        """Remove a `.partial` that pg_receivewal was killed while creating (shorter than a segment, not empty).
+
+        pg_receivewal pads a new segment file to its full size before writing any WAL into it, and refuses to
+        resume with one of another size ("has N bytes, should be 0 or 16777216"), for ever. Such a file holds
+        nothing received: the slot still holds that WAL on the server, so the next run receives it again."""
+        for path in self.archive.spool.glob("*.partial") if self.archive.spool.is_dir() else []:
+            size = path.stat().st_size
+            if size not in (0, self.archive.seg_size):
+                path.unlink()
+                self.log(f"removed {path.name} ({size} bytes, not padded to a segment: pg_receivewal was killed "
+                         "while creating it); its WAL is received again from the slot")
+
     def start(self) -> ServerFacts:
         """Preflight, slot, spool; then the first pg_receivewal."""
         facts = preflight(self.server)
@@ -109,6 +122,7 @@ class Receiver:
         self.start()
         attempt = 0
         while not self.stop.is_set():
+            self.drop_unpadded_partial()
             env = self.server.env()
             env["PGAPPNAME"] = APPLICATION_NAME
             try:
@@ -132,8 +146,9 @@ class Receiver:
             self.collect()
             if self.stop.is_set():
                 break
-            lines = [ln for ln in stderr() if "error" in ln.lower() or "fatal" in ln.lower()]
-            self.log(f"pg_receivewal exited {self.proc.returncode}: {(lines or ['no error printed'])[-1]}")
+            # The cause is usually the line before the final "error: disconnected": keep the last three.
+            lines = [ln for ln in stderr() if any(w in ln.lower() for w in ("error", "fatal", "could not", "warning"))]
+            self.log(f"pg_receivewal exited {self.proc.returncode}: {' | '.join(lines[-3:]) or 'no error printed'}")
             try:
                 preflight(self.server)  # a changed server setting ends the service with its clear line
             except StoreUnavailable as exc:

@@ -113,7 +113,7 @@ def start(server: Server, data: Path, wal: Path, workdir: Path, timeout: float =
         if time.monotonic() > deadline:
             raise RestoreFailed(STORE, f"the recovered server did not finish recovery in {timeout:.0f}s ({last}): "
                                        f"{_tail(log)}")
-        time.sleep(0.2)  # polling the server's state, not synchronising with our own code
+        time.sleep(0.05)  # polling the server's state (a cheap query), not synchronising with our own code
     return Recovered(data, wal, port, sock, log, point)
 
 
