@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -200,13 +201,19 @@ def base_backup(bench: Bench) -> Figure:
     runs = p.root / "cb-runs"
     sizes: dict[str, int] = {}
 
+    cpu: dict[str, list[float]] = {"cb": [], "barman": []}  # ours and our children / barman's tree
+
     def product() -> None:
         shutil.rmtree(runs, ignore_errors=True)
+        before = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
         artifact = Catalog(runs).write(basebackup.BASE_STORE, "2026-12-01", lambda into: basebackup.take(server, into))
+        cpu["cb"].append(_cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - before)
         sizes["cb"] = artifact.manifest.total_bytes
 
     def barman() -> None:
+        before = _cpu(resource.RUSAGE_CHILDREN)
         p.barman("backup", "--wait", BARMAN_SERVER)
+        cpu["barman"].append(_cpu(resource.RUSAGE_CHILDREN) - before)
 
     bench.log("  warm-up ...")
     product()
@@ -237,7 +244,15 @@ def base_backup(bench: Bench) -> Figure:
                   details={"cluster_bytes": cluster, "mib_per_s": {k: round(v, 1) for k, v in mib_s.items()},
                            "bytes_cb": sizes["cb"], "bytes_barman_each": barman_bytes // barman_count,
                            "verified": verification.ok, "verify_seconds": round(verify_seconds, 2),
-                           "throughput_ratios": [round(1 / r, 3) for r in pairs.ratios]})
+                           "throughput_ratios": [round(1 / r, 3) for r in pairs.ratios],
+                           # the server's own work (walsender) is in neither; the rest is what load slows down
+                           "cpu_seconds_median": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
+                           "load_at_end": round(os.getloadavg()[0], 1)})
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _dir_bytes(path: Path) -> int:

@@ -120,6 +120,9 @@ def _check_store(name: str, section: str) -> None:
 # --- off-site copies: S3 Object Lock (`offsite.object_lock`) ------------------------------
 
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
+# Pseudo-stores kept by another store's policy: PostgreSQL's daily base backups (stores/pitr/basebackup.py
+# BASE_STORE) are pruned by the postgres policy (retention/wal.py), so they are locked as long as it keeps them.
+KEPT_BY = {"postgres_base_backup": "postgres"}
 SLOT_SPACING_DAYS = {"postgres": 0.25, "valkey": 0.25, FULL_SYSTEM: 7.0}  # else daily: what keep_last counts
 
 
@@ -165,8 +168,9 @@ def object_lock_from_config(value: Any, policies: RetentionPolicies) -> ObjectLo
     days = value.get("days_beyond_retention", 7)
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ConfigError("offsite.object_lock.days_beyond_retention", days, "a whole number of days >= 1")
-    return ObjectLock(mode, days, {store: retention_days(policies.for_store(store, OFFSITE), store)
-                                   for store in POLICY_NAMES})
+    kept_by = {store: store for store in POLICY_NAMES} | KEPT_BY
+    return ObjectLock(mode, days, {store: retention_days(policies.for_store(owner, OFFSITE), store)
+                                   for store, owner in kept_by.items()})
 
 
 # --- off-site copies: deep verification in rotating subsets (`offsite.verify_subset`) -------

@@ -445,6 +445,28 @@ class Catalog:
                     removed.append(child)
             except SlotBusy:
                 continue
+        removed += self._sweep_deleting(store, older_than_seconds, now)
+        return removed
+
+    def _sweep_deleting(self, store: str, older_than_seconds: float, now: float) -> list[Path]:
+        """Finish deletes a killed retention run left behind: `.deleting-*` folders beside the slots and inside
+        each slot's superseded copies (already hidden from every listing; the rename was the delete)."""
+        removed: list[Path] = []
+        base = self.store_dir(store)
+        found = [(c, _key_from_leftover(c.name)) for c in base.iterdir() if c.name.startswith(".deleting-")]
+        superseded = base / SUPERSEDED
+        if superseded.is_dir():
+            found += [(c, slot.name) for slot in sorted(superseded.iterdir()) if slot.is_dir()
+                      for c in slot.iterdir() if c.name.startswith(".deleting-")]
+        for child, key in sorted(found):
+            if now - child.stat().st_mtime < older_than_seconds:
+                continue
+            try:
+                with self.slot_lock(store, key):
+                    shutil.rmtree(child, ignore_errors=True)
+            except (SlotBusy, ConfigError):  # being written, or not a name this catalog made: left alone
+                continue
+            removed.append(child)
         return removed
 
     # --- reading -----------------------------------------------------------
@@ -610,6 +632,6 @@ def _check_name(what: str, value: str) -> None:
 
 
 def _key_from_leftover(name: str) -> str:
-    # ".staging-<key>-<hex8>" / ".replaced-<key>-<hex8>"
+    # ".staging-<key>-<hex8>" / ".replaced-<key>-<hex8>" / ".deleting-<key>-<hex8>"
     body = name.split("-", 1)[1]
     return body.rsplit("-", 1)[0]

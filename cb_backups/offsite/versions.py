@@ -9,7 +9,7 @@ oldest version of each object is read instead (offsite/lock.py `oldest_version`)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.fileio import atomic_write_json, private_dir
@@ -39,3 +39,23 @@ def load(catalog: Catalog, store: str, key: str) -> dict[str, str] | None:
 
 def forget(catalog: Catalog, store: str, key: str) -> None:
     catalog.offsite_versions(store, key).unlink(missing_ok=True)
+
+
+def deleted(catalog: Catalog, store: str, key: str, gone: Iterable[str], complete: bool) -> None:
+    """After retention deleted the slot off-site: the record goes when the slot is gone (`complete`); else only
+    the entries whose version went (`gone`: "<object key>@<version id>"), so the locked objects that stay are
+    still read at their recorded versions."""
+    if complete:
+        forget(catalog, store, key)
+        return
+    found = load(catalog, store, key)
+    if found is None:
+        return
+    gone = set(gone)
+    left = {k: v for k, v in found.items() if f"{k}@{v}" not in gone}
+    if left == found:
+        return
+    if left:
+        save(catalog, store, key, left)
+    else:
+        forget(catalog, store, key)

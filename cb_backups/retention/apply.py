@@ -198,7 +198,9 @@ def apply_offsite(plan_: PrunePlan, target: S3Target, store: str, backup_dir: Pa
     shared repository blobs that no remaining slot lists (a blob a kept slot lists is never deleted).
 
     With Object Lock configured only versions whose lock has expired are deleted; a slot with versions
-    still locked is not logged as deleted but reported in `locked` ("<slot>: locked until <date>")."""
+    still locked is not logged as deleted but reported in `locked` ("<slot>: locked until <date>"). The
+    slot's recorded version ids (offsite/versions.py) go with the versions really deleted."""
+    from cb_backups.offsite import versions
     from cb_backups.offsite.lock import lock_of
     from cb_backups.offsite.s3 import delete_offsite, delete_offsite_expired, delete_unreferenced_blobs
 
@@ -211,6 +213,8 @@ def apply_offsite(plan_: PrunePlan, target: S3Target, store: str, backup_dir: Pa
             if lock_of(target) is not None:
                 result = delete_offsite_expired(store, key, target, now)
                 deleted = result.deleted if result.complete else []
+                if backup_dir is not None and result.deleted:
+                    versions.deleted(Catalog(backup_dir), store, key, result.deleted, result.complete)
                 if not result.complete:
                     assert result.locked_until is not None
                     message = f"{key}: locked until {iso(result.locked_until)}"
@@ -219,6 +223,8 @@ def apply_offsite(plan_: PrunePlan, target: S3Target, store: str, backup_dir: Pa
                         locked.append(message)
             else:
                 deleted = delete_offsite(store, key, target)
+                if backup_dir is not None and deleted:
+                    versions.forget(Catalog(backup_dir), store, key)
         except CbBackupsError as exc:
             failures.append(f"{key}: {exc}")
             continue

@@ -12,6 +12,7 @@ pg_waldump.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import zstandard
@@ -51,6 +52,8 @@ def take(server: Server, into: Path, progress: Progress = no_progress) -> Backup
     except FileNotFoundError:
         raise BackupFailed(BASE_STORE, f"tool not found: {argv[0]} (set CB_PG_BIN_DIR)") from None
     assert proc.stdout is not None and proc.stderr is not None
+    with suppress(OSError):  # 1 MiB reads instead of 64 KiB: 16x fewer wake-ups of both processes
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
     last = time.monotonic()
     try:
         level = server.pitr.base_backup_compression_level
