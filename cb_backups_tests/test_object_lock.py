@@ -153,6 +153,9 @@ def test_retention_deletes_only_versions_whose_lock_expired(
     assert [r.partition for r in read_deletions(load_settings().backup_dir, "postgres")] == [old.partition_key]
     assert len(locked) == 1 and locked[0].startswith(f"{kept.partition_key}: locked until 20")
     assert lock.versions(target, old_prefix) == []  # every version and delete marker of the old slot is gone
+    catalog = load_settings().catalog()
+    assert offsite_versions.load(catalog, "postgres", old.partition_key) is None  # its recorded versions went too
+    assert offsite_versions.load(catalog, "postgres", kept.partition_key) == kept_copy.versions  # still locked
     assert offsite.list_offsite("postgres", target) == [kept.partition_key]
     check = offsite.verify_offsite(kept, target, versions=kept_copy.versions)
     assert check.ok, check.problems
@@ -197,3 +200,19 @@ def test_doctor_checks_the_bucket_has_object_lock_and_versioning(
     monkeypatch.setenv("CB_S3_BUCKET", plain)
     found = doctor()
     assert not found["ok"] and "Object Lock is not enabled" in str(found["result"])
+
+
+def test_a_partly_locked_slot_keeps_the_recorded_versions_of_what_stayed(tmp_path: Path) -> None:
+    """A deletion that removed some versions and left others locked: only the gone ones leave the record."""
+    from cb_backups.core.catalog import Catalog
+
+    catalog = Catalog(tmp_path / "backups")
+    recorded = {"cb/postgres/k/manifest.json": "v1", "cb/postgres/k/dump.zst": "v2"}
+    offsite_versions.save(catalog, "postgres", "k", recorded)
+    offsite_versions.deleted(catalog, "postgres", "k", ["cb/postgres/k/manifest.json@v1", "cb/other@v9"], False)
+    assert offsite_versions.load(catalog, "postgres", "k") == {"cb/postgres/k/dump.zst": "v2"}
+    offsite_versions.deleted(catalog, "postgres", "k", ["cb/postgres/k/dump.zst@v0"], False)  # another version
+    assert offsite_versions.load(catalog, "postgres", "k") == {"cb/postgres/k/dump.zst": "v2"}
+    offsite_versions.deleted(catalog, "postgres", "k", ["cb/postgres/k/dump.zst@v2"], True)
+    assert offsite_versions.load(catalog, "postgres", "k") is None
+    assert not catalog.offsite_versions("postgres", "k").exists()

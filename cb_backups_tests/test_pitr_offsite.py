@@ -232,10 +232,48 @@ def test_wal_retention_deletes_offsite_segments_no_base_backup_needs(world: Worl
     result = prune_pitr(world.settings.catalog(), policies_from_config(world.settings.raw).for_store("postgres"),
                         offsite=world.target)
     assert result.deleted_offsite and not result.locked_offsite
+    assert result.offsite_bases is not None and result.offsite_bases.kept_keys == [world.base_key]
+    assert result.deleted_offsite_bases == []  # the only (newest verified) off-site base backup stays
     after = offsite_wal.remote_names(world.target)
     assert after == before - set(result.deleted_offsite)
     # only segments older than the (off-site only) base backup's start went; its start segment and later stay
-    start = offsite_bases(world.target)[0].start_segno
+    start = offsite_bases(world.settings.catalog(), world.target)[0].start_segno
     assert all(parse_segment(n)[1] < start for n in result.deleted_offsite), (result.deleted_offsite, start)
     kept = sorted(parse_segment(n)[1] for n in after if len(n) == 24)
     assert kept[0] == start and kept == list(range(start, kept[-1] + 1))
+
+
+def test_a_timeline_history_only_offsite_is_fetched_and_verified(offsite_env: dict[str, str], tmp_path: Path,
+                                                                s3_server: SeaweedS3) -> None:
+    """A base backup on timeline 2 whose local archive is gone needs 00000002.history: the plan lists it among
+    the downloads, the fetch verifies it against its off-site record (a flipped byte is refused) and recovery's
+    WAL folder gets it (recovery.prepare extracts every history file of the archive)."""
+    from cb_backups.core.errors import VerificationFailed
+    from cb_backups.restore.pitr import remote_histories
+
+    settings = load_settings()
+    target = offsite.S3Target(settings.s3)
+    archive = WalArchive(settings.catalog())
+    history = tmp_path / "00000002.history"
+    history.write_bytes(b"1\t0/3000000\tno recovery target specified\n")
+    recorded = archive.record(history)
+    assert recorded.kind == "history"
+    offsite_wal.copy_segment(archive, target, recorded)
+    shutil.rmtree(archive.root)  # the machine lost its archive
+    assert remote_histories(archive, target, 1, [], strict=True) == []  # timeline 1 has no history file
+    [wanted] = remote_histories(archive, target, 2, [], strict=True)
+    assert wanted == recorded
+    key = offsite_wal.key_of(target, recorded.file_name)
+    client, bucket = s3_server.client(), settings.s3.bucket
+    good = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=bucket, Key=key, Body=good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(VerificationFailed, match=r"00000002\.history"):
+        offsite_wal.fetch(archive, target, wanted)
+    assert archive.histories() == []  # nothing half-fetched is recorded
+    client.put_object(Bucket=bucket, Key=key, Body=good)
+    offsite_wal.fetch(archive, target, wanted)
+    assert [h.name for h in archive.histories()] == ["00000002.history"]
+    assert remote_histories(archive, target, 2, [], strict=True) == []  # now local: not fetched again
+    (tmp_path / "wal").mkdir()
+    archive.extract(archive.histories()[0], tmp_path / "wal")
+    assert (tmp_path / "wal" / "00000002.history").read_bytes() == history.read_bytes()

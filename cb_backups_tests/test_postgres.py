@@ -34,9 +34,10 @@ def store(cb_env: dict[str, str]) -> PostgresStore:
     return open_store("postgres", load_settings())  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("compression", ["zstd:1", "gzip:6"])
+# zstd streams into pg_restore (one job: one process; two: post-data with --jobs after); gzip restores the file
+@pytest.mark.parametrize(("compression", "jobs"), [("zstd:1", 2), ("zstd:1", 1), ("gzip:6", 2)])
 def test_round_trip_into_fresh_database(store: PostgresStore, backup_dir: Path, pg_server,  # type: ignore[no-untyped-def]
-                                        compression: str) -> None:
+                                        compression: str, jobs: int) -> None:
     store = PostgresStore(replace(store.settings, compression=compression))
     catalog = Catalog(backup_dir)
     artifact = catalog.write("postgres", KEY, store.backup)
@@ -48,7 +49,7 @@ def test_round_trip_into_fresh_database(store: PostgresStore, backup_dir: Path, 
     assert artifact.directory.stat().st_mode & 0o777 == 0o700
     assert store.verify(artifact).ok
 
-    restored = store.restore(artifact, Target("scratch", {"dbname": "cb_roundtrip"}))
+    restored = store.restore(artifact, Target("scratch", {"dbname": "cb_roundtrip", "jobs": jobs}))
     assert restored["tables"] == artifact.manifest.inventory["tables"]
     with pg_server.connect("cb_roundtrip") as conn:
         assert table_counts(conn) == expected_counts

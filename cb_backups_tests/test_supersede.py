@@ -8,6 +8,8 @@ then deletes it (and logs the deletion).
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -119,3 +121,39 @@ def test_a_second_backup_keeps_the_first_until_its_replacement_is_safe(
     assert all(r.partition == key for r in deleted)
     assert catalog.require("valkey", key).manifest == third.manifest and store.verify(third).ok
     assert [a.partition_key for a in catalog.list("valkey")] == [key]
+
+
+def test_sweep_finishes_a_killed_delete_of_a_superseded_copy(tmp_path: Path) -> None:
+    """A retention run killed after hiding a superseded copy (`.deleting-*`, apply._remove_backup_dir) leaves it
+    inside `_superseded/<slot>/`; the catalog's sweep removes it, and leaves the kept copy and the slot alone."""
+    from cb_backups.core.catalog import Catalog
+    from cb_backups.core.fileio import HashingWriter
+    from cb_backups.core.model import BackupOutput, FileRecord, Verification
+
+    catalog = Catalog(tmp_path / "backups")
+
+    def write(body: bytes) -> None:
+        def into(folder: Path) -> BackupOutput:
+            with HashingWriter(folder / "dump.bin") as out:
+                out.write(body)
+            return BackupOutput([FileRecord("dump.bin", out.bytes, out.sha256)], "test", {}, {}, {})
+
+        catalog.record_verification(catalog.write("valkey", "2026-11-24-06:00", into), Verification(True))
+
+    for body in (b"first", b"second", b"third"):
+        write(body)
+    first, second = catalog.superseded("valkey", "2026-11-24-06:00")
+    hidden = first.artifact.directory.with_name(f".deleting-{first.name}-0badc0de")
+    os.rename(first.artifact.directory, hidden)  # what a killed delete leaves: renamed, not yet removed
+    top = catalog.store_dir("valkey") / ".deleting-2026-11-23-06:00-0badc0de"  # and one beside the slots
+    top.mkdir()
+    (top / "dump.bin").write_bytes(b"half deleted")
+    removed = catalog.sweep("valkey")
+    assert set(removed) == {hidden, top} and not hidden.exists() and not top.exists()
+    assert [c.name for c in catalog.superseded("valkey", "2026-11-24-06:00")] == [second.name]
+    assert second.artifact.path("dump.bin").read_bytes() == b"second"
+    assert catalog.require("valkey", "2026-11-24-06:00").path("dump.bin").read_bytes() == b"third"
+    with catalog.slot_lock("valkey", "2026-11-24-06:00"):  # a slot being written is left for the next sweep
+        hidden.mkdir()
+        assert catalog.sweep("valkey") == [] and hidden.is_dir()
+    assert catalog.sweep("valkey") == [hidden]

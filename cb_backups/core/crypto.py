@@ -174,7 +174,7 @@ def marked_for(path: Path) -> Marked | None:
 
 
 class _Digest:
-    """What pyrage writes: hashed and counted on its way into the file."""
+    """The ciphertext, hashed and counted on its way into the file."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self.out, self.hash, self.bytes = out, hashlib.sha256(), 0

@@ -248,13 +248,15 @@ rpo_schedule = dg.ScheduleDefinition(name="postgres_wal_rpo_schedule", job=rpo_j
 @dg.op(name="postgres_wal_retention_op", tags={"store": STORE}, pool=f"store_{STORE}",
        description="Delete base backups beyond the postgres retention policy, then the WAL no kept one needs.")
 def _wal_retention(context: dg.OpExecutionContext, backups: BackupsResource) -> dict:
-    from cb_backups.config.retention import policies_from_config
+    from cb_backups.config.retention import OFFSITE, policies_from_config
     from cb_backups.retention.wal import prune_pitr
 
     settings = backups.settings()
     target = offsite_s3.S3Target(settings.s3) if settings.s3.enabled else None
+    policies = policies_from_config(settings.raw)
     try:
-        result = prune_pitr(settings.catalog(), policies_from_config(settings.raw).for_store(STORE), offsite=target)
+        result = prune_pitr(settings.catalog(), policies.for_store(STORE), offsite=target,
+                            offsite_policy=policies.for_store(STORE, OFFSITE))
     except CbBackupsError as exc:
         raise dg.Failure(description=str(exc)) from None
     context.log.info(f"deleted base backups {result.deleted_bases or 'none'}; "
@@ -262,8 +264,13 @@ def _wal_retention(context: dg.OpExecutionContext, backups: BackupsResource) -> 
                      f"{len(result.deleted_offsite)} deleted")
     for name, until in sorted(result.locked_offsite.items()):
         context.log.info(f"kept off-site WAL segment {name}: Object Lock until {until}")
+    context.log.info(f"deleted off-site base backups {result.deleted_offsite_bases or 'none'}")
+    for name, until in sorted(result.locked_offsite_bases.items()):
+        context.log.info(f"kept off-site base backup {name}: Object Lock until {until}")
     return {"deleted_bases": result.deleted_bases, "deleted_segments": result.deleted_segments,
-            "deleted_offsite": result.deleted_offsite, "locked_offsite": result.locked_offsite}
+            "deleted_offsite": result.deleted_offsite, "locked_offsite": result.locked_offsite,
+            "deleted_offsite_bases": result.deleted_offsite_bases,
+            "locked_offsite_bases": result.locked_offsite_bases}
 
 
 @dg.job(name="postgres_wal_retention_job", tags={"store": STORE},

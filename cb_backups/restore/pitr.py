@@ -38,7 +38,7 @@ from cb_backups.stores.pitr import recovery
 from cb_backups.stores.pitr.archive import Segment, WalArchive
 from cb_backups.stores.pitr.basebackup import BASE_STORE
 from cb_backups.stores.pitr.server import STORE, Server
-from cb_backups.stores.pitr.wal import format_lsn, parse_lsn, parse_segment, segment_name, segment_of
+from cb_backups.stores.pitr.wal import HISTORY, format_lsn, parse_lsn, parse_segment, segment_name, segment_of
 
 LATEST = "latest"
 SCRATCH_FOLDER = "cb-pitr"
@@ -149,6 +149,7 @@ def plan_pitr(settings: Settings, to_time: str | None = None, to_lsn: str | None
     first = segment_of(parse_lsn(markers["stop_lsn"]), seg_size)
     remote = _remote_segments(archive, s3, timeline, first, skipped, strict=source == "offsite")
     segments, partial, fetch = _needed(archive, timeline, first, target, seg_size, remote, s3)
+    fetch = [*remote_histories(archive, s3, timeline, skipped, strict=source == "offsite"), *fetch]
     # Not under backup_dir by default: the server's system user must reach it, and backup_dir is private.
     work_root = Path(pitr.scratch_dir) if pitr.scratch_dir else Path(tempfile.gettempdir()) / SCRATCH_FOLDER
     if mode == "in_place":
@@ -199,6 +200,24 @@ def _remote_segments(archive: WalArchive, s3: offsite.S3Target | None, timeline:
             if number >= first and number not in local:
                 found[number] = name
     return found
+
+
+def remote_histories(archive: WalArchive, s3: offsite.S3Target | None, timeline: int, skipped: list[str],
+                     strict: bool) -> list[Segment]:
+    """The timeline history files up to `timeline` that only S3 holds (their off-site records): a base backup
+    on timeline >= 2 cannot be recovered without its timeline's history. Downloaded and verified like segments."""
+    if s3 is None or timeline < 2:
+        return []
+    local = {h.name for h in archive.histories() if not archive.missing(h)}
+    try:
+        names = offsite_wal.remote_names(s3)
+    except CbBackupsError as exc:
+        if strict:
+            raise RestoreRefused(STORE, f"off-site WAL: {exc}") from None
+        skipped.append(f"off-site WAL not read: {exc}")
+        return []
+    wanted = sorted(n for n in names if HISTORY.match(n) and 2 <= int(n[:8], 16) <= timeline and n not in local)
+    return [_record(archive, s3, name) for name in wanted]
 
 
 def _before(base: Artifact, target: recovery.RecoveryTarget) -> bool:

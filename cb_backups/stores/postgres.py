@@ -435,8 +435,7 @@ class PostgresStore:
             if not verdict.ok:
                 raise RestoreRefused(self.name, "; ".join(verdict.problems))
             src.seek(0)
-            indexes = len(re.findall(r"^\d+; \d+ \d+ INDEX ", done.stdout.decode(errors="replace"), re.M))
-            yield _Source(path, toc, src, before, indexes)
+            yield _Source(path, toc, src, before)
 
     def _dump_record(self, artifact: Artifact, path: Path) -> FileRecord:
         """The dump's manifest record; RestoreRefused when the seal or the record is wrong or the file missing."""
@@ -469,15 +468,14 @@ class PostgresStore:
 
     def _stream_restore(self, artifact: Artifact, source: _Source, incoming: str, jobs: int) -> tuple[int, str]:
         """pg_restore from the dump decompressed into its stdin: one pass, so the decompression overlaps the
-        restore. With `jobs` > 1 and secondary indexes in the dump (an HNSW index takes minutes), the schema and
-        data stream in first and the post-data section (indexes, constraints: it reads no data) follows with
-        `--jobs` from the table of contents alone; otherwise one pg_restore does it all (measured: a second
-        process costs ~0.25 s and two jobs gained nothing on primary keys alone). A file changed since it was
-        verified (its ctime or size moved) fails with _CHANGED: only `incoming` was written."""
+        restore. With `jobs` > 1 the schema and data stream in first and the post-data section (indexes,
+        constraints, foreign-key checks: it reads no data) follows with `--jobs` from the table of contents
+        alone, so they build at once as with a seekable file; with one job one pg_restore does it all. A file
+        changed since it was verified (its ctime or size moved) fails with _CHANGED: only `incoming` saw it."""
         path, toc, src = source.dump, source.toc, source.src
         assert toc is not None and src is not None
         record = artifact.file(path.name)
-        split = jobs > 1 and source.indexes > 0
+        split = jobs > 1
         sections = ["--section=pre-data", "--section=data"] if split else []
         argv = [self._tool("pg_restore"), *sections, "--exit-on-error", "-d", incoming]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -862,7 +860,6 @@ class _Source:
     toc: Path | None = None  # the plain dump's head up to the end of its table of contents
     src: BinaryIO | None = None  # the dump, open since it was hashed
     stamp: tuple[int, ...] | None = None  # `_stamp(src)` when it was hashed
-    indexes: int = 0  # INDEX entries in its table of contents
 
 
 def _stamp(fh: BinaryIO) -> tuple[int, ...]:
