@@ -36,6 +36,7 @@ def test_quick_benchmarks_print_every_figure(tmp_path: Path) -> None:
     # what the figures measured really happened
     assert figures["pg_dagster_overhead"]["details"]["every_run_succeeded_with_checks_passing"] is True
     assert figures["pg_restore"]["details"]["counts_match"] is True
+    assert figures["offsite_restore"]["details"]["counts_match"] is True
     assert figures["offsite_throughput"]["details"]["remote_verified"] is True
     assert figures["verify_throughput"]["details"]["all_clean"] is True
     assert not figures["full_system"]["details"]["failed_in_full"]

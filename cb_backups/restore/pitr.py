@@ -186,13 +186,7 @@ def _remote_segments(archive: WalArchive, s3: offsite.S3Target | None, timeline:
     if s3 is None:
         return {}
     local = {s.segno for s in archive.segments() if s.timeline == timeline and not archive.missing(s)}
-    try:
-        names = offsite_wal.remote_names(s3)
-    except CbBackupsError as exc:
-        if strict:
-            raise RestoreRefused(STORE, f"off-site WAL: {exc}") from None
-        skipped.append(f"off-site WAL not read: {exc}")
-        return {}
+    names = _remote_names(s3, skipped, strict)
     found = {}
     for name in names:
         if len(name) == 24 and int(name[:8], 16) == timeline:
@@ -202,6 +196,17 @@ def _remote_segments(archive: WalArchive, s3: offsite.S3Target | None, timeline:
     return found
 
 
+def _remote_names(s3: offsite.S3Target, skipped: list[str], strict: bool) -> set[str]:
+    """The WAL file names S3 holds; S3 unreadable: refused when `strict`, else noted and none."""
+    try:
+        return set(offsite_wal.remote_names(s3))
+    except CbBackupsError as exc:
+        if strict:
+            raise RestoreRefused(STORE, f"off-site WAL: {exc}") from None
+        skipped.append(f"off-site WAL not read: {exc}")
+        return set()
+
+
 def remote_histories(archive: WalArchive, s3: offsite.S3Target | None, timeline: int, skipped: list[str],
                      strict: bool) -> list[Segment]:
     """The timeline history files up to `timeline` that only S3 holds (their off-site records): a base backup
@@ -209,13 +214,7 @@ def remote_histories(archive: WalArchive, s3: offsite.S3Target | None, timeline:
     if s3 is None or timeline < 2:
         return []
     local = {h.name for h in archive.histories() if not archive.missing(h)}
-    try:
-        names = offsite_wal.remote_names(s3)
-    except CbBackupsError as exc:
-        if strict:
-            raise RestoreRefused(STORE, f"off-site WAL: {exc}") from None
-        skipped.append(f"off-site WAL not read: {exc}")
-        return []
+    names = _remote_names(s3, skipped, strict)
     wanted = sorted(n for n in names if HISTORY.match(n) and 2 <= int(n[:8], 16) <= timeline and n not in local)
     return [_record(archive, s3, name) for name in wanted]
 

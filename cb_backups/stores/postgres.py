@@ -352,15 +352,8 @@ class PostgresStore:
             with self._verified_directory(artifact) as folder:
                 yield folder
             return
-        problems = seal_problems(artifact)
         path = dump_file(artifact)
-        try:
-            record = artifact.file(path.name)
-        except KeyError:
-            problems.append(f"{path.name} is not in the manifest")
-            record = None
-        if problems or record is None or not path.is_file():
-            raise RestoreRefused(self.name, "; ".join(problems) or f"{path.name} missing")
+        record = self._dump_record(artifact, path)
         with tempfile.TemporaryDirectory(prefix=".restore-", dir=artifact.directory.parent) as tmp:
             plain = Path(tmp) / DUMP_FILE if path.name.endswith(".zst") else path
             size = 0
