@@ -4,20 +4,14 @@
   host never needs a key that can decrypt) and where the identities for restores are.
 - `encrypting(staging_dir, recipients)` marks a staging folder: every `HashingWriter` opened under
   it encrypts as it writes (core.fileio), so dump -> compress -> encrypt -> hash -> write stays one
-  pass. Files are remembered by inode, so an adapter (or the full system
-  backup) may rename them.
-- `StreamEncryptor` writes age's format itself over OpenSSL's ChaCha20-Poly1305 (cryptography);
-  pyrage parses keys and decrypts (and the tests open the output with pyrage and the `age` binary).
+  pass. Files are remembered by inode, so an adapter (or the full system backup) may rename them.
 - `decrypt_into` authenticates while it streams: age's STREAM chunks each carry a Poly1305 tag, so
   a changed byte or a truncated file is an error, never wrong plaintext.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,19 +21,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import pyrage
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pyrage import x25519
 
 from cb_backups.core.errors import CbBackupsError, ConfigError
 
 AGE_SUFFIX = ".age"
-AGE_HEADER = b"age-encryption.org/v1\n"
+AGE_HEADER = b"age-encryption.org/v1\n"  # the first line of every age file
+PAYLOAD_CHUNK = 64 * 1024  # age's STREAM chunk: each carries its own Poly1305 tag
 IDENTITY_PREFIX = "AGE-SECRET-KEY-"
 RECIPIENT_PREFIX = "age1"
+_QUEUE_BLOCKS = 8  # blocks in flight between the writer and the encrypting thread: memory stays flat
 
 
 class IdentityMismatch(CbBackupsError):
@@ -174,17 +165,22 @@ def marked_for(path: Path) -> Marked | None:
 
 
 class _Digest:
-    """The ciphertext, hashed and counted on its way into the file."""
+    """What pyrage writes: hashed and counted on its way into the file."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self.out, self.hash, self.bytes = out, hashlib.sha256(), 0
+        self.error: OSError | None = None  # the file's own error (a full disk), before pyrage wraps it
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         self.hash.update(view)
         written = 0
-        while written < len(view):
-            written += self.out.write(view[written:]) or 0  # a raw file may write less than asked
+        try:
+            while written < len(view):
+                written += self.out.write(view[written:]) or 0  # a raw file may write less than asked
+        except OSError as exc:
+            self.error = exc
+            raise
         self.bytes += written
         return written
 
@@ -192,184 +188,102 @@ class _Digest:
         self.out.flush()
 
 
-# age's format (age-encryption.org/v1), written here rather than by pyrage: pyrage's ChaCha20-Poly1305 runs at
-# ~350 MB/s and pulls its input through Python in 8 KiB reads; OpenSSL's (cryptography) runs at 1.5-4 GB/s on
-# whole 64 KiB chunks of the caller's buffer. pyrage still parses keys and does every decryption, and the
-# tests open what this writes with both pyrage and the `age` binary.
-PAYLOAD_CHUNK = 64 * 1024  # age's STREAM chunk: each carries its own Poly1305 tag
-_FILE_KEY_BYTES, _NONCE_BYTES = 16, 16
-_X25519_INFO = b"age-encryption.org/v1/X25519"
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BATCHES_IN_FLIGHT = 4  # sealed batches (one per write, up to ~1 MiB) queued for the hashing writer thread
+class _Blocks:
+    """A reader over blocks handed in by another thread (pyrage pulls, adapters push)."""
 
+    def __init__(self) -> None:
+        self.blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_BLOCKS)
+        self.pending = memoryview(b"")
+        self.done = False
+        self.aborted = False  # the writer failed: pyrage must fail too, never seal a truncated stream
 
-def _bech32_polymod(values: list[int]) -> int:
-    chk = 1
-    for value in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ value
-        for i, gen in enumerate((0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)):
-            chk ^= gen if (top >> i) & 1 else 0
-    return chk
+    def read(self, size: int = -1) -> bytes:
+        if self.aborted:
+            raise OSError("encryption aborted: the backup failed")
+        while not self.pending and not self.done:
+            block = self.blocks.get()
+            if block is None:
+                self.done = True
+            else:
+                self.pending = memoryview(block)
+        if self.aborted:  # woken by abort's None: not the end of the stream
+            raise OSError("encryption aborted: the backup failed")
+        if size is None or size < 0:
+            size = len(self.pending)
+        taken, self.pending = self.pending[:size], self.pending[size:]  # views: no copy of the rest
+        return bytes(taken)
 
-
-def _recipient_bytes(recipient: str) -> bytes:
-    """The 32-byte X25519 public key of an `age1...` recipient (bech32, BIP 173)."""
-    try:
-        x25519.Recipient.from_str(recipient)  # the same validation as parse_recipients
-    except Exception:
-        raise ConfigError("age recipient", recipient[:12], "an age X25519 public key (age1...)") from None
-    text = recipient.lower()
-    hrp, _, data = text.rpartition("1")
-    values = [_BECH32.index(c) for c in data]
-    if hrp != "age" or _bech32_polymod([ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp] + values) != 1:
-        raise ConfigError("age recipient", recipient[:12], "an age X25519 public key (age1...)")
-    acc = bits = 0
-    key = bytearray()
-    for value in values[:-6]:  # the last six are the checksum
-        acc, bits = (acc << 5) | value, bits + 5
-        if bits >= 8:
-            bits -= 8
-            key.append((acc >> bits) & 0xFF)
-    if len(key) != 32:
-        raise ConfigError("age recipient", recipient[:12], "an age X25519 public key (age1...)")
-    return bytes(key)
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.b64encode(data).rstrip(b"=")  # age: standard alphabet, no padding
-
-
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
-
-
-def _x25519_stanza(file_key: bytes, recipient: bytes) -> bytes:
-    """One `-> X25519` stanza: the file key wrapped to `recipient` through a fresh ephemeral key."""
-    ephemeral = X25519PrivateKey.generate()
-    share = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
-    if not any(shared):
-        raise CbBackupsError("age encryption failed: a recipient key is a low-order point")
-    wrap = ChaCha20Poly1305(_hkdf(shared, share + recipient, _X25519_INFO))
-    body = wrap.encrypt(bytes(12), file_key, None)  # 32 bytes: one 43-character line
-    return b"-> X25519 " + _b64(share) + b"\n" + _b64(body) + b"\n"
-
-
-def _header(file_key: bytes, recipients: Sequence[bytes]) -> bytes:
-    """age's header: version line, one stanza per recipient, and its HMAC under a key from the file key."""
-    head = AGE_HEADER + b"".join(_x25519_stanza(file_key, r) for r in recipients) + b"---"
-    mac = hmac.new(_hkdf(file_key, b"", b"header"), head, hashlib.sha256).digest()
-    return head + b" " + _b64(mac) + b"\n"
-
-
-class _Writer:
-    """Hashes and writes sealed chunks on a thread of its own, so the ciphertext's sha256 and the write overlap
-    the next chunks' encryption (hashlib and file writes release the GIL). A bounded queue: memory stays flat."""
-
-    def __init__(self, sink: _Digest) -> None:
-        self.sink = sink
-        self.batches: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=_BATCHES_IN_FLIGHT)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="cb-age-write", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (batch := self.batches.get()) is not None:
-            if self.error is None:  # after a failure keep draining, so a writer never blocks on a full queue
-                try:
-                    for chunk in batch:
-                        self.sink.write(chunk)
-                except BaseException as exc:  # raised in the writing thread on its next write or close
-                    self.error = exc
-
-    def put(self, batch: list[bytes]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.batches.put(batch)
-
-    def finish(self) -> None:
-        if self.thread.is_alive():
-            self.batches.put(None)
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class StreamEncryptor:
-    """Push-style age encryption into `out`: `write` plaintext, `close` to seal the last chunk.
-
-    Each 64 KiB chunk is sealed in the caller's thread as soon as a byte after it arrives (the chunk held
-    back may be the last one, which age marks, so a truncated file never authenticates); a second thread
-    hashes and writes the ciphertext.
-    """
+    """Push-style age encryption into `out`: `write` plaintext, `close` to finish the last chunk."""
 
     def __init__(self, out: IO[bytes], recipients: Sequence[str]) -> None:
-        keys = [_recipient_bytes(r) for r in recipients]
-        if not keys:
-            raise CbBackupsError("age encryption needs at least one recipient")
         self._sink = _Digest(out)
-        file_key, nonce = os.urandom(_FILE_KEY_BYTES), os.urandom(_NONCE_BYTES)
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        self._counter = 0
-        self._held = bytearray()  # at most one chunk: the one that may turn out to be the last
-        self._closed = False
-        self._writer = _Writer(self._sink)
-        self._writer.put([_header(file_key, keys) + nonce])
+        self._reader = _Blocks()
+        self._error: BaseException | None = None
+        keys = [x25519.Recipient.from_str(r) for r in recipients]
+        self._thread = threading.Thread(target=self._run, args=(keys,), name="cb-age-encrypt", daemon=True)
+        self._thread.start()
 
-    def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> bytes:
-        nonce = self._counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
-        self._counter += 1
-        return self._aead.encrypt(nonce, chunk, None)
+    def _run(self, keys: list[x25519.Recipient]) -> None:
+        try:
+            pyrage.encrypt_io(self._reader, self._sink, keys)
+        except BaseException as exc:  # handed to the writing thread on its next write or close
+            self._error = exc
+            while not self._reader.done:  # unblock a writer waiting on a full queue
+                if self._reader.blocks.get() is None:
+                    break
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise CbBackupsError("age encryption: write after close")
-        view = memoryview(data).cast("B")
-        if self._held:
-            room = PAYLOAD_CHUNK - len(self._held)
-            if len(view) <= room:
-                self._held += view
+        block = bytes(data)
+        while True:
+            if self._error is not None or not self._thread.is_alive():
+                self._raise()
+            try:
+                self._reader.blocks.put(block, timeout=1.0)
                 return
-            self._held += view[:room]
-            view = view[room:]
-        sealed = []
-        if self._held:
-            sealed.append(self._seal(self._held, last=False))  # more follows: not the last chunk
-            self._held = bytearray()
-        while len(view) > PAYLOAD_CHUNK:  # whole chunks straight from the caller's buffer, no copy
-            sealed.append(self._seal(view[:PAYLOAD_CHUNK], last=False))
-            view = view[PAYLOAD_CHUNK:]
-        self._held += view  # a copy: the caller may reuse its buffer
-        if sealed:
-            self._writer.put(sealed)
+            except queue.Full:
+                continue
+
+    def _raise(self) -> None:
+        """The file's own error as it was (a full disk stays an ENOSPC OSError for its one-line message)."""
+        if self._sink.error is not None:
+            raise self._sink.error
+        raise CbBackupsError(f"age encryption failed: {self._error}")
 
     def close(self) -> tuple[str, int]:
-        """Seal the last chunk; (ciphertext sha256, ciphertext bytes) once all of it is written."""
-        if not self._closed:
-            self._closed = True
+        """Finish the stream; (ciphertext sha256, ciphertext bytes)."""
+        while self._thread.is_alive():
             try:
-                self._writer.put([self._seal(self._held, last=True)])  # empty only for an empty plaintext
-            finally:
-                self._held = bytearray()
-                self._writer.finish()
-            self._sink.flush()
+                self._reader.blocks.put(None, timeout=1.0)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        if self._error is not None:
+            self._raise()
+        self._sink.flush()
         return self._sink.hash.hexdigest(), self._sink.bytes
 
     def abort(self) -> None:
-        """After a failed write: no last chunk is sealed (the partial file is the caller's to remove)."""
-        self._closed = True
-        self._held = bytearray()
-        with suppress(BaseException):
-            self._writer.finish()
+        """Stop the encrypting thread after a failed write (the partial file is the caller's to remove)."""
+        self._reader.aborted = self._reader.done = True
+        with suppress(queue.Full):
+            self._reader.blocks.put_nowait(None)
+        self._thread.join(timeout=10)  # it fails on its next read: no thread outlives the backup
 
 
 def encrypt_stream(source: IO[bytes], out: IO[bytes], recipients: Sequence[str]) -> tuple[str, int]:
     """Encrypt a readable stream into `out`; (ciphertext sha256, ciphertext bytes)."""
-    encryptor = StreamEncryptor(out, recipients)
-    while block := source.read(1024 * 1024):
-        encryptor.write(block)
-    return encryptor.close()
+    sink = _Digest(out)
+    pyrage.encrypt_io(source, sink, [x25519.Recipient.from_str(r) for r in recipients])
+    sink.flush()
+    return sink.hash.hexdigest(), sink.bytes
 
 
 # --- decrypting ------------------------------------------------------------------------------------------
@@ -393,6 +307,7 @@ def decrypt_into(source: IO[bytes], out: Any, identities: Sequence[x25519.Identi
 
 
 DecryptError = pyrage.DecryptError
+AGE_HEADER = b"age-encryption.org/v1\n"
 
 
 def age_header_problems(path: Path, recipients: int) -> list[str]:

@@ -237,7 +237,9 @@ def _needed(archive: WalArchive, timeline: int, first: int, target: recovery.Rec
 
     A missing segment the target may lie beyond is refused, naming it: every record of a segment is older
     than the time it was archived, so a gap after a segment archived later than a time target (or after
-    an LSN target's segment) is harmless; any other gap is not.
+    an LSN target's segment) cannot hide WAL before the target; any other gap is refused. (Recovery to a
+    time still needs a commit after the target: if none is archived before such a gap, the recovering
+    server says so and stops, and nothing of the live server has been touched.)
     """
     remote = remote or {}
     mine = {s.segno: s for s in archive.segments() if s.timeline == timeline}
@@ -250,8 +252,11 @@ def _needed(archive: WalArchive, timeline: int, first: int, target: recovery.Rec
         # of the live server is touched; the plan runs twice (the CLI's, then the run's) and reads nothing big.
         problems = archive.missing(segment) if segment is not None else []
         if (segment is None or problems) and number in remote:
-            if _reached(chosen, target, number, seg_size):
-                return chosen, None, fetch  # the target lies before it: not downloaded
+            # Only an LSN target can stop the download early. A time target needs the first commit after
+            # it, which may lie in any later segment (a segment archived after the target may still end
+            # before it), so every contiguous segment is fetched and the server stops where it must.
+            if target.kind == "lsn" and _reached(chosen, target, number, seg_size):
+                return chosen, None, fetch
             segment, problems = _record(archive, s3, remote[number]), []
             fetch.append(segment)
         if segment is None:
