@@ -223,6 +223,23 @@ def test_pitr_from_offsite_finds_exactly_bursts_1_and_2(world: World) -> None:
         shutil.rmtree(Path(result.data_dir).parent)
 
 
+def test_cli_restore_to_time_from_offsite(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's command, `restore postgres --to-time T --from offsite`, with the local copies gone again."""
+    from cb_backups.cli.app import main
+
+    shutil.rmtree(world.archive.root, ignore_errors=True)
+    shutil.rmtree(world.settings.catalog().store_dir(basebackup.BASE_STORE), ignore_errors=True)
+    os.environ["DAGSTER_HOME"] = str(tmp_path)
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    code = main(["restore", "postgres", "--to-time", world.t_mid, "--from", "offsite"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0, out
+    assert "point-in-time restore of postgres" in out and "counts {'memories': 300}" in out, out
+    data = Path(out.split("stop it with: pg_ctl -D ")[1].split(" stop")[0])
+    recovery.stop(world.server, data)
+    shutil.rmtree(data.parent)
+
+
 def test_wal_retention_deletes_offsite_segments_no_base_backup_needs(world: World) -> None:
     from cb_backups.config.retention import policies_from_config
     from cb_backups.retention.wal import offsite_bases, prune_pitr
