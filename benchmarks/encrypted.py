@@ -136,7 +136,7 @@ def restic_offsite(bench: Bench) -> Figure:
         ours()
         pairs = paired(ours, theirs, bench.repeat)
     ratio = statistics.median([b / a for a, b in zip(pairs.a, pairs.b, strict=True)])
-    # both sizes above the copy's buffers (4 threads x 2 x 16 MiB parts): below them the peak is lower anyway
+    # both sizes above the copy's buffers (8 threads x 2 x 8 MiB parts): below them the peak is lower anyway
     small, large = max(size, 160 * MiB), 2 * max(size, 160 * MiB)
     ours_peak = {large: _our_peak(bench, large, bucket, recipient), small: _our_peak(bench, small, bucket, recipient)}
     flat = ours_peak[large] / ours_peak[small]

@@ -121,6 +121,6 @@ def peak_memory(bench: Bench) -> Figure:
                   code_path="child process: Catalog.write(fake store, HashingWriter) + upload_artifact; "
                             "peak = the child's VmHWM (ru_maxrss would include the parent's RSS at fork)",
                   note=f"peak {human_bytes(peak[large] * 1024)} vs {human_bytes(peak[small] * 1024)}; the copy buffers "
-                       "at most concurrency x 2 parts (4 x 2 x 16 MiB), reached once a file is over ~128 MiB, so "
+                       "at most concurrency x 2 parts (8 x 2 x 8 MiB), reached once a file is over ~128 MiB, so "
                        "a small artifact below that shows a lower peak (quick mode's 20 MiB)",
                   details={"runs": {str(k): v for k, v in results.items()}})

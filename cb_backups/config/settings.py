@@ -166,8 +166,8 @@ class S3Settings:
     region: str = "us-east-1"
     storage_class: str | None = None
     sse: str | None = None  # "AES256" | "aws:kms"
-    concurrency: int = 4
-    multipart_chunk_mb: int = 16
+    concurrency: int = 8
+    multipart_chunk_mb: int = 8
     object_lock: ObjectLock | None = None  # from `offsite.object_lock` (config/retention.py), not the s3 section
 
     @property
