@@ -69,6 +69,19 @@ def burst(pg: EmbeddedPostgres, number: int, rows: int) -> None:
                      (number, rows))
 
 
+def receiving(settings: Settings, pg: EmbeddedPostgres) -> tuple[Server, WalArchive, Receiver, threading.Thread]:
+    """A running `wal-receive` (a thread) on `pg`, and the bursts' table."""
+    server = Server(settings.store("postgres"), pitr_settings(settings))
+    archive = WalArchive(settings.catalog())
+    receiver = Receiver(server, archive, log=lambda line: None)
+    receiver.start()
+    thread = threading.Thread(target=receiver.run, daemon=True)
+    thread.start()
+    with pg.connect() as conn:
+        conn.execute("CREATE TABLE memories (id bigserial PRIMARY KEY, burst int NOT NULL, at timestamptz NOT NULL)")
+    return server, archive, receiver, thread
+
+
 def switch_and_archive(p: Pitr) -> str:
     """Close the current segment and wait until the receiver recorded it."""
     with p.pg.connect() as conn:
@@ -87,15 +100,7 @@ def pitr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pitr]:
     os.environ.update(_env(pg, root / "backups"))
     try:
         settings = load_settings()
-        server = Server(settings.store("postgres"), pitr_settings(settings))
-        archive = WalArchive(settings.catalog())
-        receiver = Receiver(server, archive, log=lambda line: None)
-        receiver.start()
-        thread = threading.Thread(target=receiver.run, daemon=True)
-        thread.start()
-        with pg.connect() as conn:
-            conn.execute("CREATE TABLE memories (id bigserial PRIMARY KEY, burst int NOT NULL, "
-                         "at timestamptz NOT NULL)")
+        server, archive, receiver, thread = receiving(settings, pg)
         catalog = settings.catalog()
         base = catalog.write(basebackup.BASE_STORE, "2026-12-01", lambda into: basebackup.take(server, into))
         catalog.record_verification(base, basebackup.verify(server, base, catalog.root / "_pitr"))

@@ -24,14 +24,14 @@ from cb_backups.core.errors import RestoreRefused
 from cb_backups.demo.embedded import EmbeddedPostgres
 from cb_backups.offsite import s3 as offsite
 from cb_backups.offsite import wal as offsite_wal
-from cb_backups.restore.pitr import execute_pitr, pitr_settings, plan_pitr
+from cb_backups.restore.pitr import execute_pitr, plan_pitr
 from cb_backups.stores.pitr import basebackup, recovery
 from cb_backups.stores.pitr.archive import WalArchive, pitr_catalog
 from cb_backups.stores.pitr.health import WAL_CHECKS, hour_outcomes
 from cb_backups.stores.pitr.receiver import Receiver
 from cb_backups.stores.pitr.server import Server
 from cb_backups_tests.servers.s3 import SeaweedS3
-from cb_backups_tests.test_pitr import PASSWORD, WAIT, _env, burst
+from cb_backups_tests.test_pitr import PASSWORD, WAIT, _env, burst, receiving
 
 from cb_backups.core.net import wait_until  # isort: skip
 
@@ -84,15 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3) -> Ite
     receiver = thread = None
     try:
         settings = load_settings()
-        server = Server(settings.store("postgres"), pitr_settings(settings))
-        archive = WalArchive(settings.catalog())
-        receiver = Receiver(server, archive, log=lambda line: None)
-        receiver.start()
-        thread = threading.Thread(target=receiver.run, daemon=True)
-        thread.start()
-        with pg.connect() as conn:
-            conn.execute("CREATE TABLE memories (id bigserial PRIMARY KEY, burst int NOT NULL, "
-                         "at timestamptz NOT NULL)")
+        server, archive, receiver, thread = receiving(settings, pg)
         from cb_backups.defs.wal import BASE_PARTITIONS
 
         w = World(pg, settings, server, archive, receiver, thread, offsite.S3Target(settings.s3), s3_server, bucket,
