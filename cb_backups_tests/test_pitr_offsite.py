@@ -174,6 +174,25 @@ def test_object_lock_keeps_a_segment_retention_would_delete(world: World, tmp_pa
     assert segment.name in offsite_wal.remote_names(locked)
 
 
+def test_a_segment_changed_since_it_was_recorded_is_never_copied(world: World, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from cb_backups.core.catalog import Catalog
+    from cb_backups.core.errors import VerificationFailed
+
+    archive = WalArchive(Catalog(tmp_path / "backups"))  # its own archive: the world's off-site state stays
+    segment = archive.record(world.archive.extract(world.archive.segments()[0], tmp_path))
+    stored = archive.path(segment)
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size: only the sha256 tells
+    stored.write_bytes(bytes(data))
+    monkeypatch.setenv("CB_S3_PREFIX", f"changed-{uuid.uuid4().hex[:8]}")  # not the world's keys
+    target = offsite.S3Target(load_settings().s3)
+    key = offsite_wal.key_of(target, segment.file_name)
+    with pytest.raises(VerificationFailed):
+        offsite_wal.copy_segment(archive, target, segment)
+    assert offsite.head(target, key) is None and offsite_wal.state(archive, segment.name) is None
+
+
 def _lose_local_copies(world: World) -> None:
     """The machine lost its WAL archive and base backups; only S3 has them."""
     world.receiver.stop.set()

@@ -519,7 +519,8 @@ def _checksum_problem(name: str, stored: dict[str, Any], sha256_hex: str) -> str
     return None
 
 
-def _head_version(target: S3Target, key: str, version_id: str | None) -> dict[str, Any] | None:
+def head_version(target: S3Target, key: str, version_id: str | None) -> dict[str, Any] | None:
+    """HEAD of one version of `key` (the latest when `version_id` is None); None when it is not there."""
     if not version_id:
         return head(target, key)
     try:
@@ -570,7 +571,7 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False,
         manifest_key = target.key(store, pk, MANIFEST)
         # a GET first: a HEAD's error has no body, so it could not say why S3 refused
         remote_manifest = _manifest_sha(target, manifest_key, recorded.get(manifest_key))
-        manifest_head = _head_version(target, manifest_key, recorded.get(manifest_key)) if remote_manifest else None
+        manifest_head = head_version(target, manifest_key, recorded.get(manifest_key)) if remote_manifest else None
         if manifest_head is not None:
             check_version(MANIFEST, manifest_key, manifest_head)
         details["manifest_sha256"] = remote_manifest  # which manifest S3 holds: stale when not the local one
@@ -581,7 +582,7 @@ def verify_offsite(artifact: Artifact, target: S3Target, deep: bool = False,
         for record in artifact.manifest.files:
             key = target.key(store, pk, record.name)
             details["files_checked"] += 1
-            stored = _head_version(target, key, recorded.get(key))
+            stored = head_version(target, key, recorded.get(key))
             if stored is None:
                 problems.append(f"{record.name}: missing remotely ({target.url(key)})")
                 continue
@@ -627,7 +628,7 @@ def _blob_problems(artifact: Artifact, target: S3Target, deep: bool, details: di
     for sha, (blob, _) in distinct.items():
         key = target.blob_key(artifact.store, sha)
         details["blobs_checked"] += 1
-        stored = _head_version(target, key, recorded.get(key))
+        stored = head_version(target, key, recorded.get(key))
         if stored is None:
             problems.append(f"repository file {blob.path}: missing remotely ({target.url(key)})")
             continue
@@ -831,7 +832,7 @@ def manifest_head(target: S3Target, store: str, partition_key: str, versions: Ma
                   ) -> dict[str, Any] | None:
     """The HEAD of the manifest version a restore reads (see `download_artifact`), None when absent."""
     key = target.key(store, partition_key, MANIFEST)
-    return _head_version(target, key, _version_picker(target, versions)(key))
+    return head_version(target, key, _version_picker(target, versions)(key))
 
 
 def _get_version(target: S3Target, key: str, version_id: str | None) -> bytes | None:

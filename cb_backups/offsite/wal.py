@@ -115,8 +115,10 @@ def copy_segment(archive: WalArchive, target: s3.S3Target, segment: Segment, now
                  ) -> OffsiteSegment:
     """Upload the stored file, then its record; read both back; record the verified copy locally."""
     now = now or utcnow()
-    problems = archive.problems(segment)
-    if problems:  # never copy a file that no longer matches its record
+    # Size only here: the upload hashes the file in its one read and refuses (LocalFileMismatch) to complete
+    # an object whose sha256 is not the record's, so a file changed since it was recorded is never copied.
+    problems = archive.missing(segment)
+    if problems:
         raise VerificationFailed(WAL_STORE, "; ".join(problems))
     lock = require_locking_bucket(target)
     until = lock.retain_until(STORE, segment.completed, now) if lock else None
@@ -155,7 +157,7 @@ def copy_pending(archive: WalArchive, target: s3.S3Target, before: datetime | No
 def remote_problems(target: s3.S3Target, copy: OffsiteSegment, deep: bool = False) -> list[str]:
     """The off-site objects of one segment: present, the recorded size and sha256 (`deep` re-reads the data)."""
     problems = []
-    stored = s3.head(target, copy.key) if not copy.version_id else _head_version(target, copy.key, copy.version_id)
+    stored = s3.head_version(target, copy.key, copy.version_id)
     if stored is None:
         return [f"{copy.name}: {target.url(copy.key)} is missing"]
     remote_sha = (stored.get("Metadata") or {}).get(s3.SHA256_METADATA)
@@ -170,15 +172,6 @@ def remote_problems(target: s3.S3Target, copy: OffsiteSegment, deep: bool = Fals
     if s3.head(target, copy.record_key) is None:
         problems.append(f"{copy.name}: its record {target.url(copy.record_key)} is missing")
     return problems
-
-
-def _head_version(target: s3.S3Target, key: str, version_id: str) -> dict[str, Any] | None:
-    try:
-        return target.client.head_object(Bucket=target.bucket, Key=key, VersionId=version_id)
-    except Exception as exc:
-        if not_found(exc):
-            return None
-        raise target.error("reading", f"{target.url(key)} version {version_id}", exc) from None
 
 
 def verify_segments(archive: WalArchive, target: s3.S3Target | None, segments: Iterable[Segment],
