@@ -423,6 +423,7 @@ def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, 
                  sent: _Counter, locking: dict[str, Any] | None = None) -> RemoteFile:
     client = target.client
     where = target.url(key)
+    retried = False
     try:
         for attempt in _retrying(target):
             with attempt:
@@ -433,6 +434,7 @@ def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, 
                                           ExtraArgs=_extra_args(target, sha256, checksums, locking, size),
                                           Config=target.transfer_config, Callback=sent)
                 except Exception as exc:
+                    retried = True
                     abort_incomplete_uploads(target, key, exact=True, quiet=True)
                     if checksums and target.checksums_supported is None and _checksum_refused(exc):
                         log.info("s3: %s refuses additional checksums; using x-amz-meta-sha256 only",
@@ -448,6 +450,8 @@ def _upload_file(target: S3Target, store: str, path: Path, key: str, size: int, 
         raise
     except Exception as exc:
         raise target.error("upload to", where, exc) from None
+    if retried:  # an abort tried while the server was down failed quietly: no part of a failed attempt stays
+        abort_incomplete_uploads(target, key, exact=True, quiet=True)
     stored = head(target, key)
     if stored is None or stored.get("ContentLength") != size:
         raise OffsiteError(f"s3: upload to {where} reported success but the object is "
