@@ -137,13 +137,22 @@ class SeaweedS3:
                                                    "copy_3 = 3\ncopy_other = 1\n")
         started = time.monotonic()
         fresh = not (self.data_dir / "filerldb2").exists()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        try:
-            self.process = subprocess.Popen(self._argv(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.base_dir)
-        finally:
-            log.close()
-        self._wait_ready(timeout, create=fresh)
+        for attempt in range(3):
+            log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+            try:
+                self.process = subprocess.Popen(self._argv(), stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.base_dir)
+            finally:
+                log.close()
+            try:
+                self._wait_ready(timeout, create=fresh)
+                break
+            except RuntimeError:
+                # Another test worker took one of the free ports between free_port() and weed's bind: a fresh
+                # server starts again on new ports (a restarted one keeps its address, so it does not).
+                if not fresh or attempt == 2 or "address already in use" not in self._log_tail(400):
+                    raise
+                self.ports = {name: free_port() for name in PORT_NAMES}
         self.start_seconds = time.monotonic() - started
         return self.start_seconds
 
