@@ -34,7 +34,7 @@ from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
 from cb_backups.offsite import s3 as offsite
 from cb_backups.retention.apply import local_backups
 from cb_backups.retention.policy import plan
-from cb_backups_tests.servers.s3 import SeaweedS3, free_port
+from cb_backups_tests.servers.s3 import SeaweedS3
 
 MiB = 1024 * 1024
 
@@ -49,8 +49,8 @@ class TcpProxy:
     def __init__(self, upstream: tuple[str, int], cut_after: int | None = None,
                  delay: float = 0.0) -> None:
         self.upstream, self.cut_after, self.delay = upstream, cut_after, delay
-        self.port = free_port()
-        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.listener = socket.create_server(("127.0.0.1", 0))  # port 0: no race with another worker
+        self.port = int(self.listener.getsockname()[1])
         self.sockets: list[socket.socket] = []
         self.connections = 0
         self.cut = threading.Event()
@@ -193,7 +193,7 @@ class S3FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

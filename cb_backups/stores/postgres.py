@@ -49,7 +49,7 @@ from cb_backups.core.model import (
     no_progress,
 )
 from cb_backups.core.net import wait_until
-from cb_backups.stores import pg_directory
+from cb_backups.stores import pg_copy, pg_directory
 from cb_backups.stores.base import (
     DRILL,
     Scratch,
@@ -147,7 +147,8 @@ class PostgresStore:
         try:
             return psycopg.connect(host=self.settings.host, port=self.settings.port, user=self.settings.user,
                                    password=self.settings.password, dbname=dbname or self.settings.dbname,
-                                   autocommit=True, connect_timeout=10)
+                                   # a SQL_ASCII database would hand every text value over as bytes
+                                   autocommit=True, connect_timeout=10, client_encoding="UTF8")
         except psycopg.Error as exc:
             raise StoreUnavailable(self.name, f"cannot connect to {self._where()}: {_first_line(exc)}") from None
 
@@ -428,7 +429,7 @@ class PostgresStore:
             if not verdict.ok:
                 raise RestoreRefused(self.name, "; ".join(verdict.problems))
             src.seek(0)
-            yield _Source(path, toc, src, before)
+            yield _Source(path, toc, src, before, done.stdout.decode(errors="replace"))
 
     def _dump_record(self, artifact: Artifact, path: Path) -> FileRecord:
         """The dump's manifest record; RestoreRefused when the seal or the record is wrong or the file missing."""
@@ -461,22 +462,37 @@ class PostgresStore:
 
     def _stream_restore(self, artifact: Artifact, source: _Source, incoming: str, jobs: int) -> tuple[int, str]:
         """pg_restore from the dump decompressed into its stdin: one pass, so the decompression overlaps the
-        restore. With `jobs` > 1 the schema and data stream in first and the post-data section (indexes,
-        constraints, foreign-key checks: it reads no data) follows with `--jobs` from the table of contents
-        alone, so they build at once as with a seekable file; with one job one pg_restore does it all. A file
-        changed since it was verified (its ctime or size moved) fails with _CHANGED: only `incoming` saw it."""
+        restore. With `jobs` > 1 the schema comes from the table of contents alone, the table data streams
+        through pg_restore as text into `jobs` connections at once (`pg_copy`: one large table loads on
+        every core, not on one), sequence values and then the post-data section (indexes, constraints,
+        foreign-key checks) follow with `--jobs` from the table of contents; a dump with large objects
+        streams schema and data through one pg_restore instead. With one job one pg_restore does it all.
+        A file changed since it was verified (its ctime or size moved) fails with _CHANGED: only
+        `incoming` saw it."""
         path, toc, src = source.dump, source.toc, source.src
         assert toc is not None and src is not None
         record = artifact.file(path.name)
-        split = jobs > 1
-        sections = ["--section=pre-data", "--section=data"] if split else []
-        argv = [self._tool("pg_restore"), *sections, "--exit-on-error", "-d", incoming]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=self._env())
+        plan = pg_copy.split_listing(source.listing) if jobs > 1 else None
+        if plan is not None:
+            code, err = self._pg_restore_toc(["--section=pre-data"], incoming, toc)
+            if code != 0:
+                return code, err
+            lists = toc.parent / "data.list"
+            lists.write_text("\n".join(plan[0]) + "\n")
+            argv = [self._tool("pg_restore"), "-L", str(lists), "-f", "-"]
+        else:
+            sections = ["--section=pre-data", "--section=data"] if jobs > 1 else []
+            argv = [self._tool("pg_restore"), *sections, "--exit-on-error", "-d", incoming]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env(),
+                                stdout=subprocess.PIPE if plan is not None else subprocess.DEVNULL)
         assert proc.stdin is not None and proc.stderr is not None
         errors: list[bytes] = []
-        err_reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()))  # type: ignore[union-attr]
-        err_reader.start()
+        readers = [threading.Thread(target=lambda: errors.append(proc.stderr.read()))]  # type: ignore[union-attr]
+        failed: list[str] = []
+        if plan is not None:
+            readers.append(threading.Thread(target=self._load_rows, args=(proc, incoming, jobs, failed)))
+        for reader in readers:
+            reader.start()
         size, damaged = 0, ""
         try:
             sink = zstandard.ZstdDecompressor().stream_writer(proc.stdin, closefd=False)
@@ -493,19 +509,44 @@ class PostgresStore:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
             code = proc.wait()
-            err_reader.join()
+            for reader in readers:
+                reader.join()
         changed = damaged or f"{path.name} changed while it was restored: its sha256 differs now"
         if damaged or (size == record.bytes and _stamp(src) != source.stamp):
             return _CHANGED, changed
+        if failed:  # the server refused a row (pg_restore was stopped for it)
+            return 1, failed[0]
         if code != 0:  # pg_restore stopped (then the file was not read to its end): its own reason
             return code, b"".join(errors).decode(errors="replace")
         if size != record.bytes:
             return _CHANGED, changed
-        if not split:
+        if jobs <= 1:
             return 0, ""
-        done = subprocess.run([self._tool("pg_restore"), "--section=post-data", "--jobs", str(jobs), "--exit-on-error",
-                               "-d", incoming, str(toc)], capture_output=True, env=self._env(), check=False)
+        if plan is not None and plan[1]:
+            (toc.parent / "sequences.list").write_text("\n".join(plan[1]) + "\n")
+            code, err = self._pg_restore_toc(["-L", str(toc.parent / "sequences.list")], incoming, toc)
+            if code != 0:
+                return code, err
+        return self._pg_restore_toc(["--section=post-data", "--jobs", str(jobs)], incoming, toc)
+
+    def _pg_restore_toc(self, options: list[str], incoming: str, toc: Path) -> tuple[int, str]:
+        """pg_restore of what needs no table data (schema, sequence values, indexes) from the TOC alone."""
+        done = subprocess.run([self._tool("pg_restore"), *options, "--exit-on-error", "-d", incoming, str(toc)],
+                              capture_output=True, env=self._env(), check=False)
         return done.returncode, done.stderr.decode(errors="replace")
+
+    def _load_rows(self, proc: subprocess.Popen[bytes], incoming: str, jobs: int, failed: list[str]) -> None:
+        """`pg_copy` reading pg_restore's data text; on a failure pg_restore is stopped (else it would block
+        writing to a pipe no one reads, and with it the decompression feeding it)."""
+        assert proc.stdout is not None
+        try:
+            pg_copy.ParallelCopy(lambda: self.connect(incoming), jobs).run(proc.stdout)
+        except Exception as exc:  # CopyFailed, or anything else: never a load that looks complete
+            failed.append(f"loading the table data: {exc}")
+            proc.kill()
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdout.read()  # nothing left unread in the pipe when pg_restore still writes
 
     @contextmanager
     def _verified_directory(self, artifact: Artifact) -> Iterator[Path]:
@@ -853,6 +894,7 @@ class _Source:
     toc: Path | None = None  # the plain dump's head up to the end of its table of contents
     src: BinaryIO | None = None  # the dump, open since it was hashed
     stamp: tuple[int, ...] | None = None  # `_stamp(src)` when it was hashed
+    listing: str = ""  # `pg_restore --list` of `toc`
 
 
 def _stamp(fh: BinaryIO) -> tuple[int, ...]:

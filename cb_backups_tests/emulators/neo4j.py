@@ -23,6 +23,7 @@ makes `neo4j-admin database dump/load` refuse with "The database is in use".
 State folder::
 
     <state>/emulator.json     {"neo4j_version": "5.26.4", "bolt_port": N, "database": "neo4j"}
+                              (+ "bolt_port_auto": true until the first start when init chose N)
     <state>/data/graph.rdb    the graph (FalkorDB RDB, graph key "db": see BOLT_GRAPH_KEY)
     <state>/data/store_lock   flocked by the running server and by neo4j-admin
     <state>/run/neo4j.pid     supervisor pid while running
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -95,8 +97,38 @@ def init_state(state: Path, version: str = DEFAULT_VERSION, bolt_port: int | Non
     if config_path(state).is_file():
         return read_config(state)
     config = {"neo4j_version": version, "bolt_port": bolt_port or free_port(), "database": "neo4j"}
-    config_path(state).write_text(json.dumps(config, indent=2) + "\n")
+    if not bolt_port:
+        config["bolt_port_auto"] = True  # the first start may move it if another process took it (bind_listener)
+    write_config(state, config)
     return config
+
+
+def write_config(state: Path, config: dict[str, Any]) -> None:
+    tmp = config_path(state).with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(config_path(state))
+
+
+def bind_listener(state: Path, config: dict[str, Any]) -> socket.socket:
+    """The public listener on 127.0.0.1:<bolt_port>.
+
+    A port init picked itself may have been taken (by a parallel test worker) before this first bind; then the
+    listener binds port 0 instead and emulator.json records the port it got. After the first start the port
+    is fixed: a restart keeps the address clients were given.
+    """
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", int(config["bolt_port"])))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or not config.get("bolt_port_auto"):
+            listener.close()
+            raise
+        listener.bind(("127.0.0.1", 0))
+    if config.pop("bolt_port_auto", None):
+        config["bolt_port"] = int(listener.getsockname()[1])
+        write_config(state, config)
+    return listener
 
 
 def pid_path(state: Path) -> Path:
@@ -347,10 +379,8 @@ def serve(state: Path) -> int:
             print("Neo4j cannot start: the store is locked by another process (neo4j-admin or a running server)",
                   file=sys.stderr)
             return 1
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            listener.bind(("127.0.0.1", int(config["bolt_port"])))
+            listener = bind_listener(state, config)
         except OSError as exc:
             print(f"Neo4j cannot bind 127.0.0.1:{config['bolt_port']}: {exc}", file=sys.stderr)
             return 1
@@ -488,8 +518,9 @@ class EmulatedNeo4j:
 
 def start_neo4j(state: Path, version: str = DEFAULT_VERSION) -> EmulatedNeo4j:
     """Init (if needed) and start the emulator; returns its handle (bolt URI, commands)."""
-    config = init_state(Path(state), version)
+    init_state(Path(state), version)
     start(Path(state))
+    config = read_config(Path(state))  # after the start: its first bind may have moved the port
     return EmulatedNeo4j(Path(state), f"bolt://127.0.0.1:{config['bolt_port']}", config["neo4j_version"])
 
 
