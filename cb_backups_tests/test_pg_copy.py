@@ -14,6 +14,7 @@ from psycopg import sql
 from cb_backups.config.settings import PostgresSettings
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.errors import BackupFailed
+from cb_backups.core.fileio import known_digest, remember_digest
 from cb_backups.core.model import Target
 from cb_backups.stores import pg_copy
 from cb_backups.stores.postgres import PostgresStore
@@ -171,3 +172,16 @@ def test_a_sql_ascii_database_backs_up_and_restores(awkward_db: PostgresStore, b
     assert artifact.manifest.inventory["tables"] == {"t": 5000}
     assert store.restore(artifact, Target("scratch", {"dbname": "cb_awkward_back", "jobs": 2}))["tables"] == \
         {"t": 5000}
+
+
+def test_a_remembered_digest_holds_only_while_the_file_is_unchanged(tmp_path: Path) -> None:
+    # a restore skips re-hashing a file its own download just hashed; any write since must void that
+    path = tmp_path / "dump"
+    path.write_bytes(b"downloaded bytes")
+    remember_digest(path, "f" * 64)
+    with open(path, "rb") as fh:
+        assert known_digest(fh.fileno()) == "f" * 64
+    with open(path, "r+b") as fh:
+        fh.write(b"D")  # same size, one byte changed
+    with open(path, "rb") as fh:
+        assert known_digest(fh.fileno()) is None

@@ -204,6 +204,26 @@ class HashingWriter:
         self.close()
 
 
+# sha256 of files this process wrote and hashed as it wrote them (a restore's download), keyed by what any
+# later write changes (inode, size, mtime, ctime: no one can set a ctime), so a restore reading one of
+# them straight after need not read it a second time for its hash
+_DIGESTS: dict[tuple[int, ...], str] = {}
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def remember_digest(path: Path, sha256: str) -> None:
+    """`path` (as it is now) has this sha256: it was hashed while this process wrote it."""
+    _DIGESTS[_identity(os.stat(path))] = sha256
+
+
+def known_digest(fd: int) -> str | None:
+    """The sha256 `remember_digest` recorded for the open file `fd`, if nothing changed it since."""
+    return _DIGESTS.get(_identity(os.fstat(fd)))
+
+
 def iter_file(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:
     with open(path, "rb", buffering=0) as fh:
         while block := fh.read(chunk):

@@ -77,7 +77,15 @@ from cb_backups.core.blobs import (
 )
 from cb_backups.core.catalog import MANIFEST, parse_iso, utcnow, write_seal
 from cb_backups.core.errors import CbBackupsError, VerificationFailed
-from cb_backups.core.fileio import CHUNK, HashingWriter, atomic_write_bytes, fsync_dir, private_dir, sha256_file
+from cb_backups.core.fileio import (
+    CHUNK,
+    HashingWriter,
+    atomic_write_bytes,
+    fsync_dir,
+    private_dir,
+    remember_digest,
+    sha256_file,
+)
 from cb_backups.core.model import Artifact, Manifest, Progress, Verification, no_progress
 from cb_backups.offsite.lock import (
     extend,
@@ -790,6 +798,7 @@ def _download_verified(target: S3Target, store: str, key: str, version_id: str |
             raise VerificationFailed(store, f"{what}: missing remotely ({target.url(key)})") from None
         raise target.error("downloading", target.url(key), exc) from None
     os.replace(partial, final)
+    remember_digest(final, expect_sha256)  # a restore reading it next need not hash it again
 
 
 class _HashingFile:

@@ -6,8 +6,9 @@ which spends its core parsing the rows. Here pg_restore still reads the archive,
 data as SQL text (`-f -`); each COPY block is cut at row ends (text COPY has one row per line: a newline
 inside a value is escaped) and dealt, about a MiB at a time, round-robin to N connections running the
 same COPY. The SET lines pg_restore writes before the data (encoding, search path, row security) run on
-every connection first. Anything else in that text is refused: this path takes only dumps whose data
-section is table data (and sequence values, restored from the table of contents by the caller).
+every connection first; a sequence's value (`SELECT pg_catalog.setval(...)`, one line) runs on one.
+Anything else in that text is refused: this path takes only dumps whose data section is table data and
+sequence values (`split_listing`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import psycopg
 READ = 1 << 20  # bytes of pg_restore's output read (and dealt to one connection) at a time
 _END = b"\\."  # the line that ends a text COPY block (a value's backslash is escaped, so it cannot be data)
 _SESSION = (b"SET ", b"SELECT pg_catalog.set_config(")
+_SEQUENCE = b"SELECT pg_catalog.setval("
 # pg_restore >= 16.10 fences its script with psql meta-commands against injected ones; nothing here runs
 # meta-commands, so they are skipped
 _META = (b"\\restrict ", b"\\unrestrict ")
@@ -32,20 +34,18 @@ class CopyFailed(Exception):
     """The parallel load stopped: the server refused a row, or pg_restore wrote something unexpected."""
 
 
-def split_listing(listing: str) -> tuple[list[str], list[str]] | None:
-    """`pg_restore --list` of a dump -> (its TABLE DATA lines, its SEQUENCE SET lines), or None when the
-    data section holds anything else this path does not load (large objects)."""
-    tables, sequences = [], []
+def data_listing(listing: str) -> list[str] | None:
+    """`pg_restore --list` of a dump -> its TABLE DATA and SEQUENCE SET lines (a `pg_restore -L` list of
+    what this path loads), or None when the data section holds what it does not load (large objects)."""
+    data = []
     for line in listing.splitlines():
         if not line.strip() or line.startswith(";"):
             continue
         if any(kind in line for kind in _BLOB_TYPES):
             return None
-        if " TABLE DATA " in line:
-            tables.append(line)
-        elif " SEQUENCE SET " in line:
-            sequences.append(line)
-    return tables, sequences
+        if " TABLE DATA " in line or " SEQUENCE SET " in line:
+            data.append(line)
+    return data
 
 
 class _Worker(threading.Thread):
@@ -154,6 +154,8 @@ class ParallelCopy:
                     inside = True
                 elif line.startswith(_SESSION):
                     self._broadcast("sql", line.decode())
+                elif line.startswith(_SEQUENCE) and line.endswith(b");"):
+                    self.workers[0].items.put(("sql", line.decode()))
                 elif line.strip() and not line.startswith((b"--", *_META)):
                     raise CopyFailed(f"unexpected line in pg_restore's data output: {line[:80]!r}")
             if not block:

@@ -36,7 +36,7 @@ from psycopg import sql
 from cb_backups.config.settings import PostgresSettings, VolumeSettings
 from cb_backups.core.catalog import seal_problems
 from cb_backups.core.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
-from cb_backups.core.fileio import CHUNK, HashingWriter
+from cb_backups.core.fileio import CHUNK, HashingWriter, known_digest
 from cb_backups.core.model import (
     Artifact,
     BackupOutput,
@@ -412,11 +412,14 @@ class PostgresStore:
         with open(path, "rb", buffering=0) as src, tempfile.TemporaryDirectory(
                 prefix=".restore-", dir=artifact.directory.parent) as tmp:
             before = _stamp(src)
-            digest, size = hashlib.sha256(), 0
-            while block := src.read(CHUNK):
-                digest.update(block)
-                size += len(block)
-            if size != record.bytes or digest.hexdigest() != record.sha256 or _stamp(src) != before:
+            sha256, size = known_digest(src.fileno()), before[1]  # just downloaded and hashed by this process
+            if sha256 is None:
+                digest, size = hashlib.sha256(), 0
+                while block := src.read(CHUNK):
+                    digest.update(block)
+                    size += len(block)
+                sha256 = digest.hexdigest()
+            if size != record.bytes or sha256 != record.sha256 or _stamp(src) != before:
                 raise RestoreRefused(self.name, f"{path.name}: size or sha256 differs from the manifest")
             toc = Path(tmp) / "toc.dump"
             if not self._write_head(path, toc):
@@ -464,22 +467,21 @@ class PostgresStore:
         """pg_restore from the dump decompressed into its stdin: one pass, so the decompression overlaps the
         restore. With `jobs` > 1 the schema comes from the table of contents alone, the table data streams
         through pg_restore as text into `jobs` connections at once (`pg_copy`: one large table loads on
-        every core, not on one), sequence values and then the post-data section (indexes, constraints,
-        foreign-key checks) follow with `--jobs` from the table of contents; a dump with large objects
+        every core, not on one; sequence values come with it), then the post-data section (indexes,
+        constraints, foreign-key checks) follows with `--jobs` from the table of contents; a dump with large objects
         streams schema and data through one pg_restore instead. With one job one pg_restore does it all.
         A file changed since it was verified (its ctime or size moved) fails with _CHANGED: only
         `incoming` saw it."""
         path, toc, src = source.dump, source.toc, source.src
         assert toc is not None and src is not None
         record = artifact.file(path.name)
-        plan = pg_copy.split_listing(source.listing) if jobs > 1 else None
+        plan = pg_copy.data_listing(source.listing) if jobs > 1 else None
         if plan is not None:
             code, err = self._pg_restore_toc(["--section=pre-data"], incoming, toc)
             if code != 0:
                 return code, err
-            lists = toc.parent / "data.list"
-            lists.write_text("\n".join(plan[0]) + "\n")
-            argv = [self._tool("pg_restore"), "-L", str(lists), "-f", "-"]
+            (toc.parent / "data.list").write_text("".join(f"{line}\n" for line in plan))
+            argv = [self._tool("pg_restore"), "-L", str(toc.parent / "data.list"), "-f", "-"]
         else:
             sections = ["--section=pre-data", "--section=data"] if jobs > 1 else []
             argv = [self._tool("pg_restore"), *sections, "--exit-on-error", "-d", incoming]
@@ -522,11 +524,6 @@ class PostgresStore:
             return _CHANGED, changed
         if jobs <= 1:
             return 0, ""
-        if plan is not None and plan[1]:
-            (toc.parent / "sequences.list").write_text("\n".join(plan[1]) + "\n")
-            code, err = self._pg_restore_toc(["-L", str(toc.parent / "sequences.list")], incoming, toc)
-            if code != 0:
-                return code, err
         return self._pg_restore_toc(["--section=post-data", "--jobs", str(jobs)], incoming, toc)
 
     def _pg_restore_toc(self, options: list[str], incoming: str, toc: Path) -> tuple[int, str]:
