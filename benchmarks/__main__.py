@@ -87,9 +87,10 @@ def _groups() -> list[tuple[list[str], Callable[[Bench], Figure | list[Figure]]]
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--size", default="200MB", help=f"data set size: {', '.join(SIZES)} (default 200MB)")
+    parser.add_argument("--size", default="200MB", help=f"data set size: {', '.join(SIZES)} (default 200MB); several, "
+                        "comma-separated (200MB,1GB), run one after another in one run")
     parser.add_argument("--quick", action="store_true", help="small data, 2 pairs per figure: under 2 minutes")
-    parser.add_argument("--repeat", type=int, default=None, help="pairs per figure (default 5, quick 2)")
+    parser.add_argument("--repeat", default=None, help="pairs per figure (default 5, quick 2); one per size: 3,2")
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--only", action="append", choices=KEYS, metavar="FIGURE",
                         help=f"run only this figure (repeatable): {', '.join(KEYS)}")
@@ -114,19 +115,10 @@ def results_table(figures: Sequence[Figure]) -> Table:
     return table
 
 
-def run_benchmarks(size: str = "200MB", quick: bool = False, repeat: int | None = None, json_path: str | None = None,
-                   only: Sequence[str] | None = None, console: Console | None = None) -> int:
-    """Run the figures, print machine, table and JSON; returns 0 (misses are results, not errors)."""
-    warnings.filterwarnings("ignore")
-    console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-    size_bytes = QUICK_BYTES if quick else parse_size(size)
-    repeat = repeat or (2 if quick else 5)
-    info = machine()
-    console.print(f"[bold]machine[/]: {info['nproc']} cores, {info['memory']} memory, {info['cpu']}, "
-                  f"Python {info['python']}, load at start {info['load_at_start']}")
-    console.print(f"data set: {human_bytes(size_bytes)} of PostgreSQL sample data{' (quick)' if quick else ''}; "
-                  f"{repeat} paired runs per figure")
-    wanted = set(only or (QUICK_KEYS if quick else KEYS))
+def _run_one(size_bytes: int, quick: bool, repeat: int, wanted: set[str], console: Console) -> dict[str, Any]:
+    """Every wanted figure on one data set (its own servers and data); the JSON payload of that run."""
+    console.print(f"[bold]data set[/]: {human_bytes(size_bytes)} of PostgreSQL sample data"
+                  f"{' (quick)' if quick else ''}; {repeat} paired runs per figure")
     figures: list[Figure] = []
     started = time.perf_counter()
     with Bench(size_bytes, quick, repeat, lambda m: console.print(f"[dim]{m}[/]")) as bench:
@@ -149,23 +141,91 @@ def run_benchmarks(size: str = "200MB", quick: bool = False, repeat: int | None 
                               f"{'' if figure.ratio is None else f'{figure.ratio:.3f}'} (target {figure.op} "
                               f"{figure.target:g}) {figure.note}")
             figures += [f for f in produced if f.key in wanted]
-    total = time.perf_counter() - started
     console.print(results_table(figures))
-    payload: dict[str, Any] = {"machine": info, "size_bytes": size_bytes, "quick": quick, "repeat": repeat,
-                               "total_seconds": round(total, 1), "figures": [f.to_json() for f in figures]}
+    return {"size_bytes": size_bytes, "quick": quick, "repeat": repeat,
+            "total_seconds": round(time.perf_counter() - started, 1), "figures": [f.to_json() for f in figures]}
+
+
+def sizes_table(runs: Sequence[dict[str, Any]]) -> Table:
+    """One row per figure, one column per data set: what README's Performance table shows."""
+    table = Table(title="cb-backups benchmarks, every data set of this run", show_lines=False)
+    table.add_column("figure")
+    for run in runs:
+        table.add_column(human_bytes(run["size_bytes"]), overflow="fold")
+    table.add_column("target")
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    for i, run in enumerate(runs):
+        for figure in run["figures"]:
+            rows.setdefault(figure["key"], {})[i] = figure
+    for key, by_run in rows.items():
+        first = next(iter(by_run.values()))
+        cells = []
+        for i in range(len(runs)):
+            f = by_run.get(i)
+            cells.append("-" if f is None else "n/a" if f["ratio"] is None else
+                         f"{f['ratio']:.3f} {f['verdict']}")
+        table.add_row(key, *cells, str(first["target"]))
+    return table
+
+
+def _per_size(text: str, count: int, name: str, allowed: str) -> list[str]:
+    from cb_backups.core.errors import ConfigError
+
+    values = [v.strip() for v in str(text).split(",")]
+    if len(values) == 1:
+        values *= count
+    if len(values) != count or not all(values):
+        raise ConfigError(name, str(text), allowed)
+    return values
+
+
+def run_benchmarks(size: str = "200MB", quick: bool = False, repeat: int | str | None = None,
+                   json_path: str | None = None, only: Sequence[str] | None = None,
+                   console: Console | None = None) -> int:
+    """Run the figures on each data set of `size` ("200MB" or "200MB,1GB": one after another, in one run),
+    print machine, tables and JSON; returns 0 (misses are results, not errors)."""
+    from cb_backups.core.errors import ConfigError
+
+    warnings.filterwarnings("ignore")
+    console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    sizes = [QUICK_BYTES] if quick else [parse_size(s) for s in str(size).split(",")]
+    repeats_text = _per_size(repeat if repeat is not None else (2 if quick else 5), len(sizes), "--repeat",
+                             f"a number of pairs, or one per size ({len(sizes)} values, e.g. 3,2)")
+    if not all(r.isdigit() and int(r) >= 1 for r in repeats_text):
+        raise ConfigError("--repeat", str(repeat), "a whole number of pairs >= 1, or one per size (e.g. 3,2)")
+    repeats = [int(r) for r in repeats_text]
+    info = machine()
+    console.print(f"[bold]machine[/]: {info['nproc']} cores, {info['memory']} memory, {info['cpu']}, "
+                  f"Python {info['python']}, load at start {info['load_at_start']}")
+    wanted = set(only or (QUICK_KEYS if quick else KEYS))
+    started = time.perf_counter()
+    runs = [_run_one(size_bytes, quick, r, wanted, console) for size_bytes, r in zip(sizes, repeats, strict=True)]
+    total = time.perf_counter() - started
+    if len(runs) > 1:
+        console.print(sizes_table(runs))
+    payload: dict[str, Any] = {"machine": info, **runs[0]} if len(runs) == 1 else \
+        {"machine": info, "quick": quick, "total_seconds": round(total, 1), "sizes": runs}
     text = json.dumps(payload, indent=2, default=str)
     if json_path:
         Path(json_path).write_text(text + "\n")
         console.print(f"JSON written to {json_path}")
     console.print(text, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"total {total:.0f}s; {sum(f.verdict == 'PASS' for f in figures)} PASS, "
-                  f"{sum(f.verdict == 'MISS' for f in figures)} MISS, {sum(f.verdict == 'N/A' for f in figures)} N/A")
+    figures = [f for run in runs for f in run["figures"]]
+    console.print(f"total {total:.0f}s; {sum(f['verdict'] == 'PASS' for f in figures)} PASS, "
+                  f"{sum(f['verdict'] == 'MISS' for f in figures)} MISS, "
+                  f"{sum(f['verdict'] == 'N/A' for f in figures)} N/A")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cb_backups.core.errors import ConfigError
+
     args = build_parser().parse_args(argv)
-    return run_benchmarks(args.size, args.quick, args.repeat, args.json_path, args.only)
+    try:
+        return run_benchmarks(args.size, args.quick, args.repeat, args.json_path, args.only)
+    except ConfigError as exc:  # a bad --size / --repeat: one line, exit 2, like the CLI
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

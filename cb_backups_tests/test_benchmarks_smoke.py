@@ -41,3 +41,13 @@ def test_quick_benchmarks_print_every_figure(tmp_path: Path) -> None:
     assert figures["verify_throughput"]["details"]["all_clean"] is True
     assert not figures["full_system"]["details"]["failed_in_full"]
     assert figures["report"]["details"]["slots"] > 50
+
+
+@pytest.mark.parametrize("argv", [["--size", "2XB"], ["--size", "200MB,"], ["--size", "200MB,1GB", "--repeat", "3,2,1"],
+                                  ["--repeat", "0"], ["--repeat", "two"]])
+def test_a_bad_size_or_repeat_is_one_line_naming_it(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.__main__ import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: invalid --") and "allowed" in err and "\n" not in err
