@@ -16,6 +16,7 @@ from pathlib import Path
 from cb_backups.cli.args import Subcommands
 from cb_backups.cli.output import console, keep_whole, table
 from cb_backups.cli.runs import instance, run_job
+from cb_backups.core.catalog import Catalog
 from cb_backups.core.errors import ConfigError
 from cb_backups.core.fileio import atomic_write_bytes
 from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
@@ -107,11 +108,12 @@ def run_demo(root: Path, keep_servers: bool = False, scale: int = 300, ports: di
             passed = sum(e.passed for e in checks)
             ok = result.success and checks and passed == len(checks)
             status = status if ok else 1
-            path = root / "backups" / store / key
-            size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else 0
+            artifact = Catalog(root / "backups").load(root / "backups" / store / key)
+            size = artifact.manifest.total_bytes if artifact is not None else 0  # what `list` shows
             # the path under the backups folder printed below: whole at 80 columns
-            summary.add_row(store, key, f"{size:,}", f"{passed}/{len(checks)} passed", f"{store}/{key}")
-        console.print(keep_whole(summary, ("store", "slot", "bytes")))
+            summary.add_row(store, key, f"{size:,}", f"{passed}/{len(checks)} {'ok' if ok else 'FAIL'}",
+                            f"{store}/{key}")
+        console.print(keep_whole(summary, ("store", "slot", "bytes", "checks", "path")))
         console.print(f"backups in {root / 'backups'}; servers: {pg.url} and {vk.url}", soft_wrap=True)
         console.print("")
         for line in next_steps(env_file, keep_servers):
