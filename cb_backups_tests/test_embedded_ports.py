@@ -18,68 +18,52 @@ from cb_backups.demo.embedded import EmbeddedPostgres, EmbeddedValkey
 
 
 @contextmanager
-def occupied(port: int) -> Iterator[None]:
-    """Listen on 127.0.0.1:port (what another worker's server does after winning the race)."""
+def occupied(port: int = 0) -> Iterator[int]:
+    """Listen on 127.0.0.1:port, 0 for any (what another worker's server does after winning the race)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
         sock.listen(1)
+        yield int(sock.getsockname()[1])
+
+
+@contextmanager
+def started_off_a_taken_port(embedded: EmbeddedPostgres | EmbeddedValkey) -> Iterator[None]:
+    """Start `embedded` while its automatic port is taken; it must come up elsewhere."""
+    taken = embedded.port
+    try:
+        with occupied(taken):
+            embedded.start()
+        assert embedded.port != taken
         yield
+    finally:
+        embedded.cleanup()
 
 
 def test_postgres_auto_port_moves_when_taken() -> None:
     pg = EmbeddedPostgres(password="ports-pw")
-    taken = pg.port
-    try:
-        with occupied(taken):
-            pg.start()
-        assert pg.port != taken
+    with started_off_a_taken_port(pg), pg.connect() as conn:
         assert f":{pg.port}/" in pg.url
-        with pg.connect() as conn:
-            assert conn.execute("SELECT current_setting('port')::int").fetchone() == (pg.port,)
-    finally:
-        pg.cleanup()
+        assert conn.execute("SELECT current_setting('port')::int").fetchone() == (pg.port,)
 
 
-def test_postgres_explicit_port_taken_fails_clearly() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        taken = int(sock.getsockname()[1])
-        pg = EmbeddedPostgres(password="ports-pw", port=taken)
+@pytest.mark.parametrize(("server", "name"), [(EmbeddedPostgres, "PostgreSQL"), (EmbeddedValkey, "Valkey")])
+def test_an_explicit_port_taken_fails_clearly(server: type[EmbeddedPostgres | EmbeddedValkey], name: str) -> None:
+    with occupied() as taken:
+        embedded = server(password="ports-pw", port=taken)
         try:
-            with pytest.raises(PortInUse, match=rf"PostgreSQL cannot listen on 127\.0\.0\.1:{taken}: .*already in use"):
-                pg.start()
-            assert pg.port == taken
+            with pytest.raises(PortInUse, match=rf"{name} cannot listen on 127\.0\.0\.1:{taken}: .*already in use"):
+                embedded.start()
+            assert embedded.port == taken
         finally:
-            pg.cleanup()
+            embedded.cleanup()
 
 
 def test_valkey_auto_port_moves_when_taken() -> None:
     vk = EmbeddedValkey(password="ports-pw")
-    taken = vk.port
-    try:
-        with occupied(taken):
-            vk.start()
-        assert vk.port != taken
+    with started_off_a_taken_port(vk):
         client = vk.client()
         assert client.ping() is True
         assert int(client.config_get("port")["port"]) == vk.port
-    finally:
-        vk.cleanup()
-
-
-def test_valkey_explicit_port_taken_fails_clearly() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        taken = int(sock.getsockname()[1])
-        vk = EmbeddedValkey(password="ports-pw", port=taken)
-        try:
-            with pytest.raises(PortInUse, match=rf"Valkey cannot listen on 127\.0\.0\.1:{taken}: .*already in use"):
-                vk.start()
-            assert vk.port == taken and vk.proc is None
-        finally:
-            vk.cleanup()
 
 
 def test_neo4j_emulator_auto_port_moves_when_taken(tmp_path: Path) -> None:
