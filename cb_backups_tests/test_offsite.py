@@ -455,3 +455,17 @@ def test_offsite_settings_defaults_and_overrides() -> None:
     custom = offsite_from_config({"offsite": {"retry_minutes": [1, 2], "notify_after": 5, "rpo_lag_hours": 0.5}})
     assert custom.retry_wait_seconds(1) == 60 and custom.retry_wait_seconds(9) == 120
     assert custom.notify_after == 5 and custom.rpo_lag_hours == 0.5
+
+
+def test_a_flipped_byte_deep_in_a_download_fails_it_and_leaves_nothing(make_target: Callable[..., offsite.S3Target],
+                                                                  s3_bucket: str, tmp_path: Path) -> None:
+    target = make_target(concurrency=2)
+    body = bytearray(os.urandom(16 * MiB))
+    expected = hashlib.sha256(body).hexdigest()
+    body[14 * MiB] ^= 1
+    key = target.key("postgres", PK, "flipped.dump")
+    target.client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(body))
+    with pytest.raises(VerificationFailed, match="the manifest says"):
+        offsite.download_object(target, "postgres", key, None, tmp_path / "flipped.dump", len(body), expected,
+                                "flipped.dump")
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,8 @@ from typing import Any
 
 import boto3
 import botocore.exceptions as bex
+import botocore.loaders
+import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
@@ -35,6 +37,22 @@ _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestT
 
 class OffsiteError(CbBackupsError):
     """An S3 operation failed; the message names the object and the cause, never a credential."""
+
+
+_LOADER: botocore.loaders.Loader | None = None
+_LOADER_LOCK = threading.Lock()
+
+
+def _session() -> boto3.session.Session:
+    """A new session (credentials resolved afresh from the AWS chain) sharing one parsed copy of botocore's
+    service models: a fresh session parses them again, 45 ms of every restore's or copy's S3 set-up."""
+    global _LOADER
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = botocore.loaders.create_loader()
+        core = botocore.session.Session()
+        core.register_component("data_loader", _LOADER)
+    return boto3.session.Session(botocore_session=core)
 
 
 class S3Target:
@@ -69,7 +87,7 @@ class S3Target:
         self.prefix = settings.prefix.strip("/")
         self.file_attempts = file_attempts
         self.retry_wait_max = retry_wait_max
-        self._session = session or boto3.session.Session()
+        self._session = session or _session()
         self._config = Config(
             region_name=settings.region,
             retries={"mode": retry_mode, "max_attempts": max_attempts},
