@@ -34,7 +34,10 @@ def offsite_throughput(bench: Bench) -> Figure:
     ok: list[bool] = []
     with bench.aws_env():
         target = _target(bench, bucket)
-        raw_client = boto3.client("s3", endpoint_url=bench.s3.endpoint_url, region_name=bench.s3.region)
+        # a fresh session: boto3.client's default one keeps the first credentials it found (in a
+        # --size 200MB,1GB run, those of the first size's server)
+        raw_client = boto3.session.Session().client("s3", endpoint_url=bench.s3.endpoint_url,
+                                                     region_name=bench.s3.region)
 
         def product() -> None:
             before = proc_io().get("rchar", 0)

@@ -47,7 +47,10 @@ def offsite_restore(bench: Bench) -> Figure:
         target = S3Target(settings.s3)
         upload_artifact(artifact, target, force=True)
         object_key = target.key("postgres", slot, dump_file(artifact).name)
-        client = boto3.client("s3", endpoint_url=bench.s3.endpoint_url, region_name=bench.s3.region)
+        # a fresh session: boto3.client's default one keeps the first credentials it found (in a
+        # --size 200MB,1GB run, those of the first size's server)
+        client = boto3.session.Session().client("s3", endpoint_url=bench.s3.endpoint_url,
+                                                 region_name=bench.s3.region)
         local = work / "raw" / dump_file(artifact).name
         local.parent.mkdir()
 
