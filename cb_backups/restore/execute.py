@@ -20,7 +20,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,16 +38,7 @@ from cb_backups.restore.decrypt import Plaintexts
 from cb_backups.restore.journal import CLOSED, RESTORING, journaled
 from cb_backups.restore.plan import FULL_PREFIX, LATEST, SAFETY_PREFIX, FullRestorePlan, RestorePlan, hms
 from cb_backups.restore.safety import prune_safety, take_safety_backup
-from cb_backups.stores.base import (
-    DRILL,
-    Store,
-    kept_aside,
-    prune_kept_aside,
-    quiesced,
-    stage_verifies,
-    staged,
-    unstaged,
-)
+from cb_backups.stores.base import DRILL, Store, kept_aside, prune_kept_aside, quiesced, stage_verifies, staged
 from cb_backups.stores.registry import open_store
 
 # Overrides that point an in-place restore somewhere else than the live target the adapter counts.
@@ -124,7 +115,6 @@ class _Prepared:
     notes: list[str]
     origin: str  # where the backup came from (shown in results)
     staged: bool = False  # `stage` already verified it and restored it beside the target (stage_verifies)
-    staging: Future[None] | None = None  # a full restore's `stage`, started once this store verified
 
 
 def execute_restore(plan: RestorePlan, progress: Progress = no_progress) -> RestoreResult:
@@ -179,9 +169,8 @@ def execute_full_restore(full: FullRestorePlan, progress: Progress = no_progress
 def _prepare_all(plans: list[RestorePlan], progress: Progress, stack: contextlib.ExitStack,
                  cache: dict[str, Artifact]) -> list[_Prepared]:
     """Every store prepared (sha256 + the store's own check + versions) at once, each in its own thread.
-    PostgreSQL's staging (pg_restore beside the target + counts) starts as soon as its own backup verified
-    (`_stage_early`) and runs on beside the other stores' verification and restores: the longest step of
-    a full restore no longer waits for, or holds, the others.
+    PostgreSQL's staging (pg_restore beside the target + counts) is left to its restore thread, where it
+    overlaps the other stores' restores: the longest step of a full restore no longer holds the others.
 
     The first resolves the shared full system backup (download, decryption) alone, so it happens once;
     the others only read it. Each thread has its own ExitStack, entered into `stack` afterwards (what it
@@ -189,56 +178,31 @@ def _prepare_all(plans: list[RestorePlan], progress: Progress, stack: contextlib
     first in plan order), so no store is touched unless all verified."""
     if not plans:
         return []
-    stager = ThreadPoolExecutor(max_workers=len(plans), thread_name_prefix="stage")
+    first = _prepare(plans[0], progress, stack, cache, stage_now=False)
 
     def one(plan: RestorePlan) -> tuple[_Prepared, contextlib.ExitStack]:
         own = contextlib.ExitStack()
         try:
-            return _stage_early(_prepare(plan, progress, own, cache, stage_now=False), stager, progress), own
+            return _prepare(plan, progress, own, cache, stage_now=False), own
         except BaseException:
             own.close()
             raise
 
-    prepared: list[_Prepared] = []
+    prepared = [first]
     error: BaseException | None = None
-    try:
-        prepared.append(_stage_early(_prepare(plans[0], progress, stack, cache, stage_now=False), stager, progress))
-        with ThreadPoolExecutor(max_workers=max(1, len(plans) - 1), thread_name_prefix="prepare") as pool:
-            futures = [pool.submit(one, plan) for plan in plans[1:]]
-            for future in futures:
-                try:
-                    item, own = future.result()
-                except BaseException as exc:  # re-raised below, once every thread finished
-                    error = error or exc
-                    continue
-                stack.enter_context(own)
-                prepared.append(item)
-        if error is not None:
-            _discard_staging(prepared)
-            raise error
-    finally:
-        stager.shutdown(wait=False)  # what was submitted runs on; `_apply` or `_discard_staging` waits for it
+    with ThreadPoolExecutor(max_workers=max(1, len(plans) - 1), thread_name_prefix="prepare") as pool:
+        futures = [pool.submit(one, plan) for plan in plans[1:]]
+        for future in futures:
+            try:
+                item, own = future.result()
+            except BaseException as exc:  # re-raised below, once every thread finished
+                error = error or exc
+                continue
+            stack.enter_context(own)
+            prepared.append(item)
+    if error is not None:
+        raise error
     return prepared
-
-
-def _stage_early(item: _Prepared, stager: ThreadPoolExecutor, progress: Progress) -> _Prepared:
-    """A store whose staging verifies (PostgreSQL: the restore into `<db>__incoming` + counts) starts it as
-    soon as its own backup verified, while the other stores are still being verified: its staging is the
-    longest step of a full restore. It touches nothing live; if another store then fails its verification,
-    the staged copy is dropped (`_discard_staging`) and nothing was restored."""
-    if not item.staged and item.plan.target.mode == "in_place" and stage_verifies(item.store):
-        item.staging = stager.submit(staged, item.store, item.artifact, item.plan.target, progress)
-    return item
-
-
-def _discard_staging(prepared: list[_Prepared]) -> None:
-    """Wait for every early staging and drop what it restored beside the target (the restore is refused)."""
-    for item in prepared:
-        if item.staging is not None:
-            with contextlib.suppress(Exception):  # its own failure already dropped what it made
-                item.staging.result()
-            with contextlib.suppress(CbBackupsError):  # best effort: the next restore drops a leftover too
-                unstaged(item.store)
 
 
 def verify_artifact(store: Store, artifact: Artifact, plain: Plaintexts | None = None) -> Verification:
@@ -366,9 +330,7 @@ def _apply(prepared: _Prepared, progress: Progress, started: float) -> RestoreRe
     plan, store, artifact = prepared.plan, prepared.store, prepared.artifact
     catalog = plan.settings.catalog()
     in_place = plan.target.mode == "in_place"
-    if in_place and prepared.staging is not None:  # a full restore's PostgreSQL, staged while others verified
-        prepared.staging.result()
-    elif in_place and not prepared.staged:  # e.g. Valkey; PostgreSQL staged while it was verified
+    if in_place and not prepared.staged:  # e.g. Valkey; PostgreSQL staged while it was verified
         staged(store, artifact, plan.target, progress)
     with contextlib.ExitStack() as closed:
         if in_place:

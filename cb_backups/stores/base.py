@@ -155,22 +155,6 @@ def staged(store: Store, artifact: Artifact, target: Target, progress: Progress 
         store.stage(artifact, target, progress)
 
 
-@runtime_checkable
-class DiscardsStaged(Protocol):
-    """A store whose `stage` leaves something beside the target until `restore` uses it (PostgreSQL's
-    `<db>__incoming`)."""
-
-    def discard_staged(self) -> None:
-        """Drop what `stage` restored beside the target: the restore stopped before using it."""
-        ...
-
-
-def unstaged(store: Store) -> None:
-    """`store.discard_staged()`, or nothing for a store whose staging leaves nothing behind."""
-    if isinstance(store, DiscardsStaged):
-        store.discard_staged()
-
-
 def stage_verifies(store: Store) -> bool:
     """True when `stage` itself proves the backup (every byte's sha256 against the manifest, the store's own
     check, the restored counts) beside the target (PostgreSQL's `<db>__incoming`) before touching it: a

@@ -612,13 +612,6 @@ class PostgresStore:
         counts = self._restore_incoming(artifact, target, final, f"{final[:50]}__incoming", progress)
         self._staged = (artifact.directory, final, counts)
 
-    def discard_staged(self) -> None:
-        """Drop the `<db>__incoming` that `stage` restored (a full restore stopped before the swap)."""
-        staged, self._staged = self._staged, None
-        if staged is not None:
-            with self.connect("postgres") as admin:
-                self._drop(admin, f"{staged[1][:50]}__incoming")
-
     def _restore_incoming(self, artifact: Artifact, target: Target, final: str, incoming: str,
                           progress: Progress) -> Inventory:
         jobs = int(target.options.get("jobs") or self.settings.restore_jobs)
