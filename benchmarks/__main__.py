@@ -168,15 +168,16 @@ def sizes_table(runs: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
-def _per_size(text: str, count: int, name: str, allowed: str) -> list[str]:
+def _repeats(text: int | str, count: int) -> list[int]:
+    """`--repeat`: one number of pairs for every size, or one per size ("3,2")."""
     from cb_backups.core.errors import ConfigError
 
     values = [v.strip() for v in str(text).split(",")]
-    if len(values) == 1:
-        values *= count
-    if len(values) != count or not all(values):
-        raise ConfigError(name, str(text), allowed)
-    return values
+    values = values * count if len(values) == 1 else values
+    if len(values) != count or not all(v.isdigit() and int(v) >= 1 for v in values):
+        raise ConfigError("--repeat", str(text), f"a whole number of pairs >= 1, or one per size ({count} values, "
+                                                 "e.g. 3,2)")
+    return [int(v) for v in values]
 
 
 def run_benchmarks(size: str = "200MB", quick: bool = False, repeat: int | str | None = None,
@@ -184,16 +185,10 @@ def run_benchmarks(size: str = "200MB", quick: bool = False, repeat: int | str |
                    console: Console | None = None) -> int:
     """Run the figures on each data set of `size` ("200MB" or "200MB,1GB": one after another, in one run),
     print machine, tables and JSON; returns 0 (misses are results, not errors)."""
-    from cb_backups.core.errors import ConfigError
-
     warnings.filterwarnings("ignore")
     console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     sizes = [QUICK_BYTES] if quick else [parse_size(s) for s in str(size).split(",")]
-    repeats_text = _per_size(repeat if repeat is not None else (2 if quick else 5), len(sizes), "--repeat",
-                             f"a number of pairs, or one per size ({len(sizes)} values, e.g. 3,2)")
-    if not all(r.isdigit() and int(r) >= 1 for r in repeats_text):
-        raise ConfigError("--repeat", str(repeat), "a whole number of pairs >= 1, or one per size (e.g. 3,2)")
-    repeats = [int(r) for r in repeats_text]
+    repeats = _repeats(repeat if repeat is not None else (2 if quick else 5), len(sizes))
     info = machine()
     console.print(f"[bold]machine[/]: {info['nproc']} cores, {info['memory']} memory, {info['cpu']}, "
                   f"Python {info['python']}, load at start {info['load_at_start']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from psycopg import sql
 from cb_backups.config.settings import PostgresSettings
 from cb_backups.core.catalog import Catalog
 from cb_backups.core.errors import BackupFailed
-from cb_backups.core.fileio import known_digest, remember_digest
+from cb_backups.core.fileio import known_digest, remember_digest, sha256_file
 from cb_backups.core.model import Target
 from cb_backups.stores import pg_copy
 from cb_backups.stores.postgres import PostgresStore
@@ -185,3 +186,9 @@ def test_a_remembered_digest_holds_only_while_the_file_is_unchanged(tmp_path: Pa
         fh.write(b"D")  # same size, one byte changed
     with open(path, "rb") as fh:
         assert known_digest(fh.fileno()) is None
+    # sha256_file (every other check of a downloaded file) takes it too, and only while unchanged
+    real = hashlib.sha256(b"Downloaded bytes").hexdigest()
+    remember_digest(path, real)
+    assert sha256_file(path) == (real, 16)
+    path.write_bytes(b"downloaded bytez")
+    assert sha256_file(path) == (hashlib.sha256(b"downloaded bytez").hexdigest(), 16)

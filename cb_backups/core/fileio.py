@@ -206,22 +206,30 @@ class HashingWriter:
 
 # sha256 of files this process wrote and hashed as it wrote them (a restore's download), keyed by what any
 # later write changes (inode, size, mtime, ctime: no one can set a ctime), so a restore reading one of
-# them straight after need not read it a second time for its hash
+# them straight after need not read it a second time for its hash (`sha256_file`, `known_digest`)
 _DIGESTS: dict[tuple[int, ...], str] = {}
+_DIGESTS_KEPT = 4096  # a long-running process downloads for years: the oldest are forgotten
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def file_identity(fd: int) -> tuple[int, ...]:
+    """What any write to the open file `fd` changes (device, inode, size, modification and change times)."""
+    return _identity(os.fstat(fd))
+
+
 def remember_digest(path: Path, sha256: str) -> None:
     """`path` (as it is now) has this sha256: it was hashed while this process wrote it."""
     _DIGESTS[_identity(os.stat(path))] = sha256
+    if len(_DIGESTS) > _DIGESTS_KEPT:
+        del _DIGESTS[next(iter(_DIGESTS))]
 
 
 def known_digest(fd: int) -> str | None:
     """The sha256 `remember_digest` recorded for the open file `fd`, if nothing changed it since."""
-    return _DIGESTS.get(_identity(os.fstat(fd)))
+    return _DIGESTS.get(file_identity(fd))
 
 
 def iter_file(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -240,7 +248,12 @@ def sha256_of(blocks: Iterable[bytes]) -> tuple[str, int]:
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
-    """Stream a file through sha256; returns (hexdigest, bytes)."""
+    """Stream a file through sha256; returns (hexdigest, bytes). A file this process hashed while it wrote
+    it, unchanged since (`remember_digest`), is not read again."""
+    st = os.stat(path)
+    known = _DIGESTS.get(_identity(st))
+    if known is not None:
+        return known, st.st_size
     return sha256_of(iter_file(path))
 
 

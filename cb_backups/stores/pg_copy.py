@@ -8,7 +8,7 @@ inside a value is escaped) and dealt, about a MiB at a time, round-robin to N co
 same COPY. The SET lines pg_restore writes before the data (encoding, search path, row security) run on
 every connection first; a sequence's value (`SELECT pg_catalog.setval(...)`, one line) runs on one.
 Anything else in that text is refused: this path takes only dumps whose data section is table data and
-sequence values (`split_listing`).
+sequence values (`data_listing`).
 """
 
 from __future__ import annotations

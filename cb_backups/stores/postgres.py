@@ -36,7 +36,7 @@ from psycopg import sql
 from cb_backups.config.settings import PostgresSettings, VolumeSettings
 from cb_backups.core.catalog import seal_problems
 from cb_backups.core.errors import BackupFailed, ConfigError, RestoreRefused, StoreUnavailable
-from cb_backups.core.fileio import CHUNK, HashingWriter, known_digest
+from cb_backups.core.fileio import CHUNK, HashingWriter, file_identity, known_digest
 from cb_backups.core.model import (
     Artifact,
     BackupOutput,
@@ -411,15 +411,15 @@ class PostgresStore:
         record = self._dump_record(artifact, path)
         with open(path, "rb", buffering=0) as src, tempfile.TemporaryDirectory(
                 prefix=".restore-", dir=artifact.directory.parent) as tmp:
-            before = _stamp(src)
-            sha256, size = known_digest(src.fileno()), before[1]  # just downloaded and hashed by this process
+            before = file_identity(src.fileno())
+            sha256, size = known_digest(src.fileno()), os.fstat(src.fileno()).st_size  # a download just hashed
             if sha256 is None:
                 digest, size = hashlib.sha256(), 0
                 while block := src.read(CHUNK):
                     digest.update(block)
                     size += len(block)
                 sha256 = digest.hexdigest()
-            if size != record.bytes or sha256 != record.sha256 or _stamp(src) != before:
+            if size != record.bytes or sha256 != record.sha256 or file_identity(src.fileno()) != before:
                 raise RestoreRefused(self.name, f"{path.name}: size or sha256 differs from the manifest")
             toc = Path(tmp) / "toc.dump"
             if not self._write_head(path, toc):
@@ -514,7 +514,7 @@ class PostgresStore:
             for reader in readers:
                 reader.join()
         changed = damaged or f"{path.name} changed while it was restored: its sha256 differs now"
-        if damaged or (size == record.bytes and _stamp(src) != source.stamp):
+        if damaged or (size == record.bytes and file_identity(src.fileno()) != source.stamp):
             return _CHANGED, changed
         if failed:  # the server refused a row (pg_restore was stopped for it)
             return 1, failed[0]
@@ -890,14 +890,8 @@ class _Source:
     dump: Path
     toc: Path | None = None  # the plain dump's head up to the end of its table of contents
     src: BinaryIO | None = None  # the dump, open since it was hashed
-    stamp: tuple[int, ...] | None = None  # `_stamp(src)` when it was hashed
+    stamp: tuple[int, ...] | None = None  # `file_identity` of `src` when it was hashed
     listing: str = ""  # `pg_restore --list` of `toc`
-
-
-def _stamp(fh: BinaryIO) -> tuple[int, ...]:
-    """What any write to the open file changes: inode, size, modification and change times."""
-    st = os.fstat(fh.fileno())
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 _CHANGED = -1000  # _stream_restore: the dump's sha256 differed on the second read (not a pg_restore exit code)
