@@ -229,9 +229,13 @@ def _option(key: str, value: Any) -> Any:
     """Overrides arrive as text (Dagster config, CLI): lists for collections/indices, numbers for jobs."""
     if key in LIST_OPTIONS and isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
-    if key == "jobs" and isinstance(value, str):
+    if key == "jobs":
         try:
-            return int(value)
-        except ValueError:
-            raise ConfigError("override jobs", value, "a whole number of pg_restore workers") from None
+            jobs = int(value)
+        except (TypeError, ValueError):
+            jobs = 0
+        if jobs < 1 or jobs > 256 or str(value).strip() != str(jobs):  # the range of `restore_jobs`
+            raise ConfigError("override jobs", str(value), "a whole number of connections and pg_restore workers, "
+                                                          "1 to 256")
+        return jobs
     return value
